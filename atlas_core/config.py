@@ -1,0 +1,76 @@
+"""Model and training configuration: typed dataclasses, recorded verbatim with every checkpoint.
+
+No torch here, so a client can validate a configuration without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """AtlasNet's shape; the defaults are the paper's reference configuration."""
+
+    n_patches: int = 25
+    template: str = "square"
+    bottleneck: int = 1024
+    hidden: int = 512
+    layers: int = 2
+    #: Points generated per shape while training; each patch makes n_points // n_patches.
+    n_points: int = 2500
+    activation: str = "relu"
+
+#: The reference schedule divides the learning rate by 10 at 120, 140 and 145 of 150 epochs.
+REFERENCE_LR_DECAY_AT = (0.8, 14 / 15, 29 / 30)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_decay_at: tuple[float, ...] = REFERENCE_LR_DECAY_AT
+    val_fraction: float = 0.1
+    checkpoint_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+    def lr_milestones(self) -> list[int]:
+        return sorted({max(1, round(f * self.epochs)) for f in self.lr_decay_at})
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for settings that cannot train."""
+        m = self.model
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
+            (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
+            (m.n_patches >= 1, f"patches must be >= 1, got {m.n_patches}"),
+            (m.n_points >= m.n_patches,
+             f"points ({m.n_points}) must be at least the number of patches ({m.n_patches})"),
+            (m.template in ("square", "sphere"), f"template must be square or sphere, not {m.template!r}"),
+            (min(m.bottleneck, m.hidden) >= 1 and m.layers >= 0, "bottleneck/hidden/layers must be positive"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise ValueError(reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_decay_at"] = list(self.lr_decay_at)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        model_known = {f.name for f in fields(ModelConfig)}
+        model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
+        if "lr_decay_at" in d:
+            d["lr_decay_at"] = tuple(d["lr_decay_at"])
+        return cls(model=model, **d)

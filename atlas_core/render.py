@@ -1,0 +1,83 @@
+"""Pictures people would rather see than read: reconstructions and loss curves (PNG bytes)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from atlas_core.meshing import PatchMesh, patch_colors
+
+
+def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(width, height), dpi=100)
+
+
+def _to_png(fig) -> bytes:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _equal_axes(ax, points: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    center = (points.max(0) + points.min(0)) / 2
+    radius = float((points.max(0) - points.min(0)).max()) / 2 or 1.0
+    for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), center):
+        setter(c - radius, c + radius)
+    ax.set_box_aspect((1, 1, 1))
+    ax.set_axis_off()
+
+
+def render_reconstruction(
+    input_points: np.ndarray, mesh: PatchMesh, title: str = "", max_faces: int = 20000
+) -> bytes:
+    """Input cloud beside the reconstruction with patches coloured.
+
+    input_points: (N, 3); mesh in the same frame.
+    """
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    fig = _figure(10, 5)
+    view = dict(elev=20, azim=-60)
+    ax = fig.add_subplot(1, 2, 1, projection="3d")
+    sub = input_points[:: max(1, len(input_points) // 4000)]
+    ax.scatter(sub[:, 0], sub[:, 2], sub[:, 1], s=1, c="0.35", depthshade=True)
+    ax.view_init(**view)
+    ax.set_title("input")
+    _equal_axes(ax, sub[:, [0, 2, 1]])
+
+    ax = fig.add_subplot(1, 2, 2, projection="3d")
+    faces = mesh.faces[:: max(1, len(mesh.faces) // max_faces)]
+    verts = mesh.vertices[:, [0, 2, 1]]  # y up
+    colors = patch_colors(mesh.patch_ids)[faces[:, 0]] / 255.0
+    ax.add_collection3d(Poly3DCollection(verts[faces], facecolors=colors, linewidths=0))
+    ax.view_init(**view)
+    ax.set_title(f"reconstruction ({int(mesh.patch_ids.max()) + 1} patches)")
+    _equal_axes(ax, verts)
+    if title:
+        fig.suptitle(title)
+    return _to_png(fig)
+
+
+def render_loss_curves(history: list[dict[str, float]], title: str = "") -> bytes:
+    """Train loss and validation Chamfer per epoch, log scale."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train Chamfer")
+    ax.plot(epochs, [h["val_chamfer"] for h in history], label="validation Chamfer")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Chamfer (squared, unit ball)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "loss curves")
+    return _to_png(fig)

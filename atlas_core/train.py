@@ -1,0 +1,181 @@
+"""The AtlasNet training loop as a library function.
+
+    result = train(TrainConfig(epochs=20), PointCloudSet.from_bytes(...), TrainCallbacks(on_epoch=print))
+
+It knows nothing of queues or registries: whoever calls it stores checkpoints and reports
+progress through the callbacks. All randomness (shuffling, point subsets, template samples) comes
+from one seeded generator that is saved with every checkpoint, so a resumed run continues the
+same random stream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from atlas_core.chamfer import chamfer_distance
+from atlas_core.checkpoint import dump_checkpoint, load_checkpoint
+from atlas_core.config import TrainConfig
+from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.model import AtlasNet
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based number of the epoch just finished
+    epochs: int
+    train_loss: float  # mean training Chamfer over the epoch's batches
+    val_chamfer: float  # Chamfer on the validation shapes (the training shapes if none)
+    lr: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class CheckpointEvent:
+    epoch: int
+    final: bool
+    metrics: dict[str, float]
+    state: bytes  # see atlas_core.checkpoint
+
+
+@dataclass
+class TrainCallbacks:
+    #: Called after every epoch; returning False stops training (e.g. the job was cancelled).
+    on_epoch: Callable[[EpochStats], bool | None] | None = None
+    on_checkpoint: Callable[[CheckpointEvent], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    model: AtlasNet
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_epoch: int = 0
+    stopped: bool = False  # True when a callback asked to stop before the last epoch
+
+
+def _draw_points(clouds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random subset of n points per shape, without replacement.
+
+    clouds: (B, P, 3) -> (B, n, 3)
+    """
+    b, p, _ = clouds.shape
+    if n >= p:
+        return clouds
+    idx = torch.rand(b, p, generator=generator).argsort(dim=1)[:, :n].to(clouds.device)
+    return clouds.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled index batches; never a batch of one, which BatchNorm cannot train on."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches[-1]) == 1:
+        if len(batches) > 1:
+            batches[-2] = torch.cat([batches[-2], batches.pop()])
+        else:  # a single training shape: show it twice, with different point subsets
+            batches[0] = batches[0].repeat(2)
+    return batches
+
+
+@torch.no_grad()
+def evaluate_chamfer(
+    model: AtlasNet, clouds: torch.Tensor, n_points: int, batch_size: int, seed: int
+) -> float:
+    """Mean Chamfer (the training loss) over shapes, with seeded point subsets.
+
+    clouds: (S, P, 3) on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for chunk in clouds.split(batch_size):
+        x = _draw_points(chunk, n_points, generator)
+        pred = model(x, generator=generator)
+        total += float(chamfer_distance(pred, x, reduction="none").sum())
+    model.train(was_training)
+    return total / len(clouds)
+
+
+def train(
+    config: TrainConfig,
+    data: PointCloudSet,
+    callbacks: TrainCallbacks | None = None,
+    resume_from: bytes | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train AtlasNet on `data`; resume from checkpoint bytes or start from given weights."""
+    config.validate()
+    callbacks = callbacks or TrainCallbacks()
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+    train_clouds = torch.from_numpy(data.points[train_idx]).to(device)
+    val_clouds = torch.from_numpy(data.points[val_idx if len(val_idx) else train_idx]).to(device)
+
+    model = AtlasNet(config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=config.lr_milestones(), gamma=0.1
+    )
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+    elif init_weights is not None:
+        model.load_state_dict(init_weights)
+
+    n_points = config.model.n_points
+    result = TrainResult(model=model, history=history, last_epoch=start_epoch - 1)
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        for idx in _batches(len(train_clouds), config.batch_size, generator):
+            x = _draw_points(train_clouds[idx.to(device)], n_points, generator)
+            pred = model(x, generator=generator)
+            loss = chamfer_distance(pred, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        val = evaluate_chamfer(model, val_clouds, n_points, config.batch_size, config.seed + 1)
+        stats = EpochStats(epoch, config.epochs, float(np.mean(losses)), val, lr,
+                           time.perf_counter() - started)
+        if not math.isfinite(stats.train_loss):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {stats.train_loss}): lower --lr"
+            )
+        history.append(stats.as_dict())
+        result.last_epoch = epoch
+
+        final = epoch == config.epochs
+        if callbacks.on_checkpoint and (final or epoch % config.checkpoint_every == 0):
+            state_bytes = dump_checkpoint(
+                config=config, model=model, optimizer=optimizer, scheduler=scheduler,
+                epoch=epoch, generator=generator, history=history,
+            )
+            metrics = {"train_loss": stats.train_loss, "val_chamfer": stats.val_chamfer}
+            callbacks.on_checkpoint(CheckpointEvent(epoch, final, metrics, state_bytes))
+        if callbacks.on_epoch and callbacks.on_epoch(stats) is False and not final:
+            result.stopped = True
+            break
+    return result

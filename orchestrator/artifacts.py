@@ -1,0 +1,92 @@
+"""Content-addressed artifact store behind an fsspec URL.
+
+Blobs live at `<root>/sha256/<aa>/<full sha256><suffix>`: equal bytes are stored once, and a
+reader can always check that what it got is what the registry recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+
+class ArtifactError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    uri: str
+    sha256: str
+    size: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root_url: str):
+        self.root_url = root_url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
+
+    def _path(self, sha256: str, suffix: str) -> str:
+        return f"{self.root}/sha256/{sha256[:2]}/{sha256}{suffix}"
+
+    def _uri(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
+
+    def put_bytes(self, data: bytes, suffix: str = "") -> StoredArtifact:
+        """Store `data` (idempotent) and return where it lives."""
+        digest = sha256_bytes(data)
+        path = self._path(digest, suffix)
+        if not self.fs.exists(path):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            # Write beside and move into place so that a crash never leaves a partial blob
+            # under the content address (on object stores the put itself is atomic).
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            self.fs.mv(tmp, path)
+        return StoredArtifact(self._uri(path), digest, len(data))
+
+    def put_file(self, path: str | Path, suffix: str | None = None) -> StoredArtifact:
+        path = Path(path)
+        return self.put_bytes(path.read_bytes(), path.suffix if suffix is None else suffix)
+
+    def _local_path(self, uri: str) -> str:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if type(fs) is not type(self.fs):
+            raise ArtifactError(f"artifact {uri} is not in the store at {self.root_url}")
+        return path
+
+    def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
+        """Read an artifact; with `sha256`, refuse bytes that do not match the record."""
+        path = self._local_path(uri)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {uri} is missing from the store") from None
+        if sha256 is not None and sha256_bytes(data) != sha256:
+            raise ArtifactError(
+                f"artifact {uri} does not match its recorded sha256 (tampered or corrupt)"
+            )
+        return data
+
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self._local_path(uri))
+
+
+def open_store(settings=None) -> ArtifactStore:  # type: ignore[no-untyped-def]
+    from orchestrator.settings import load_settings
+
+    settings = settings or load_settings()
+    return ArtifactStore(settings.artifact_root)

@@ -1,0 +1,1 @@
+"""The `rodin` command line."""

@@ -1,0 +1,193 @@
+"""`rodin datasets`: register shape collections as immutable, versioned point-cloud sets."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator.cli.context import registry, store
+from orchestrator.cli.output import age, console, emit_json, err
+from orchestrator.errors import UserInputError
+
+if TYPE_CHECKING:
+    from atlas_core.data import PointCloudSet
+
+app = typer.Typer(help="Register and inspect datasets (versioned collections of shapes).",
+                  no_args_is_help=True)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+PointsOpt = typer.Option(5000, "--points-per-shape", min=100,
+                         help="Surface points sampled once per shape; training draws subsets.")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True)
+
+
+def _register(name: str, data: PointCloudSet, source: str,
+              skipped: list[dict[str, str]]) -> dict[str, object]:
+    """Store the clouds, then the row: a failure before the commit registers nothing."""
+    from orchestrator.registry.models import Dataset
+    from orchestrator.registry.queries import dataset_summary, next_dataset_version
+
+    blob = store().put_bytes(data.to_bytes(), ".npz")
+    with registry() as s:
+        row = Dataset(
+            name=name, version=next_dataset_version(s, name),
+            content_sha256=data.content_sha256(), shape_count=len(data),
+            points_per_shape=data.points_per_shape, source=source, skipped=skipped,
+            artifact_uri=blob.uri, artifact_sha256=blob.sha256,
+        )
+        s.add(row)
+        s.flush()
+        return dataset_summary(row)
+
+
+def _check_name(name: str) -> None:
+    if not name or "@" in name or "/" in name or name.strip() != name:
+        raise UserInputError(f"dataset name {name!r} must be non-empty, without '@', '/' or spaces")
+
+
+@app.command("make")
+def make(
+    kind: str = typer.Argument(..., help="What to generate: `swords`."),
+    count: int = typer.Option(200, "--count", "-n", min=1, help="How many shapes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the shape parameters."),
+    name: str = typer.Option(None, "--name", help="Dataset name (default: KIND)."),
+    points: int = PointsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate procedural shapes and register them as a new version of NAME."""
+    if kind != "swords":
+        raise UserInputError(f"cannot generate {kind!r}: the procedural generator is `swords`")
+    name = name or kind
+    _check_name(name)
+    from atlas_core.data import PointCloudSet
+    from atlas_core.mesh_io import shape_from_mesh
+    from atlas_core.swords import generate_swords
+
+    shapes = []
+    with _progress() as bar:
+        task = bar.add_task(f"Generating {count} swords", total=count)
+        for i, (sword_name, mesh, _params) in enumerate(generate_swords(count, seed)):
+            shapes.append(shape_from_mesh(mesh, sword_name, points, seed=seed * 100003 + i))
+            bar.advance(task)
+    source = f"procedural swords (count={count}, seed={seed})"
+    summary = _register(name, PointCloudSet.from_shapes(shapes), source, [])
+    if as_json:
+        emit_json({"dataset": summary})
+    else:
+        err.print(f"Registered [bold]{summary['ref']}[/]: {count} swords, "
+                  f"{points} points each (dataset id {summary['id']}).")
+
+
+def _mesh_files(root: Path) -> list[Path]:
+    from atlas_core.mesh_io import is_mesh_file
+
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_mesh_file(p))
+
+
+@app.command("add")
+def add(
+    name: str = typer.Argument(..., help="Dataset name; each add makes a new version."),
+    path: Path = typer.Argument(..., help="A mesh file or a folder searched recursively."),
+    points: int = PointsOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed for surface sampling."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register every mesh under PATH (OBJ, STL, PLY, OFF, GLB/GLTF) as a new version of NAME.
+
+    Files without a usable surface are skipped with the reason. If none is usable, nothing is
+    registered and the exit code is 2.
+    """
+    _check_name(name)
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist: give a mesh file or a folder of meshes")
+    from atlas_core.data import PointCloudSet
+    from atlas_core.mesh_io import MeshError, ingest_file
+
+    files = _mesh_files(path)
+    if not files:
+        raise UserInputError(f"no mesh files under {path} (looked for .obj .stl .ply .off .glb .gltf)")
+    shapes, skipped = [], []
+    with _progress() as bar:
+        task = bar.add_task(f"Ingesting {len(files)} files", total=len(files))
+        for i, file in enumerate(files):
+            try:
+                shapes.append(ingest_file(file, n_points=points, seed=seed + i))
+            except MeshError as exc:
+                skipped.append({"file": str(file), "reason": str(exc)})
+            bar.advance(task)
+    _dedupe_names(shapes, files)
+    if skipped and not as_json:
+        table = Table("skipped file", "reason", title=f"{len(skipped)} file(s) skipped",
+                      title_justify="left", show_lines=False)
+        for row in skipped:
+            table.add_row(row["file"], row["reason"])
+        err.print(table)
+    if not shapes:
+        raise UserInputError(f"none of the {len(files)} files under {path} has a usable surface; "
+                             "nothing registered")
+    source = str(path.resolve())
+    summary = _register(name, PointCloudSet.from_shapes(shapes), source, skipped)
+    if as_json:
+        emit_json({"dataset": summary, "skipped": skipped})
+    else:
+        err.print(f"Registered [bold]{summary['ref']}[/]: {len(shapes)} shapes from {path} "
+                  f"({len(skipped)} skipped; dataset id {summary['id']}).")
+
+
+def _dedupe_names(shapes: list, files: list[Path]) -> None:  # type: ignore[type-arg]
+    """Same stems in different folders get a short path hash so names stay unique."""
+    seen: dict[str, int] = {}
+    for shape in shapes:
+        seen[shape.name] = seen.get(shape.name, 0) + 1
+    for shape in shapes:
+        if seen[shape.name] > 1:
+            shape.name = f"{shape.name}-{hashlib.sha256(shape.source_sha256.encode()).hexdigest()[:6]}"
+
+
+@app.command("list")
+def list_(as_json: bool = JsonOpt) -> None:
+    """All dataset versions, newest first."""
+    from sqlalchemy import select
+
+    from orchestrator.registry.models import Dataset
+    from orchestrator.registry.queries import dataset_summary
+
+    with registry() as s:
+        rows = [dataset_summary(d) for d in
+                s.scalars(select(Dataset).order_by(Dataset.name, Dataset.version.desc()))]
+    if as_json:
+        emit_json({"datasets": rows})
+        return
+    table = Table("id", "dataset", "shapes", "points", "skipped", "source", "age")
+    for r in rows:
+        table.add_row(str(r["id"]), r["ref"], str(r["shapes"]), str(r["points_per_shape"]),
+                      str(len(r["skipped"])), r["source"], age(r["created_at"]))
+    console.print(table if rows else "No datasets yet: `rodin datasets make swords`.")
+
+
+@app.command("show")
+def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION."),
+         as_json: bool = JsonOpt) -> None:
+    """One dataset version: its shapes, source, hash and skipped files."""
+    from orchestrator.registry.queries import dataset_summary, resolve_dataset
+
+    with registry() as s:
+        summary = dataset_summary(resolve_dataset(s, ref))
+    if as_json:
+        emit_json(summary)
+        return
+    for key in ("ref", "id", "shapes", "points_per_shape", "source", "content_sha256",
+                "artifact_uri", "created_at"):
+        console.print(f"[bold]{key:17}[/] {summary[key]}", highlight=False)
+    for row in summary["skipped"]:
+        console.print(f"  skipped {row['file']}: {row['reason']}", highlight=False)

@@ -1,0 +1,1 @@
+"""The registry: SQL tables for datasets, jobs, checkpoints (models) and workers."""

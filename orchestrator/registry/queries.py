@@ -1,0 +1,164 @@
+"""Registry queries shared by the CLI and the workers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.errors import UserInputError
+from orchestrator.registry.db import as_utc
+from orchestrator.registry.models import Dataset, Job, ModelCheckpoint, Worker
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
+    """`swords` -> ("swords", None); `swords@3` -> ("swords", 3)."""
+    name, _, version = ref.partition("@")
+    if not name or (version and not version.isdigit()):
+        raise UserInputError(f"dataset {ref!r} is not NAME or NAME@VERSION (e.g. swords@2)")
+    return name, int(version) if version else None
+
+
+def resolve_dataset(session: Session, ref: str) -> Dataset:
+    """A registered dataset version; a bare name means its newest version."""
+    name, version = parse_dataset_ref(ref)
+    query = select(Dataset).where(Dataset.name == name)
+    if version is None:
+        dataset = session.scalars(query.order_by(Dataset.version.desc()).limit(1)).first()
+    else:
+        dataset = session.scalars(query.where(Dataset.version == version)).first()
+    if dataset is None:
+        known = session.scalars(select(Dataset.name).distinct().order_by(Dataset.name)).all()
+        hint = f"known: {', '.join(known)}" if known else "none registered yet"
+        raise UserInputError(
+            f"dataset {ref!r} is not registered ({hint}); create it with "
+            "`rodin datasets make swords` or `rodin datasets add NAME PATH`"
+        )
+    return dataset
+
+
+def next_dataset_version(session: Session, name: str) -> int:
+    current = session.scalar(select(func.max(Dataset.version)).where(Dataset.name == name))
+    return (current or 0) + 1
+
+
+def get_model(session: Session, model_id: int) -> ModelCheckpoint:
+    model = session.get(ModelCheckpoint, model_id)
+    if model is None:
+        newest = session.scalar(select(func.max(ModelCheckpoint.id)))
+        hint = f"newest is {newest}" if newest else "none registered yet"
+        raise UserInputError(
+            f"model {model_id} is not registered ({hint}); list models with `rodin models list`"
+        )
+    return model
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UserInputError(f"job {job_id} does not exist; list jobs with `rodin status`")
+    return job
+
+
+def lineage(session: Session, model: ModelCheckpoint) -> list[int]:
+    """Ancestor model ids, nearest first, back to the first checkpoint."""
+    chain: list[int] = []
+    seen = {model.id}
+    parent_id = model.parent_id
+    while parent_id is not None and parent_id not in seen:
+        chain.append(parent_id)
+        seen.add(parent_id)
+        parent_id = session.scalar(
+            select(ModelCheckpoint.parent_id).where(ModelCheckpoint.id == parent_id)
+        )
+    return chain
+
+
+def newest_checkpoint(session: Session, job_id: int) -> ModelCheckpoint | None:
+    return session.scalars(
+        select(ModelCheckpoint)
+        .where(ModelCheckpoint.job_id == job_id)
+        .order_by(ModelCheckpoint.epoch.desc(), ModelCheckpoint.id.desc())
+        .limit(1)
+    ).first()
+
+
+def final_model_id(session: Session, job_id: int) -> int | None:
+    return session.scalar(
+        select(ModelCheckpoint.id)
+        .where(ModelCheckpoint.job_id == job_id, ModelCheckpoint.final.is_(True))
+        .order_by(ModelCheckpoint.id.desc())
+        .limit(1)
+    )
+
+
+def live_workers(session: Session, timeout_s: float) -> list[Worker]:
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=timeout_s)
+    workers = session.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all()
+    return [w for w in workers if as_utc(w.last_heartbeat) >= cutoff]  # type: ignore[operator]
+
+
+def job_summary(session: Session, job: Job) -> dict[str, Any]:
+    """The job as the CLI shows it (and prints with --json)."""
+    model_ids = [m.id for m in job.checkpoints]
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "dataset": job.dataset.ref if job.dataset else None,
+        "input_model_id": job.input_model_id,
+        "params": job.params,
+        "progress": job.progress,
+        "worker": job.worker,
+        "device": job.device,
+        "attempts": job.attempts,
+        "error": job.error,
+        "model_ids": model_ids,
+        "final_model_id": final_model_id(session, job.id) if job.kind == "train" else None,
+        "outputs": job.outputs,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def model_summary(session: Session, model: ModelCheckpoint) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "job_id": model.job_id,
+        "dataset": model.dataset.ref,
+        "epoch": model.epoch,
+        "final": model.final,
+        "parent_id": model.parent_id,
+        "sha256": model.sha256,
+        "size_bytes": model.size_bytes,
+        "artifact_uri": model.artifact_uri,
+        "metrics": model.metrics,
+        "config": model.config,
+        "code_version": model.code_version,
+        "torch_version": model.torch_version,
+        "created_at": _iso(model.created_at),
+    }
+
+
+def dataset_summary(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "version": dataset.version,
+        "ref": dataset.ref,
+        "shapes": dataset.shape_count,
+        "points_per_shape": dataset.points_per_shape,
+        "content_sha256": dataset.content_sha256,
+        "source": dataset.source,
+        "skipped": dataset.skipped,
+        "artifact_uri": dataset.artifact_uri,
+        "created_at": _iso(dataset.created_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    moment = as_utc(moment)
+    return moment.isoformat() if moment else None

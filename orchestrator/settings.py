@@ -1,0 +1,87 @@
+"""Settings from `RODIN_*` environment variables, with an embedded single-machine default.
+
+With nothing set, everything lives under `~/.rodin`: a SQLite registry, Celery's `filesystem://`
+broker and a local content-addressed artifact folder, so one machine works with no server.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "RODIN_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the registry, the broker and the artifacts live.
+
+    Empty URLs mean "the embedded default under `home`".
+    """
+
+    home: Path = field(default_factory=lambda: Path.home() / ".rodin")
+    database_url: str = ""
+    broker_url: str = ""
+    artifacts_url: str = ""
+    #: Seconds without a heartbeat after which a worker counts as gone.
+    worker_timeout_s: float = 30.0
+
+    @property
+    def registry_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def queue_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Message folder of the embedded `filesystem://` broker."""
+        return self.home / "broker"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.artifacts_url or (self.home / "artifacts").as_uri()
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the single-machine default (no server to reach)."""
+        return self.queue_url.startswith("filesystem://")
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "home": str(self.home),
+            "database_url": self.registry_url,
+            "broker_url": self.queue_url,
+            "artifacts_url": self.artifact_root,
+            "embedded": str(self.embedded).lower(),
+        }
+
+
+def _config_file(home: Path) -> Path:
+    return Path(os.environ.get("RODIN_CONFIG", home / "config.toml"))
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read settings: environment first, then `RODIN_HOME/config.toml`, then defaults."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("RODIN_HOME") or Path.home() / ".rodin").expanduser()
+    values: dict[str, object] = {}
+    config = _config_file(home)
+    if config.is_file():
+        with config.open("rb") as fh:
+            values.update({k: v for k, v in tomllib.load(fh).items()})
+    for f in fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in env and f.name != "home":
+            values[f.name] = env[key]
+    values["home"] = home
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {config}")
+    if "worker_timeout_s" in values:
+        values["worker_timeout_s"] = float(values["worker_timeout_s"])  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""The worker side of the queue: Celery task bodies and the worker's lifecycle hooks.
+
+Started by `rodin worker`; imports torch (clients never import this module).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+
+from orchestrator.artifacts import open_store
+from orchestrator.queue import make_app
+from orchestrator.registry.models import JobStatus
+from orchestrator.settings import load_settings
+from workers import lifecycle, runtime
+from workers.heartbeat import Heartbeat
+
+log = logging.getLogger("rodin.worker")
+settings = load_settings()
+app = make_app(settings)
+_heartbeat: Heartbeat | None = None
+
+
+def _run_job(job_id: int, body) -> None:  # type: ignore[no-untyped-def]
+    """Claim, run and close a job; every failure ends as a readable error on the job row."""
+    device = runtime.resolve_device()
+    if not lifecycle.claim(settings, job_id, runtime.hostname(), device):
+        return
+    runtime.current_job_id = job_id
+    try:
+        body(settings, open_store(settings), job_id, device)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job, with the traceback in the log
+        log.exception("job %s failed", job_id)
+        lifecycle.finish(settings, job_id, JobStatus.failed, error=lifecycle.one_line(exc))
+    finally:
+        runtime.current_job_id = None
+
+
+@app.task(name="rodin.train")
+def train_task(job_id: int) -> None:
+    from workers.train_job import run_train
+
+    _run_job(job_id, run_train)
+
+
+@app.task(name="rodin.reconstruct")
+def reconstruct_task(job_id: int) -> None:
+    from workers.reconstruct_job import run_reconstruct
+
+    _run_job(job_id, run_reconstruct)
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    global _heartbeat
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values())) \
+        if sender is not None else ""
+    _heartbeat = Heartbeat(settings, runtime.hostname(), queues, runtime.resolve_device())
+    _heartbeat.start()
+    log.info("worker %s ready (pid %s, device %s)", runtime.hostname(), os.getpid(),
+             runtime.resolve_device())
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -1,0 +1,64 @@
+"""Worker liveness in the registry: a row per worker, refreshed every few seconds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Job, Worker
+from orchestrator.settings import Settings
+from workers import runtime
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 5.0
+
+
+class Heartbeat:
+    def __init__(self, settings: Settings, name: str, queues: str, device: str):
+        self.settings, self.name, self.queues, self.device = settings, name, queues, device
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rodin-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        with session_scope(self.settings) as s:
+            worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
+            if worker is None:
+                worker = Worker(hostname=self.name)
+                s.add(worker)
+            now = datetime.now(timezone.utc)
+            worker.pid, worker.queues, worker.device = os.getpid(), self.queues, self.device
+            worker.started_at = worker.last_heartbeat = now
+            worker.stopped_at = None
+            worker.current_job_id = None
+        self._thread.start()
+
+    def beat(self) -> None:
+        now = datetime.now(timezone.utc)
+        job_id = runtime.current_job_id
+        with session_scope(self.settings) as s:
+            worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
+            if worker is not None:
+                worker.last_heartbeat = now
+                worker.current_job_id = job_id
+            if job_id is not None and (job := s.get(Job, job_id)) is not None:
+                job.heartbeat_at = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(INTERVAL_S):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
+                log.warning("heartbeat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with session_scope(self.settings) as s:
+            worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
+            if worker is not None:
+                worker.stopped_at = datetime.now(timezone.utc)
+                worker.current_job_id = None

@@ -1,0 +1,103 @@
+"""The body of `rodin.reconstruct`: a registered model id in, meshes and pictures out."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas_core.chamfer import chamfer_distance
+from atlas_core.checkpoint import load_model
+from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.mesh_io import Shape, ingest_file
+from atlas_core.meshing import reconstruct, to_ply_bytes
+from atlas_core.render import render_reconstruction
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Job, JobStatus
+from orchestrator.settings import Settings
+from workers import lifecycle
+
+log = logging.getLogger(__name__)
+
+#: Vertices per reconstructed mesh (over all patches).
+MESH_VERTICES = 10000
+
+
+@dataclass
+class _Inputs:
+    model_id: int
+    model_uri: str
+    model_sha256: str
+    files: list[dict[str, str]]  # uploaded inputs: name, uri, sha256
+    dataset_uri: str
+    dataset_sha256: str
+
+
+def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.input_model is not None
+        m = job.input_model
+        return _Inputs(m.id, m.artifact_uri, m.sha256, list(job.params.get("inputs", [])),
+                       m.dataset.artifact_uri, m.dataset.artifact_sha256)
+
+
+def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int) -> list[Shape]:
+    shapes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            path = Path(tmp) / f["name"]
+            path.write_bytes(store.get_bytes(f["uri"], f["sha256"]))
+            shapes.append(ingest_file(path, n_points=n, seed=0))
+    return shapes
+
+
+def _validation_shapes(store: ArtifactStore, inputs: _Inputs, val_fraction: float,
+                       seed: int) -> list[Shape]:
+    data = PointCloudSet.from_bytes(store.get_bytes(inputs.dataset_uri, inputs.dataset_sha256))
+    train_idx, val_idx = split_indices(len(data), val_fraction, seed)
+    chosen = data.subset(val_idx if len(val_idx) else train_idx[:1])
+    return [
+        Shape(chosen.names[i], chosen.points[i], chosen.normals[i], chosen.centers[i],
+              float(chosen.scales[i]), chosen.source_sha256[i])
+        for i in range(len(chosen))
+    ]
+
+
+def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
+    inputs = _load_inputs(settings, job_id)
+    # Weights come only from the registry's record, checked against its sha256.
+    model, config, _ = load_model(store.get_bytes(inputs.model_uri, inputs.model_sha256), device)
+    n_points = config.model.n_points
+    if inputs.files:
+        shapes = _uploaded_shapes(store, inputs.files, max(n_points, 10000))
+    else:
+        shapes = _validation_shapes(store, inputs, config.val_fraction, config.seed)
+
+    generator = torch.Generator().manual_seed(0)
+    outputs: list[dict[str, object]] = []
+    for i, shape in enumerate(shapes):
+        dense = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))
+        pick = torch.randperm(len(dense), generator=generator)[:n_points]
+        x = dense[pick].unsqueeze(0).to(device)
+        mesh = reconstruct(model, x, MESH_VERTICES)[0]
+        with torch.no_grad():
+            score = float(chamfer_distance(model(x, generator=generator), x))
+        original = mesh.transformed(shape.center, shape.scale)
+        ply = store.put_bytes(to_ply_bytes(original), ".ply")
+        picture = render_reconstruction(
+            shape.points * shape.scale + shape.center, original,
+            title=f"{shape.name}: model {inputs.model_id}, Chamfer {score:.5f}",
+        )
+        png = store.put_bytes(picture, ".png")
+        outputs.append({"name": f"{shape.name}.ply", "kind": "mesh", "input": shape.name,
+                        "chamfer": score, **ply.as_dict()})
+        outputs.append({"name": f"{shape.name}.png", "kind": "render", "input": shape.name,
+                        **png.as_dict()})
+        lifecycle.report_progress(settings, job_id, {"done": i + 1, "total": len(shapes)})
+    lifecycle.finish(settings, job_id, JobStatus.succeeded, outputs=outputs)

@@ -1,0 +1,47 @@
+"""Facts about this worker process: its name, device and code version."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import orchestrator
+
+#: Set by the task bodies so the heartbeat can report what this worker is doing.
+current_job_id: int | None = None
+
+
+def resolve_device(spec: str | None = None) -> str:
+    """`auto` picks the first visible GPU, else the CPU."""
+    import torch
+
+    spec = spec or os.environ.get("RODIN_DEVICE", "auto")
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec} requested but CUDA is not available on this machine")
+    return spec
+
+
+def hostname() -> str:
+    return os.environ.get("RODIN_WORKER_NAME") or f"{os.uname().nodename}-{os.getpid()}"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit the worker runs (with -dirty for local edits), else the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{rev}-dirty" if dirty else rev
+    except (OSError, subprocess.SubprocessError):
+        return f"rodin-{orchestrator.__version__}"

@@ -1,0 +1,104 @@
+"""The body of `rodin.train`: registry in, atlas_core training, checkpoints out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from atlas_core.checkpoint import load_checkpoint
+from atlas_core.config import TrainConfig
+from atlas_core.data import PointCloudSet
+from atlas_core.render import render_loss_curves
+from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, train
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
+from orchestrator.registry.queries import newest_checkpoint
+from orchestrator.settings import Settings
+from workers import lifecycle, runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Blob:
+    id: int
+    uri: str
+    sha256: str
+
+
+@dataclass
+class _Plan:
+    config: TrainConfig
+    dataset_id: int
+    dataset: _Blob
+    resume: _Blob | None  # this job's newest checkpoint (a retried attempt)
+    start_from: _Blob | None  # the model to fine-tune
+
+
+def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.dataset is not None
+        config = TrainConfig.from_dict(job.params["config"])
+        config.device = device
+        ds = job.dataset
+        newest = newest_checkpoint(s, job_id)
+        resume = _Blob(newest.id, newest.artifact_uri, newest.sha256) if newest else None
+        src = job.input_model
+        start = _Blob(src.id, src.artifact_uri, src.sha256) if src else None
+        return _Plan(config, ds.id, _Blob(ds.id, ds.artifact_uri, ds.artifact_sha256),
+                     resume, start)
+
+
+class _Recorder:
+    """Training callbacks that write progress and checkpoints to the registry."""
+
+    def __init__(self, settings: Settings, store: ArtifactStore, job_id: int, plan: _Plan):
+        self.settings, self.store, self.job_id, self.plan = settings, store, job_id, plan
+        parent = plan.resume or plan.start_from
+        self.parent_id = parent.id if parent else None
+
+    def on_epoch(self, stats: EpochStats) -> bool:
+        return lifecycle.report_progress(self.settings, self.job_id, stats.as_dict())
+
+    def on_checkpoint(self, event: CheckpointEvent) -> None:
+        # Blob first, row second: a crash in between leaves an unreferenced blob, never a row
+        # that points at nothing.
+        blob = self.store.put_bytes(event.state, ".pt")
+        with session_scope(self.settings) as s:
+            row = ModelCheckpoint(
+                job_id=self.job_id, dataset_id=self.plan.dataset_id, parent_id=self.parent_id,
+                epoch=event.epoch, final=event.final, config=self.plan.config.to_dict(),
+                metrics=event.metrics, artifact_uri=blob.uri, sha256=blob.sha256,
+                size_bytes=blob.size, code_version=runtime.code_version(),
+                torch_version=torch.__version__,
+            )
+            s.add(row)
+            s.flush()
+            self.parent_id = row.id
+        log.info("job %s: registered model %s (epoch %s)", self.job_id, row.id, event.epoch)
+
+
+def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
+    plan = _plan(settings, job_id, device)
+    data = PointCloudSet.from_bytes(store.get_bytes(plan.dataset.uri, plan.dataset.sha256))
+    resume_bytes = store.get_bytes(plan.resume.uri, plan.resume.sha256) if plan.resume else None
+    init_weights = None
+    if plan.start_from is not None and resume_bytes is None:
+        init_bytes = store.get_bytes(plan.start_from.uri, plan.start_from.sha256)
+        init_weights = load_checkpoint(init_bytes, map_location=device)["model"]
+
+    recorder = _Recorder(settings, store, job_id, plan)
+    result = train(plan.config, data,
+                   TrainCallbacks(on_epoch=recorder.on_epoch, on_checkpoint=recorder.on_checkpoint),
+                   resume_from=resume_bytes, init_weights=init_weights)
+
+    outputs = []
+    if result.history:
+        png = store.put_bytes(render_loss_curves(result.history, f"job {job_id}"), ".png")
+        outputs.append({"name": "loss_curves.png", "kind": "plot", **png.as_dict()})
+    status = JobStatus.cancelled if result.stopped else JobStatus.succeeded
+    lifecycle.finish(settings, job_id, status, outputs=outputs)
