@@ -1,0 +1,28 @@
+# Two commands for a newcomer:
+#   make demo   set up, make a swords dataset, train through the queue, reconstruct by model id
+#   make test   set up and run the test suite (what CI runs)
+VENV ?= .venv
+PYTHON ?= python3
+# A GPU user may bring their own build: make TORCH_SPEC="torch==2.13.0+cu128" ...
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,postgres]"
+	touch $@
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) reconstructions .pytest_cache
