@@ -69,6 +69,16 @@ def _validation_shapes(store: ArtifactStore, inputs: _Inputs, val_fraction: floa
     ]
 
 
+def _unique(name: str, used: set[str]) -> str:
+    """Output names per input: `a.obj` and `a.stl` must not overwrite each other."""
+    stem, n = name, 1
+    while stem in used:
+        n += 1
+        stem = f"{name}-{n}"
+    used.add(stem)
+    return stem
+
+
 def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
     inputs = _load_inputs(settings, job_id)
     # Weights come only from the registry's record, checked against its sha256.
@@ -81,7 +91,9 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, devic
 
     generator = torch.Generator().manual_seed(0)
     outputs: list[dict[str, object]] = []
+    used: set[str] = set()
     for i, shape in enumerate(shapes):
+        stem = _unique(shape.name, used)
         dense = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))
         pick = torch.randperm(len(dense), generator=generator)[:n_points]
         x = dense[pick].unsqueeze(0).to(device)
@@ -92,12 +104,12 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, devic
         ply = store.put_bytes(to_ply_bytes(original), ".ply")
         picture = render_reconstruction(
             shape.points * shape.scale + shape.center, original,
-            title=f"{shape.name}: model {inputs.model_id}, Chamfer {score:.5f}",
+            title=f"{stem}: model {inputs.model_id}, Chamfer {score:.5f}",
         )
         png = store.put_bytes(picture, ".png")
-        outputs.append({"name": f"{shape.name}.ply", "kind": "mesh", "input": shape.name,
+        outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name,
                         "chamfer": score, **ply.as_dict()})
-        outputs.append({"name": f"{shape.name}.png", "kind": "render", "input": shape.name,
+        outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name,
                         **png.as_dict()})
         lifecycle.report_progress(settings, job_id, {"done": i + 1, "total": len(shapes)})
     lifecycle.finish(settings, job_id, JobStatus.succeeded, outputs=outputs)

@@ -89,7 +89,7 @@ def test_reconstruct_a_user_mesh_in_its_own_coordinates(slice_home: Rodin, train
     out = slice_home.json("reconstruct", "--model", str(trained["model_id"]), str(path),
                           "--wait", "--out", str(tmp_path / "rec"), timeout=300)
     assert out["status"] == "succeeded"
-    mesh = trimesh.load(tmp_path / "rec" / "big_box.stl.ply", process=False)
+    mesh = trimesh.load(tmp_path / "rec" / "big_box.ply", process=False)
     # Normalisation is undone: the reconstruction sits where the input was, at its size.
     assert np.linalg.norm(mesh.vertices.mean(0) - box.centroid) < 5.0
     radius = np.linalg.norm(box.vertices - box.centroid, axis=1).max()
