@@ -154,7 +154,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         val = evaluate_chamfer(model, val_clouds, n_points, config.batch_size, config.seed + 1)
