@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+#: The decoder activations the reference code offers (implemented in atlas_core.model).
+ACTIVATION_NAMES = ("relu", "sigmoid", "softplus", "logsigmoid", "softsign", "tanh")
+TEMPLATE_NAMES = ("square", "sphere")
+
+
 @dataclass
 class ModelConfig:
     """AtlasNet's shape; the defaults are the paper's reference configuration."""
@@ -21,6 +26,19 @@ class ModelConfig:
     #: Points generated per shape while training; each patch makes n_points // n_patches.
     n_points: int = 2500
     activation: str = "relu"
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for a model that cannot be built."""
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"template must be square or sphere, not {self.template!r}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_NAMES)}, "
+                             f"not {self.activation!r}")
+        if self.n_patches < 1 or self.bottleneck < 1 or self.hidden < 1 or self.layers < 0:
+            raise ValueError("patches, bottleneck and hidden must be >= 1 and layers >= 0")
+        if self.n_points < self.n_patches:
+            raise ValueError(f"points ({self.n_points}) must be at least the number of "
+                             f"patches ({self.n_patches})")
 
 #: The reference schedule divides the learning rate by 10 at 120, 140 and 145 of 150 epochs.
 REFERENCE_LR_DECAY_AT = (0.8, 14 / 15, 29 / 30)
@@ -43,22 +61,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for settings that cannot train."""
-        m = self.model
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
-            (m.n_patches >= 1, f"patches must be >= 1, got {m.n_patches}"),
-            (m.n_points >= m.n_patches,
-             f"points ({m.n_points}) must be at least the number of patches ({m.n_patches})"),
-            (m.template in ("square", "sphere"), f"template must be square or sphere, not {m.template!r}"),
-            (min(m.bottleneck, m.hidden) >= 1 and m.layers >= 0, "bottleneck/hidden/layers must be positive"),
         ]
         for ok, reason in checks:
             if not ok:
                 raise ValueError(reason)
+        self.model.validate()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

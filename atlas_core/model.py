@@ -21,15 +21,14 @@ runs as one large matrix product and is faster on the CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from atlas_core.templates import TEMPLATES, Template, make_template
+from atlas_core.config import ACTIVATION_NAMES, ModelConfig
+from atlas_core.templates import Template, make_template
 
 # The activations offered by the reference code.
 ACTIVATIONS = {
@@ -40,27 +39,7 @@ ACTIVATIONS = {
     "softsign": F.softsign,
     "tanh": torch.tanh,
 }
-
-
-@dataclass
-class ModelConfig:
-    n_patches: int = 25      # K
-    template: str = "square"  # "square" | "sphere"
-    bottleneck: int = 1024    # D
-    hidden: int = 512         # width of the decoders' hidden layers
-    layers: int = 2           # hidden -> hidden layers in each decoder
-    n_points: int = 2500      # points generated per shape in training; P = n_points // n_patches
-    activation: str = "relu"  # decoders' activation
-
-    def __post_init__(self):
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown template {self.template!r}: choose one of {', '.join(map(repr, TEMPLATES))}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}: choose one of {', '.join(map(repr, ACTIVATIONS))}")
-        if self.n_patches < 1 or self.bottleneck < 1 or self.hidden < 1 or self.layers < 0:
-            raise ValueError(f"n_patches, bottleneck and hidden must be positive and layers non-negative, got {self}")
-        if self.n_points < self.n_patches:
-            raise ValueError(f"n_points ({self.n_points}) must be at least n_patches ({self.n_patches})")
+assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
 
 
 def _bn(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
@@ -139,6 +118,7 @@ class AtlasNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        config.validate()
         self.config = config
         self.template: Template = make_template(config.template)
         self.encoder = PointNetEncoder(config.bottleneck)

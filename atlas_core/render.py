@@ -36,6 +36,17 @@ def _equal_axes(ax, points: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     ax.set_axis_off()
 
 
+def _shading(triangles: np.ndarray) -> np.ndarray:
+    """Lambert-like brightness per face so surfaces read as 3D (two-sided: patches are open).
+
+    triangles: (F, 3, 3) -> (F,) in [0.35, 1]
+    """
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    light = np.array([0.4, -0.6, 0.7]) / np.linalg.norm([0.4, -0.6, 0.7])
+    return 0.35 + 0.65 * np.abs(normals @ light)
+
+
 def render_reconstruction(
     input_points: np.ndarray, mesh: PatchMesh, title: str = "", max_faces: int = 20000
 ) -> bytes:
@@ -58,6 +69,7 @@ def render_reconstruction(
     faces = mesh.faces[:: max(1, len(mesh.faces) // max_faces)]
     verts = mesh.vertices[:, [0, 2, 1]]  # y up
     colors = patch_colors(mesh.patch_ids)[faces[:, 0]] / 255.0
+    colors[:, :3] *= _shading(verts[faces])[:, None]
     ax.add_collection3d(Poly3DCollection(verts[faces], facecolors=colors, linewidths=0))
     ax.view_init(**view)
     ax.set_title(f"reconstruction ({int(mesh.patch_ids.max()) + 1} patches)")

@@ -79,7 +79,8 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     batches = list(order.split(batch_size))
     if len(batches[-1]) == 1:
         if len(batches) > 1:
-            batches[-2] = torch.cat([batches[-2], batches.pop()])
+            last = batches.pop()
+            batches[-1] = torch.cat([batches[-1], last])
         else:  # a single training shape: show it twice, with different point subsets
             batches[0] = batches[0].repeat(2)
     return batches

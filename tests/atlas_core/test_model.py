@@ -68,11 +68,11 @@ def test_sphere_regular(n, V):
 
 def test_config_is_validated():
     with pytest.raises(ValueError, match="template"):
-        ModelConfig(template="torus")
+        ModelConfig(template="torus").validate()
     with pytest.raises(ValueError, match="activation"):
-        ModelConfig(activation="gelu")
-    with pytest.raises(ValueError, match="n_points"):
-        ModelConfig(n_patches=25, n_points=10)
+        ModelConfig(activation="gelu").validate()
+    with pytest.raises(ValueError, match="points"):
+        AtlasNet(ModelConfig(n_patches=25, n_points=10))
 
 
 def test_reference_defaults():

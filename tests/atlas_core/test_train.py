@@ -1,0 +1,89 @@
+"""The training loop as a library: seedable, resumable, callbacks, checkpoints loadable safely."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_core.checkpoint import CheckpointError, load_checkpoint, load_model
+from atlas_core.config import ModelConfig, TrainConfig
+from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.mesh_io import shape_from_mesh
+from atlas_core.meshing import reconstruct, to_ply_bytes
+from atlas_core.swords import generate_swords
+from atlas_core.train import CheckpointEvent, TrainCallbacks, train
+
+
+@pytest.fixture(scope="module")
+def swords() -> PointCloudSet:
+    shapes = [shape_from_mesh(m, n, 300, seed=i) for i, (n, m, _) in enumerate(generate_swords(6))]
+    return PointCloudSet.from_shapes(shapes)
+
+
+def tiny(**overrides) -> TrainConfig:  # type: ignore[no-untyped-def]
+    model = ModelConfig(n_patches=3, bottleneck=16, hidden=16, layers=1, n_points=96)
+    settings = dict(epochs=4, batch_size=3, checkpoint_every=2, val_fraction=0.34)
+    return TrainConfig(model=model, **{**settings, **overrides})
+
+
+def _weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_same_seed_same_model_and_checkpoints_at_the_right_epochs(swords: PointCloudSet) -> None:
+    events: list[CheckpointEvent] = []
+    a = train(tiny(), swords, TrainCallbacks(on_checkpoint=events.append))
+    b = train(tiny(), swords)
+    assert torch.equal(_weights(a.model), _weights(b.model))
+    assert [(e.epoch, e.final) for e in events] == [(2, False), (4, True)]
+    assert [h["epoch"] for h in a.history] == [1, 2, 3, 4]
+    assert not torch.equal(_weights(a.model), _weights(train(tiny(seed=1), swords).model))
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(swords: PointCloudSet) -> None:
+    events: list[CheckpointEvent] = []
+    full = train(tiny(), swords, TrainCallbacks(on_checkpoint=events.append))
+    resumed = train(tiny(), swords, resume_from=events[0].state)
+    assert resumed.history[:2] == full.history[:2]  # restored, not re-run
+    assert torch.allclose(_weights(resumed.model), _weights(full.model), atol=1e-6)
+
+
+def test_a_callback_can_stop_training(swords: PointCloudSet) -> None:
+    result = train(tiny(), swords, TrainCallbacks(on_epoch=lambda s: s.epoch < 2))
+    assert result.stopped and result.last_epoch == 2
+
+
+def test_training_reduces_the_loss(swords: PointCloudSet) -> None:
+    cfg = tiny(epochs=30, checkpoint_every=30)
+    cfg.lr = 3e-3
+    history = train(cfg, swords).history
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_garbage(swords: PointCloudSet) -> None:
+    events: list[CheckpointEvent] = []
+    train(tiny(), swords, TrainCallbacks(on_checkpoint=events.append))
+    model, config, state = load_model(events[-1].state)
+    assert config.model.n_patches == 3 and state["epoch"] == 4 and not model.training
+    with pytest.raises(CheckpointError):
+        load_checkpoint(b"not a checkpoint")
+    meshes = reconstruct(model, torch.from_numpy(swords.points[:2, :96]), n_vertices=300)
+    assert len(meshes) == 2 and set(np.unique(meshes[0].patch_ids)) == {0, 1, 2}
+    assert to_ply_bytes(meshes[0]).startswith(b"ply")
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    train_idx, val_idx = split_indices(30, 0.1, seed=3)
+    assert len(val_idx) == 3 and not set(train_idx) & set(val_idx)
+    assert np.array_equal(val_idx, split_indices(30, 0.1, seed=3)[1])
+    assert len(split_indices(1, 0.5, seed=0)[1]) == 0  # a single shape stays in training
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 7, 9])
+def test_batches_cover_every_shape_and_are_never_of_one(n: int) -> None:
+    from atlas_core.train import _batches
+
+    batches = _batches(n, 4, torch.Generator().manual_seed(0))
+    assert all(len(b) >= 2 for b in batches)
+    assert set(torch.cat(batches).tolist()) == set(range(n))
