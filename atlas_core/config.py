@@ -45,6 +45,25 @@ REFERENCE_LR_DECAY_AT = (0.8, 14 / 15, 29 / 30)
 
 
 @dataclass
+class AugmentConfig:
+    """Shape augmentation for small datasets (see atlas_core.augment)."""
+
+    rotate: bool = False  # random rotation about each shape's principal axis
+    scale: float = 0.0  # anisotropic scaling, factor per axis in [1 - scale, 1 + scale]
+    jitter: float = 0.0  # std of Gaussian noise added to every point (unit-ball units)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rotate or self.scale > 0 or self.jitter > 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.scale < 1.0:
+            raise ValueError(f"augment scale must be in [0, 1), got {self.scale}")
+        if not 0.0 <= self.jitter <= 0.1:
+            raise ValueError(f"augment jitter must be in [0, 0.1], got {self.jitter}")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 150
@@ -55,6 +74,11 @@ class TrainConfig:
     checkpoint_every: int = 10
     seed: int = 0
     device: str = "cpu"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: The final model is the checkpoint with the lowest validation Chamfer, not the last one.
+    keep_best: bool = True
+    #: Stop after this many epochs without a better validation Chamfer (0: never).
+    patience: int = 0
 
     def lr_milestones(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.lr_decay_at})
@@ -67,11 +91,13 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
+            (self.patience >= 0, "patience must be >= 0"),
         ]
         for ok, reason in checks:
             if not ok:
                 raise ValueError(reason)
         self.model.validate()
+        self.augment.validate()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -84,6 +110,7 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         model_known = {f.name for f in fields(ModelConfig)}
         model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
+        augment = AugmentConfig(**d.pop("augment", {}))
         if "lr_decay_at" in d:
             d["lr_decay_at"] = tuple(d["lr_decay_at"])
-        return cls(model=model, **d)
+        return cls(model=model, augment=augment, **d)

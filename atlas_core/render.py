@@ -93,3 +93,26 @@ def render_loss_curves(history: list[dict[str, float]], title: str = "") -> byte
     ax.legend()
     ax.set_title(title or "loss curves")
     return _to_png(fig)
+
+
+def render_evaluation(per_shape: list[dict[str, float]], title: str = "") -> bytes:
+    """Per-shape Chamfer of the model against the retrieval baseline (below the line: model wins)."""
+    fig = _figure(5, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    model = np.array([r["chamfer"] for r in per_shape])
+    retrieval = np.array([r["retrieval_chamfer"] for r in per_shape])
+    wins = model < retrieval
+    ax.scatter(retrieval[wins], model[wins], s=12, c="tab:green", label=f"model better ({wins.sum()})")
+    ax.scatter(retrieval[~wins], model[~wins], s=12, c="tab:red",
+               label=f"retrieval better ({(~wins).sum()})")
+    lo = float(min(model.min(), retrieval.min())) * 0.8
+    hi = float(max(model.max(), retrieval.max())) * 1.25
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("retrieval Chamfer (nearest training shape) x1e3")
+    ax.set_ylabel("model Chamfer x1e3")
+    ax.legend(loc="upper left")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or "evaluation")
+    return _to_png(fig)

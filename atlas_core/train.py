@@ -14,11 +14,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from atlas_core.chamfer import chamfer_distance
+from atlas_core.augment import augment, principal_axes
+from atlas_core.chamfer import chamfer_distance, nearest_neighbors
 from atlas_core.checkpoint import dump_checkpoint, load_checkpoint
 from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet, split_indices
@@ -41,9 +43,9 @@ class EpochStats:
 @dataclass
 class CheckpointEvent:
     epoch: int
-    final: bool
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     state: bytes  # see atlas_core.checkpoint
+    reason: str  # "periodic", "last" (end or early stop) or "best" (kept for keep_best)
 
 
 @dataclass
@@ -55,10 +57,13 @@ class TrainCallbacks:
 
 @dataclass
 class TrainResult:
-    model: AtlasNet
+    model: AtlasNet  # weights of the last epoch run
     history: list[dict[str, float]] = field(default_factory=list)
     last_epoch: int = 0
-    stopped: bool = False  # True when a callback asked to stop before the last epoch
+    #: The epoch whose checkpoint is the result: the best validation epoch with keep_best.
+    final_epoch: int | None = None
+    stopped: bool = False  # a callback asked to stop (cancelled): no final model
+    stopped_early: bool = False  # patience ran out
 
 
 def _draw_points(clouds: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,6 +111,25 @@ def evaluate_chamfer(
     return total / len(clouds)
 
 
+def _health(model: AtlasNet, clouds: torch.Tensor, n_points: int) -> dict[str, Any]:
+    """Coverage and collapsed patches on up to 8 validation shapes. clouds: (S, P, 3)."""
+    from atlas_core.meshing import reconstruct
+    from atlas_core.metrics import FSCORE_THRESHOLD, patch_health
+
+    was_training = model.training
+    sample = clouds[:8]
+    x = _draw_points(sample, n_points, torch.Generator().manual_seed(0))
+    meshes = reconstruct(model, x, n_vertices=max(400, 40 * model.config.n_patches))
+    model.train(was_training)
+    # Coverage against the vertices of the patch grids: cheap, and what "torn" means here.
+    verts = torch.from_numpy(np.stack([m.vertices for m in meshes])).to(x)
+    _, d = nearest_neighbors(x, verts)
+    coverage = float((d.sqrt() < FSCORE_THRESHOLD).float().mean())
+    health = patch_health(meshes, model.config.n_patches)
+    return {"coverage": coverage, "collapsed_patches": health.collapsed,
+            "warnings": health.warnings(coverage)}
+
+
 def train(
     config: TrainConfig,
     data: PointCloudSet,
@@ -113,7 +137,12 @@ def train(
     resume_from: bytes | None = None,
     init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train AtlasNet on `data`; resume from checkpoint bytes or start from given weights."""
+    """Train AtlasNet on `data`; resume from checkpoint bytes or start from given weights.
+
+    Checkpoints go to `callbacks.on_checkpoint` every `checkpoint_every` epochs and at the end;
+    with `keep_best`, the best validation epoch's checkpoint is also handed over (once) if it
+    was not one of those, and `TrainResult.final_epoch` names it.
+    """
     config.validate()
     callbacks = callbacks or TrainCallbacks()
     device = torch.device(config.device)
@@ -123,6 +152,7 @@ def train(
     train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     train_clouds = torch.from_numpy(data.points[train_idx]).to(device)
     val_clouds = torch.from_numpy(data.points[val_idx if len(val_idx) else train_idx]).to(device)
+    axes = torch.from_numpy(principal_axes(data.points[train_idx]))
 
     model = AtlasNet(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -142,6 +172,22 @@ def train(
     elif init_weights is not None:
         model.load_state_dict(init_weights)
 
+    def snapshot(epoch: int) -> bytes:
+        return dump_checkpoint(config=config, model=model, optimizer=optimizer,
+                               scheduler=scheduler, epoch=epoch, generator=generator,
+                               history=history)
+
+    def emit(epoch: int, state: bytes, reason: str, extra: dict[str, Any]) -> None:
+        stats = history[epoch - 1]
+        metrics = {"train_loss": stats["train_loss"], "val_chamfer": stats["val_chamfer"], **extra}
+        callbacks.on_checkpoint(CheckpointEvent(epoch, metrics, state, reason))  # type: ignore[misc]
+        registered.add(epoch)
+
+    # A resumed run only knows the checkpoint it resumed from; epochs before it that were
+    # better but never registered are gone, so the best starts from the resumed state.
+    registered: set[int] = {start_epoch - 1} if resume_from is not None else set()
+    best_val = history[-1]["val_chamfer"] if history else math.inf
+    best_epoch, best_state, best_extra = start_epoch - 1, None, {}
     n_points = config.model.n_points
     result = TrainResult(model=model, history=history, last_epoch=start_epoch - 1)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -150,6 +196,8 @@ def train(
         losses = []
         for idx in _batches(len(train_clouds), config.batch_size, generator):
             x = _draw_points(train_clouds[idx.to(device)], n_points, generator)
+            if config.augment.enabled:
+                x = augment(x, axes[idx], config.augment, generator)
             pred = model(x, generator=generator)
             loss = chamfer_distance(pred, x)
             optimizer.zero_grad(set_to_none=True)
@@ -168,15 +216,29 @@ def train(
         history.append(stats.as_dict())
         result.last_epoch = epoch
 
-        final = epoch == config.epochs
-        if callbacks.on_checkpoint and (final or epoch % config.checkpoint_every == 0):
-            state_bytes = dump_checkpoint(
-                config=config, model=model, optimizer=optimizer, scheduler=scheduler,
-                epoch=epoch, generator=generator, history=history,
-            )
-            metrics = {"train_loss": stats.train_loss, "val_chamfer": stats.val_chamfer}
-            callbacks.on_checkpoint(CheckpointEvent(epoch, final, metrics, state_bytes))
-        if callbacks.on_epoch and callbacks.on_epoch(stats) is False and not final:
+        improved = val < best_val
+        if improved:
+            best_val, best_epoch, best_state = val, epoch, None
+        out_of_patience = config.patience > 0 and epoch - best_epoch >= config.patience
+        last = epoch == config.epochs or out_of_patience
+        if callbacks.on_checkpoint is not None:
+            periodic = epoch % config.checkpoint_every == 0
+            if periodic or last:
+                extra = _health(model, val_clouds, n_points)
+                emit(epoch, snapshot(epoch), "last" if last else "periodic", extra)
+                if improved:
+                    best_extra = extra
+            elif improved and config.keep_best:
+                best_state, best_extra = snapshot(epoch), _health(model, val_clouds, n_points)
+        if callbacks.on_epoch and callbacks.on_epoch(stats) is False and not last:
             result.stopped = True
+            return result
+        if out_of_patience:
+            result.stopped_early = True
             break
+
+    result.final_epoch = best_epoch if config.keep_best else result.last_epoch
+    if callbacks.on_checkpoint is not None and result.final_epoch not in registered:
+        assert best_state is not None
+        emit(result.final_epoch, best_state, "best", best_extra)
     return result

@@ -52,12 +52,21 @@ class Rodin:
 
         return load_settings(self.env)
 
+    @property
+    def worker_cwd(self) -> Path:
+        """An empty folder the workers start in, to catch files written outside RODIN_HOME."""
+        path = self.home.parent / "worker-cwd"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def start_worker(self, name: str, queues: str = "train,infer") -> subprocess.Popen[bytes]:
+        self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "worker", "--hostname", name,
              "--device", "cpu", "--queues", queues, "--loglevel", "INFO"],
             env={**self.env, "OMP_NUM_THREADS": "2"}, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.worker_cwd,
         )
         self._wait_ready(name, proc)
         return proc

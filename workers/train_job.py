@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from sqlalchemy import select
 
 from atlas_core.checkpoint import load_checkpoint
 from atlas_core.config import TrainConfig
@@ -58,8 +59,15 @@ class _Recorder:
 
     def __init__(self, settings: Settings, store: ArtifactStore, job_id: int, plan: _Plan):
         self.settings, self.store, self.job_id, self.plan = settings, store, job_id, plan
-        parent = plan.resume or plan.start_from
-        self.parent_id = parent.id if parent else None
+        start = plan.resume or plan.start_from
+        self.origin = start.id if start else None
+        #: epoch -> model id of this job's registered checkpoints (including earlier attempts').
+        self.ids = _registered_epochs(settings, job_id)
+
+    def parent_for(self, epoch: int) -> int | None:
+        """The checkpoint these weights continued from: the newest registered before `epoch`."""
+        earlier = [e for e in self.ids if e < epoch]
+        return self.ids[max(earlier)] if earlier else self.origin
 
     def on_epoch(self, stats: EpochStats) -> bool:
         return lifecycle.report_progress(self.settings, self.job_id, stats.as_dict())
@@ -70,16 +78,24 @@ class _Recorder:
         blob = self.store.put_bytes(event.state, ".pt")
         with session_scope(self.settings) as s:
             row = ModelCheckpoint(
-                job_id=self.job_id, dataset_id=self.plan.dataset_id, parent_id=self.parent_id,
-                epoch=event.epoch, final=event.final, config=self.plan.config.to_dict(),
-                metrics=event.metrics, artifact_uri=blob.uri, sha256=blob.sha256,
-                size_bytes=blob.size, code_version=runtime.code_version(),
-                torch_version=torch.__version__,
+                job_id=self.job_id, dataset_id=self.plan.dataset_id,
+                parent_id=self.parent_for(event.epoch), epoch=event.epoch, final=False,
+                config=self.plan.config.to_dict(), metrics={**event.metrics, "kind": event.reason},
+                artifact_uri=blob.uri, sha256=blob.sha256, size_bytes=blob.size,
+                code_version=runtime.code_version(), torch_version=torch.__version__,
             )
             s.add(row)
             s.flush()
-            self.parent_id = row.id
-        log.info("job %s: registered model %s (epoch %s)", self.job_id, row.id, event.epoch)
+            self.ids[event.epoch] = row.id
+        log.info("job %s: registered model %s (epoch %s, %s)", self.job_id, row.id,
+                 event.epoch, event.reason)
+
+
+def _registered_epochs(settings: Settings, job_id: int) -> dict[int, int]:
+    with session_scope(settings) as s:
+        rows = s.execute(select(ModelCheckpoint.epoch, ModelCheckpoint.id)
+                         .where(ModelCheckpoint.job_id == job_id)).all()
+        return {epoch: model_id for epoch, model_id in rows}
 
 
 def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
@@ -100,5 +116,13 @@ def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str
     if result.history:
         png = store.put_bytes(render_loss_curves(result.history, f"job {job_id}"), ".png")
         outputs.append({"name": "loss_curves.png", "kind": "plot", **png.as_dict()})
-    status = JobStatus.cancelled if result.stopped else JobStatus.succeeded
-    lifecycle.finish(settings, job_id, status, outputs=outputs)
+    if result.stopped:
+        lifecycle.finish(settings, job_id, JobStatus.cancelled, outputs=outputs)
+        return
+    final_id = recorder.ids[result.final_epoch]  # type: ignore[index]
+    with session_scope(settings) as s:
+        s.get(ModelCheckpoint, final_id).final = True  # type: ignore[union-attr]
+        job = s.get(Job, job_id)
+        job.status, job.finished_at, job.outputs = JobStatus.succeeded.value, lifecycle.now(), outputs  # type: ignore[union-attr]
+        job.result = {"final_model_id": final_id, "final_epoch": result.final_epoch,  # type: ignore[union-attr]
+                      "last_epoch": result.last_epoch, "stopped_early": result.stopped_early}

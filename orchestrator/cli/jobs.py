@@ -24,6 +24,7 @@ WaitOpt = typer.Option(False, "--wait", help="Follow the job until it ends; non-
 CPU_DEFAULTS: dict[str, Any] = dict(
     epochs=30, n_patches=10, template="square", n_points=1000, batch_size=16, lr=1e-3,
     bottleneck=256, hidden=128, layers=2, val_fraction=0.1, checkpoint_every=5, seed=0,
+    augment_rotate=False, augment_scale=0.0, augment_jitter=0.0, keep_best=True, patience=0,
 )
 REFERENCE: dict[str, Any] = dict(
     CPU_DEFAULTS, epochs=150, n_patches=25, n_points=2500, batch_size=32, bottleneck=1024,
@@ -54,7 +55,7 @@ def _enqueue(kind: str, job_id: int) -> None:
 def _train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None,
                   device: str) -> dict[str, Any]:
     """Merge flags over the parent's architecture and the defaults; validate; as a dict."""
-    from atlas_core.config import ModelConfig, TrainConfig
+    from atlas_core.config import AugmentConfig, ModelConfig, TrainConfig
 
     values = dict(REFERENCE if reference else CPU_DEFAULTS)
     if parent is not None:
@@ -73,6 +74,9 @@ def _train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any]
         epochs=values["epochs"], batch_size=values["batch_size"], lr=values["lr"],
         val_fraction=values["val_fraction"], checkpoint_every=values["checkpoint_every"],
         seed=values["seed"], device=device,
+        augment=AugmentConfig(rotate=values["augment_rotate"], scale=values["augment_scale"],
+                              jitter=values["augment_jitter"]),
+        keep_best=values["keep_best"], patience=values["patience"],
     )
     try:
         config.validate()
@@ -84,18 +88,25 @@ def _train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any]
 @submit_app.command("train")
 def submit_train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="NAME or NAME@VERSION."),
-    epochs: int = typer.Option(None, help=f"Epochs [default: {CPU_DEFAULTS['epochs']}]."),
-    patches: int = typer.Option(None, help=f"Atlas patches K [default: {CPU_DEFAULTS['n_patches']}]."),
-    template: str = typer.Option(None, help="Patch template: square or sphere [default: square]."),
-    points: int = typer.Option(None, help=f"Points per shape per step [default: {CPU_DEFAULTS['n_points']}]."),
-    batch_size: int = typer.Option(None, help=f"Shapes per step [default: {CPU_DEFAULTS['batch_size']}]."),
-    lr: float = typer.Option(None, help="Adam learning rate [default: 1e-3], /10 at 80, 93, 97% of epochs."),
-    bottleneck: int = typer.Option(None, help=f"Latent size [default: {CPU_DEFAULTS['bottleneck']}]."),
-    hidden: int = typer.Option(None, help=f"Decoder width [default: {CPU_DEFAULTS['hidden']}]."),
-    layers: int = typer.Option(None, help="Hidden layers per decoder [default: 2]."),
-    val_fraction: float = typer.Option(None, help="Shapes held out for validation [default: 0.1]."),
-    checkpoint_every: int = typer.Option(None, help="Register a checkpoint every E epochs [default: 5]."),
-    seed: int = typer.Option(None, help="Seed for the split, sampling and initialisation [default: 0]."),
+    epochs: int = typer.Option(None, help=f"Epochs (default: {CPU_DEFAULTS['epochs']})."),
+    patches: int = typer.Option(None, help=f"Atlas patches K (default: {CPU_DEFAULTS['n_patches']})."),
+    template: str = typer.Option(None, help="Patch template: square or sphere (default: square)."),
+    points: int = typer.Option(None, help=f"Points per shape per step (default: {CPU_DEFAULTS['n_points']})."),
+    batch_size: int = typer.Option(None, help=f"Shapes per step (default: {CPU_DEFAULTS['batch_size']})."),
+    lr: float = typer.Option(None, help="Adam learning rate (default: 1e-3), /10 at 80, 93, 97% of epochs."),
+    bottleneck: int = typer.Option(None, help=f"Latent size (default: {CPU_DEFAULTS['bottleneck']})."),
+    hidden: int = typer.Option(None, help=f"Decoder width (default: {CPU_DEFAULTS['hidden']})."),
+    layers: int = typer.Option(None, help="Hidden layers per decoder (default: 2)."),
+    val_fraction: float = typer.Option(None, help="Shapes held out for validation (default: 0.1)."),
+    checkpoint_every: int = typer.Option(None, help="Register a checkpoint every E epochs (default: 5)."),
+    seed: int = typer.Option(None, help="Seed for the split, sampling and initialisation (default: 0)."),
+    augment_rotate: bool = typer.Option(None, "--augment-rotate/--no-augment-rotate",
+                                        help="Rotate each shape about its principal axis (default: off)."),
+    augment_scale: float = typer.Option(None, help="Anisotropic scaling by up to ±S per axis (default: 0)."),
+    augment_jitter: float = typer.Option(None, help="Gaussian point noise, std in unit-ball units (default: 0)."),
+    keep_best: bool = typer.Option(None, "--keep-best/--keep-last",
+                                   help="Final model: best validation Chamfer, or the last epoch (default: best)."),
+    patience: int = typer.Option(None, help="Stop after P epochs without a better validation Chamfer (default: 0, never)."),
     from_model: int = typer.Option(None, "--from-model", help="Fine-tune from this registered model id."),
     reference: bool = typer.Option(False, "--reference",
                                    help="Start from the paper's configuration (150 epochs, K=25, 2500 points, 1024/512)."),
@@ -109,7 +120,8 @@ def submit_train(
     given = dict(epochs=epochs, n_patches=patches, template=template, n_points=points,
                  batch_size=batch_size, lr=lr, bottleneck=bottleneck, hidden=hidden,
                  layers=layers, val_fraction=val_fraction, checkpoint_every=checkpoint_every,
-                 seed=seed)
+                 seed=seed, augment_rotate=augment_rotate, augment_scale=augment_scale,
+                 augment_jitter=augment_jitter, keep_best=keep_best, patience=patience)
     with registry() as s:
         ds = resolve_dataset(s, dataset)
         parent = get_model(s, from_model).config if from_model is not None else None
@@ -307,11 +319,22 @@ def register(app: typer.Typer) -> None:
         else:
             err.print(message[0].upper() + message[1:] + ".")
 
+    @app.command("evaluate")
+    def evaluate(
+        model: int = typer.Option(..., "--model", "-m", help="Registered model id."),
+        dataset: str = typer.Option(None, "--dataset", "-d",
+                                    help="NAME or NAME@V to score on (default: the model's validation shapes)."),
+        wait: bool = WaitOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Score a model (Chamfer, F-score, normal consistency, coverage) against retrieval."""
+        _evaluate(model, dataset, wait, as_json)
+
     @app.command("reconstruct")
     def reconstruct(
         model: int = typer.Option(..., "--model", "-m", help="Registered model id (see `rodin models list`)."),
         inputs: list[Path] = typer.Argument(None, help="Mesh files; none: the model's validation shapes."),
-        out: Path = typer.Option(None, "--out", "-o", help="Where --wait puts the outputs [default: ./reconstructions/job-ID]."),
+        out: Path = typer.Option(None, "--out", "-o", help="Where --wait puts the outputs (default: ./reconstructions/job-ID)."),
         wait: bool = WaitOpt,
         as_json: bool = JsonOpt,
     ) -> None:
@@ -352,6 +375,62 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  {p}", highlight=False)
         if summary["status"] != "succeeded":
             raise typer.Exit(1)
+
+
+def _evaluate(model: int, dataset: str | None, wait: bool, as_json: bool) -> None:
+    from orchestrator.registry.models import Job, JobKind
+    from orchestrator.registry.queries import get_model, resolve_dataset
+
+    with registry() as s:
+        get_model(s, model)
+        ds = resolve_dataset(s, dataset) if dataset else None
+        job = Job(kind=JobKind.evaluate.value, input_model_id=model,
+                  dataset_id=ds.id if ds else None, params={"dataset": ds.ref if ds else None})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    _ensure_worker(as_json)
+    _enqueue("evaluate", job_id)
+    on = dataset or "its validation shapes"
+    if not as_json:
+        err.print(f"Queued evaluation job [bold]{job_id}[/]: model {model} on {on}.")
+    if not wait:
+        if as_json:
+            emit_json({"job_id": job_id, "status": "queued"})
+        else:
+            console.print(job_id)
+        return
+    summary = wait_for_job(job_id, quiet=as_json)
+    result = summary["result"] or {}
+    if as_json:
+        emit_json({"job_id": job_id, "status": summary["status"], "error": summary["error"],
+                   **result})
+    elif summary["status"] == "succeeded":
+        _print_evaluation(result)
+    else:
+        _report_end(summary)
+    if summary["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_evaluation(r: dict[str, Any]) -> None:
+    table = Table("metric", "model", "retrieval", title=f"model {r['model_id']} on {r['dataset']} "
+                  f"({r['shapes']} shapes)", title_justify="left")
+    table.add_row("Chamfer x1e3 (lower is better)", f"{r['chamfer']:.3f}", f"{r['retrieval_chamfer']:.3f}")
+    table.add_row(f"F-score @ {r['fscore_threshold']}", f"{r['fscore']:.3f}", "")
+    table.add_row("normal consistency", f"{r['normal_consistency']:.3f}", "")
+    table.add_row("coverage", f"{r['coverage']:.3f}", "")
+    console.print(table)
+    wins = f"better on {r['shapes_beating_retrieval']} of {r['shapes']} shapes"
+    if r["beats_retrieval"]:
+        console.print(f"[green]The model beats retrieval[/] (the nearest of its {r['retrieval_library']} "
+                      f"training shapes): Chamfer {r['chamfer']:.3f} vs {r['retrieval_chamfer']:.3f}, {wins}.")
+    else:
+        console.print(f"[red]The model does NOT beat retrieval[/]: copying the nearest of its "
+                      f"{r['retrieval_library']} training shapes scores Chamfer {r['retrieval_chamfer']:.3f}, "
+                      f"the model {r['chamfer']:.3f} ({wins}).")
+    for warning in r.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def _upload_inputs(paths: list[Path]) -> list[dict[str, str]]:

@@ -41,6 +41,7 @@ class Base(DeclarativeBase):
 class JobKind(str, enum.Enum):
     train = "train"
     reconstruct = "reconstruct"
+    evaluate = "evaluate"
 
 
 class JobStatus(str, enum.Enum):
@@ -105,6 +106,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Produced artifacts: [{"name": ..., "kind": ..., "sha256": ..., "uri": ..., "size": ...}].
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    #: What the job found, e.g. an evaluation's scores or a training's final model.
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

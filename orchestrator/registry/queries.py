@@ -118,6 +118,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "model_ids": model_ids,
         "final_model_id": final_model_id(session, job.id) if job.kind == "train" else None,
         "outputs": job.outputs,
+        "result": job.result,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

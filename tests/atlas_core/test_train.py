@@ -33,10 +33,11 @@ def _weights(model: torch.nn.Module) -> torch.Tensor:
 
 def test_same_seed_same_model_and_checkpoints_at_the_right_epochs(swords: PointCloudSet) -> None:
     events: list[CheckpointEvent] = []
-    a = train(tiny(), swords, TrainCallbacks(on_checkpoint=events.append))
-    b = train(tiny(), swords)
+    a = train(tiny(keep_best=False), swords, TrainCallbacks(on_checkpoint=events.append))
+    b = train(tiny(keep_best=False), swords)
     assert torch.equal(_weights(a.model), _weights(b.model))
-    assert [(e.epoch, e.final) for e in events] == [(2, False), (4, True)]
+    assert [(e.epoch, e.reason) for e in events] == [(2, "periodic"), (4, "last")]
+    assert a.final_epoch == 4
     assert [h["epoch"] for h in a.history] == [1, 2, 3, 4]
     assert not torch.equal(_weights(a.model), _weights(train(tiny(seed=1), swords).model))
 
@@ -51,7 +52,42 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(swords: PointClou
 
 def test_a_callback_can_stop_training(swords: PointCloudSet) -> None:
     result = train(tiny(), swords, TrainCallbacks(on_epoch=lambda s: s.epoch < 2))
-    assert result.stopped and result.last_epoch == 2
+    assert result.stopped and result.last_epoch == 2 and result.final_epoch is None
+
+
+def test_keep_best_hands_over_the_best_validation_epoch(swords: PointCloudSet) -> None:
+    events: list[CheckpointEvent] = []
+    cfg = tiny(epochs=8, checkpoint_every=100)
+    cfg.lr = 1e-2  # noisy on purpose: the last epoch is unlikely to be the best
+    result = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
+    vals = [h["val_chamfer"] for h in result.history]
+    best = 1 + int(np.argmin(vals))
+    assert result.final_epoch == best
+    by_epoch = {e.epoch: e for e in events}
+    assert by_epoch[8].reason == "last"
+    assert best in by_epoch and by_epoch[best].metrics["val_chamfer"] == min(vals)
+    assert load_checkpoint(by_epoch[best].state)["epoch"] == best
+    assert {"coverage", "collapsed_patches", "warnings"} <= set(by_epoch[best].metrics)
+
+
+def test_early_stopping_stops_after_patience(swords: PointCloudSet) -> None:
+    cfg = tiny(epochs=200, checkpoint_every=100, patience=2)
+    cfg.lr = 5e-2  # diverges from its best quickly
+    result = train(cfg, swords)
+    assert result.stopped_early and result.last_epoch < 200
+    assert result.last_epoch - result.final_epoch == 2
+
+
+def test_augmentation_changes_training_and_is_recorded(swords: PointCloudSet) -> None:
+    from atlas_core.config import AugmentConfig
+
+    plain = train(tiny(keep_best=False), swords)
+    cfg = tiny(keep_best=False, augment=AugmentConfig(rotate=True, scale=0.2, jitter=0.005))
+    events: list[CheckpointEvent] = []
+    augmented = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
+    assert not torch.equal(_weights(plain.model), _weights(augmented.model))
+    assert load_checkpoint(events[-1].state)["config"]["augment"] == {
+        "rotate": True, "scale": 0.2, "jitter": 0.005}
 
 
 def test_training_reduces_the_loss(swords: PointCloudSet) -> None:
@@ -63,7 +99,7 @@ def test_training_reduces_the_loss(swords: PointCloudSet) -> None:
 
 def test_checkpoints_load_with_weights_only_and_refuse_garbage(swords: PointCloudSet) -> None:
     events: list[CheckpointEvent] = []
-    train(tiny(), swords, TrainCallbacks(on_checkpoint=events.append))
+    train(tiny(keep_best=False), swords, TrainCallbacks(on_checkpoint=events.append))
     model, config, state = load_model(events[-1].state)
     assert config.model.n_patches == 3 and state["epoch"] == 4 and not model.training
     with pytest.raises(CheckpointError):

@@ -25,6 +25,7 @@ def slice_home(tmp_path_factory):  # type: ignore[no-untyped-def]
     worker = rodin.start_worker("w1")
     yield rodin
     stop_process(worker)
+    assert list(rodin.worker_cwd.iterdir()) == []  # the worker writes only under RODIN_HOME
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,10 @@ def test_training_registers_every_checkpoint_with_sha256_and_parents(slice_home:
     models = sorted(slice_home.json("models", "list")["models"], key=lambda m: m["id"])
     assert [m["epoch"] for m in models] == [1, 2, 3]
     assert job["model_ids"] == [m["id"] for m in models]
-    assert [m["final"] for m in models] == [False, False, True]
-    assert models[-1]["id"] == trained["model_id"]
+    # keep-best: the final model is the checkpoint with the lowest validation Chamfer
+    finals = [m for m in models if m["final"]]
+    assert [m["id"] for m in finals] == [trained["model_id"]]
+    assert finals[0]["metrics"]["val_chamfer"] == min(m["metrics"]["val_chamfer"] for m in models)
     assert [m["parent_id"] for m in models] == [None, models[0]["id"], models[1]["id"]]
     for m in models:
         blob = Path(m["artifact_uri"].removeprefix("file://")).read_bytes()
@@ -54,10 +57,12 @@ def test_training_registers_every_checkpoint_with_sha256_and_parents(slice_home:
 
 
 def test_models_show_gives_lineage(slice_home: Rodin, trained: dict) -> None:
-    shown = slice_home.json("models", "show", str(trained["model_id"]))
+    job = slice_home.json("status", str(trained["job_id"]))
+    first, second, last = job["model_ids"]
+    shown = slice_home.json("models", "show", str(last))
     assert shown["epoch"] == 3 and shown["dataset"] == "swords@1"
-    assert shown["lineage"] == [trained["model_id"] - 1, trained["model_id"] - 2]
-    assert shown["parent_id"] == trained["model_id"] - 1
+    assert shown["lineage"] == [second, first]
+    assert shown["parent_id"] == second
 
 
 def test_loss_curves_are_stored_and_written_by_models_show(slice_home: Rodin, trained: dict, tmp_path: Path) -> None:
@@ -96,6 +101,19 @@ def test_reconstruct_a_user_mesh_in_its_own_coordinates(slice_home: Rodin, train
     assert 0.2 * radius < np.linalg.norm(mesh.vertices - box.centroid, axis=1).max() < 3 * radius
 
 
+def test_evaluate_scores_the_model_against_retrieval(slice_home: Rodin, trained: dict) -> None:
+    out = slice_home.json("evaluate", "--model", str(trained["model_id"]), "--wait", timeout=300)
+    assert out["status"] == "succeeded"
+    for key in ("chamfer", "fscore", "normal_consistency", "coverage", "retrieval_chamfer"):
+        assert isinstance(out[key], float) and out[key] >= 0, key
+    assert 0 <= out["fscore"] <= 1 and 0 <= out["coverage"] <= 1
+    assert out["beats_retrieval"] == (out["chamfer"] < out["retrieval_chamfer"])
+    assert len(out["per_shape"]) == 2 and out["retrieval_library"] == 6
+    assert {r["retrieved"] for r in out["per_shape"]} <= {f"sword_{i:04d}" for i in range(8)}
+    text = slice_home.run("evaluate", "--model", str(trained["model_id"]), "--dataset", "swords", "--wait")
+    assert text.returncode == 0 and "beat" in text.stdout and "retrieval" in text.stdout
+
+
 def test_tampered_checkpoint_is_refused(slice_home: Rodin, trained: dict) -> None:
     first = sorted(slice_home.json("models", "list")["models"], key=lambda m: m["id"])[0]
     blob = Path(first["artifact_uri"].removeprefix("file://"))
@@ -117,7 +135,7 @@ def test_fine_tune_records_the_parent_model(slice_home: Rodin, trained: dict) ->
                           "--batch-size", "4", "--wait", timeout=600)
     assert out["status"] == "succeeded"
     shown = slice_home.json("models", "show", str(out["model_id"]))
-    assert shown["parent_id"] == trained["model_id"]
+    assert shown["parent_id"] == trained["model_id"]  # one epoch: its only checkpoint
     assert shown["lineage"][0] == trained["model_id"]
     assert shown["config"]["model"]["n_patches"] == 4  # the architecture comes from the parent
     refused = slice_home.run("submit", "train", "--dataset", "swords", "--from-model",

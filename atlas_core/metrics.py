@@ -1,0 +1,157 @@
+"""Reconstruction quality, reported the way papers do, plus the retrieval baseline.
+
+All clouds are in the unit ball (the dataset's normalisation). With x the reconstruction and y
+the ground truth, d(p, Q) = min_q ||p - q||:
+
+    chamfer  = 10^3 * (mean_x d(x, y)^2 + mean_y d(y, x)^2) / 2     squared distances, mean of both directions
+    precision = mean_x [d(x, y) < tau],  recall = coverage = mean_y [d(y, x) < tau]
+    fscore   = 2 PR / (P + R)        tau = 1% of the unit ball's diameter = 0.02
+    normal consistency = mean over both directions of |n_p . n_nearest|   (patches are unoriented)
+
+The retrieval baseline answers "did the network learn more than a lookup table?": for each
+evaluated shape, the Chamfer to the nearest training shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from atlas_core.chamfer import nearest_neighbors
+from atlas_core.meshing import PatchMesh
+
+#: 1% of the diameter of the unit ball.
+FSCORE_THRESHOLD = 0.02
+CHAMFER_SCALE = 1e3
+
+
+@dataclass
+class ShapeScores:
+    chamfer: float
+    fscore: float
+    precision: float
+    coverage: float  # = recall
+    normal_consistency: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(0)
+
+
+def paper_chamfer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, 3), y: (B, M, 3) -> (B,) Chamfer x 10^3, mean of the two directions."""
+    _, d_xy = nearest_neighbors(x, y)
+    _, d_yx = nearest_neighbors(y, x)
+    return CHAMFER_SCALE * 0.5 * (d_xy.mean(1) + d_yx.mean(1))
+
+
+def surface_scores(
+    pred: np.ndarray, pred_normals: np.ndarray, gt: np.ndarray, gt_normals: np.ndarray,
+    threshold: float = FSCORE_THRESHOLD,
+) -> ShapeScores:
+    """Scores of one reconstruction. pred: (N, 3), gt: (M, 3), normals unit length."""
+    idx_pg, d_pg = nearest_neighbors(_t(pred), _t(gt))
+    idx_gp, d_gp = nearest_neighbors(_t(gt), _t(pred))
+    d_pg, d_gp = d_pg[0].double().numpy(), d_gp[0].double().numpy()
+    precision = float((np.sqrt(d_pg) < threshold).mean())
+    recall = float((np.sqrt(d_gp) < threshold).mean())
+    fscore = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    cos_pg = np.abs((pred_normals * gt_normals[idx_pg[0].numpy()]).sum(-1))
+    cos_gp = np.abs((gt_normals * pred_normals[idx_gp[0].numpy()]).sum(-1))
+    return ShapeScores(
+        chamfer=float(CHAMFER_SCALE * 0.5 * (d_pg.mean() + d_gp.mean())),
+        fscore=fscore, precision=precision, coverage=recall,
+        normal_consistency=float(0.5 * (cos_pg.mean() + cos_gp.mean())),
+    )
+
+
+def sample_mesh(mesh: PatchMesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted samples on a reconstructed mesh: points (n, 3), unit normals (n, 3).
+
+    A fully collapsed reconstruction has no area; its vertices stand in, with arbitrary normals,
+    so that it scores as badly as it is rather than failing.
+    """
+    rng = np.random.default_rng(seed)
+    tri = mesh.vertices[mesh.faces].astype(np.float64)  # (F, 3, 3)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area = np.linalg.norm(cross, axis=1)
+    if area.sum() <= 0:
+        pick = rng.integers(0, len(mesh.vertices), n)
+        normals = np.tile([0.0, 0.0, 1.0], (n, 1))
+        return mesh.vertices[pick].astype(np.float32), normals.astype(np.float32)
+    face = rng.choice(len(tri), size=n, p=area / area.sum())
+    u, v = rng.random((2, n))
+    flip = u + v > 1
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    t = tri[face]
+    points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+    normals = cross[face] / np.maximum(area[face], 1e-30)[:, None]
+    return points.astype(np.float32), normals.astype(np.float32)
+
+
+def retrieval_chamfer(queries: np.ndarray, library: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each query cloud, the paper Chamfer to its nearest library cloud, and which one.
+
+    queries: (Q, N, 3), library: (T, M, 3) -> (distances (Q,), indices (Q,))
+    """
+    lib = torch.from_numpy(np.ascontiguousarray(library, dtype=np.float32))
+    best = np.empty(len(queries))
+    which = np.empty(len(queries), dtype=np.int64)
+    for i, q in enumerate(queries):
+        qs = _t(q).expand(len(lib), -1, -1)
+        scores = paper_chamfer(qs, lib).double().numpy()
+        which[i] = int(scores.argmin())
+        best[i] = float(scores[which[i]])
+    return best, which
+
+
+@dataclass
+class PatchHealth:
+    """Signs of AtlasNet's failure modes ("several disjoint planes", collapsed patches)."""
+
+    area_fraction: list[float]  # share of the total surface area per patch, mean over shapes
+    extent: list[float]  # bounding-box diagonal per patch, mean over shapes (unit ball)
+    collapsed: list[int]  # patches that cover next to nothing
+
+    def warnings(self, coverage: float | None = None, min_coverage: float = 0.5) -> list[str]:
+        notes = []
+        if self.collapsed:
+            notes.append(
+                f"{len(self.collapsed)} of {len(self.extent)} patches collapsed (ids "
+                f"{', '.join(map(str, self.collapsed))}): they cover almost no surface"
+            )
+        if coverage is not None and coverage < min_coverage:
+            notes.append(
+                f"low coverage: only {coverage:.0%} of ground-truth points lie within "
+                f"{FSCORE_THRESHOLD} of the reconstruction (torn or missing parts)"
+            )
+        return notes
+
+
+def patch_health(meshes: list[PatchMesh], n_patches: int) -> PatchHealth:
+    """Per-patch area and extent over some reconstructions; flags patches that collapsed.
+
+    A patch is collapsed when its area is below 1% of a fair share (1/K of the total) or its
+    points stay within 1% of the unit ball's diameter.
+    """
+    areas = np.zeros((len(meshes), n_patches))
+    extents = np.zeros((len(meshes), n_patches))
+    for s, mesh in enumerate(meshes):
+        tri = mesh.vertices[mesh.faces].astype(np.float64)
+        face_area = 0.5 * np.linalg.norm(
+            np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        face_patch = mesh.patch_ids[mesh.faces[:, 0]]
+        areas[s] = np.bincount(face_patch, weights=face_area, minlength=n_patches)
+        for k in range(n_patches):
+            pts = mesh.vertices[mesh.patch_ids == k]
+            extents[s, k] = float(np.linalg.norm(pts.max(0) - pts.min(0))) if len(pts) else 0.0
+    fraction = (areas / np.maximum(areas.sum(1, keepdims=True), 1e-30)).mean(0)
+    extent = extents.mean(0)
+    collapsed = [k for k in range(n_patches)
+                 if fraction[k] < 0.01 / n_patches or extent[k] < 2 * 0.01]
+    return PatchHealth(fraction.round(6).tolist(), extent.round(6).tolist(), collapsed)

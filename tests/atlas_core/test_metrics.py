@@ -1,0 +1,105 @@
+"""Evaluation metrics against hand-computed cases, and the augmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_core.augment import augment, principal_axes
+from atlas_core.config import AugmentConfig
+from atlas_core.meshing import PatchMesh
+from atlas_core.metrics import (
+    paper_chamfer,
+    patch_health,
+    retrieval_chamfer,
+    sample_mesh,
+    surface_scores,
+)
+
+
+def grid(spacing: float = 1.0) -> np.ndarray:
+    """Points 1 apart, so that a small offset never changes who is whose nearest neighbour."""
+    a = np.arange(5, dtype=np.float64) * spacing
+    return np.stack(np.meshgrid(a, a, a, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+
+
+def normals_z(n: int) -> np.ndarray:
+    return np.tile(np.float32([0, 0, 1]), (n, 1))
+
+
+def test_identical_clouds_score_perfectly() -> None:
+    x = grid()
+    s = surface_scores(x, normals_z(len(x)), x, normals_z(len(x)))
+    assert s.chamfer == 0.0
+    assert s.fscore == 1.0 and s.precision == 1.0 and s.coverage == 1.0
+    assert s.normal_consistency == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("offset, fscore", [(0.01, 1.0), (0.03, 0.0)])
+def test_a_known_offset_gives_the_known_distance(offset: float, fscore: float) -> None:
+    x = grid()
+    y = x + np.float32([0, 0, offset])
+    s = surface_scores(y, normals_z(len(x)), x, normals_z(len(x)))
+    # squared offset in both directions, mean of the two, x 10^3
+    assert s.chamfer == pytest.approx(1e3 * offset**2, rel=1e-4)
+    assert s.fscore == fscore and s.coverage == fscore  # threshold 0.02
+    out = paper_chamfer(torch.from_numpy(y)[None], torch.from_numpy(x)[None])
+    assert float(out[0]) == pytest.approx(1e3 * offset**2, rel=1e-4)
+
+
+def test_normal_consistency_ignores_orientation_and_sees_perpendicular() -> None:
+    x = grid()
+    flipped = -normals_z(len(x))
+    assert surface_scores(x, flipped, x, normals_z(len(x))).normal_consistency == pytest.approx(1.0)
+    sideways = np.tile(np.float32([1, 0, 0]), (len(x), 1))
+    assert surface_scores(x, sideways, x, normals_z(len(x))).normal_consistency == pytest.approx(0.0)
+
+
+def test_retrieval_finds_the_shape_itself() -> None:
+    rng = np.random.default_rng(0)
+    library = rng.normal(size=(5, 300, 3)).astype(np.float32)
+    queries = library[[3, 1]] + 0.0
+    dist, which = retrieval_chamfer(queries, library)
+    assert which.tolist() == [3, 1] and np.allclose(dist, 0.0)
+
+
+def _square_patch(k: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    v = np.float32([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]) * scale + k
+    return v, np.int64([[0, 1, 2], [0, 2, 3]]), np.full(4, k)
+
+
+def test_a_collapsed_patch_is_flagged() -> None:
+    parts = [_square_patch(0, 0.5), _square_patch(1, 0.5), _square_patch(2, 1e-4)]
+    verts = np.concatenate([p[0] for p in parts])
+    faces = np.concatenate([p[1] + 4 * i for i, p in enumerate(parts)])
+    mesh = PatchMesh(verts, faces, np.concatenate([p[2] for p in parts]))
+    health = patch_health([mesh], 3)
+    assert health.collapsed == [2]
+    assert "1 of 3 patches collapsed (ids 2)" in health.warnings()[0]
+    assert "low coverage" in health.warnings(coverage=0.3)[-1]
+
+
+def test_mesh_sampling_is_area_weighted_and_on_the_surface() -> None:
+    v, f, ids = _square_patch(0, 1.0)
+    pts, normals = sample_mesh(PatchMesh(v, f, ids), 2000, seed=0)
+    assert np.allclose(pts[:, 2], 0) and (pts[:, :2] >= 0).all() and (pts[:, :2] <= 1).all()
+    assert np.allclose(np.abs(normals[:, 2]), 1)
+
+
+def test_augmentations_keep_shapes_in_the_unit_ball() -> None:
+    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    # A long thin cloud along y: its principal axis is y, and rotation about it keeps y.
+    cloud = (rng.normal(size=(2, 500, 3)) * [0.05, 0.9, 0.1]).astype(np.float32)
+    cloud /= np.linalg.norm(cloud, axis=-1).max(axis=1)[:, None, None]
+    axes = principal_axes(cloud)
+    assert np.allclose(np.abs(axes[:, 1]), 1, atol=1e-2)
+    x = torch.from_numpy(cloud)
+    rotated = augment(x, torch.from_numpy(axes), AugmentConfig(rotate=True), g)
+    assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert not torch.allclose(rotated, x)
+    assert torch.allclose((rotated * torch.from_numpy(axes)[:, None]).sum(-1),
+                          (x * torch.from_numpy(axes)[:, None]).sum(-1), atol=1e-5)
+    both = augment(x, torch.from_numpy(axes), AugmentConfig(scale=0.3, jitter=0.01), g)
+    assert both.norm(dim=-1).max() <= 1.0 + 1e-6
