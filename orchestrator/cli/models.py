@@ -45,11 +45,14 @@ def list_(
     if not rows:
         console.print("No models yet: `rodin submit train --dataset NAME --wait`.")
         return
-    table = Table("id", "job", "dataset", "epoch", "final", "val Chamfer", "parent", "sha256", "age")
+    table = Table("id", "job", "dataset", "epoch", "final", "val Chamfer", "coverage", "parent",
+                  "sha256", "age")
     for r in rows:
-        val = r["metrics"].get("val_chamfer")
+        val, coverage = r["metrics"].get("val_chamfer"), r["metrics"].get("coverage")
+        flag = " [yellow]![/]" if r["metrics"].get("warnings") else ""
         table.add_row(str(r["id"]), str(r["job_id"]), r["dataset"], str(r["epoch"]),
                       "yes" if r["final"] else "", f"{val:.5f}" if val is not None else "-",
+                      (f"{coverage:.2f}" if coverage is not None else "-") + flag,
                       str(r["parent_id"] or "-"), r["sha256"][:12], age(r["created_at"]))
     console.print(table)
 
@@ -77,8 +80,12 @@ def show(
     for key in ("id", "job_id", "dataset", "epoch", "final", "parent_id", "sha256", "size_bytes",
                 "artifact_uri", "code_version", "torch_version", "created_at"):
         console.print(f"[bold]{key:14}[/] {summary[key]}", highlight=False)
+    metrics = summary["metrics"]
     console.print(f"[bold]{'metrics':14}[/] " + ", ".join(
-        f"{k} {v:.6g}" for k, v in summary["metrics"].items()), highlight=False)
+        f"{k} {v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))
+        and not isinstance(v, bool)), highlight=False)
+    for warning in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     c = summary["config"]
     m = c["model"]
     console.print(f"[bold]{'config':14}[/] K={m['n_patches']} {m['template']}, {m['n_points']} points, "
