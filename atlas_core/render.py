@@ -112,7 +112,7 @@ def render_evaluation(per_shape: list[dict[str, float]], title: str = "") -> byt
     ax.set_yscale("log")
     ax.set_xlabel("retrieval Chamfer (nearest training shape) x1e3")
     ax.set_ylabel("model Chamfer x1e3")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "evaluation")
     return _to_png(fig)

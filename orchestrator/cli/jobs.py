@@ -324,11 +324,16 @@ def register(app: typer.Typer) -> None:
         model: int = typer.Option(..., "--model", "-m", help="Registered model id."),
         dataset: str = typer.Option(None, "--dataset", "-d",
                                     help="NAME or NAME@V to score on (default: the model's validation shapes)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Where --wait puts the report and plot (default: ./evaluations/job-ID)."),
         wait: bool = WaitOpt,
         as_json: bool = JsonOpt,
     ) -> None:
-        """Score a model (Chamfer, F-score, normal consistency, coverage) against retrieval."""
-        _evaluate(model, dataset, wait, as_json)
+        """Score a model (Chamfer, F-score, normal consistency, coverage) against retrieval.
+
+        Retrieval copies the nearest shape of the model's own training set: a model that does
+        not beat it has learned a lookup table, not shapes.
+        """
+        _evaluate(model, dataset, out, wait, as_json)
 
     @app.command("reconstruct")
     def reconstruct(
@@ -377,7 +382,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _evaluate(model: int, dataset: str | None, wait: bool, as_json: bool) -> None:
+def _evaluate(model: int, dataset: str | None, out: Path | None, wait: bool, as_json: bool) -> None:
     from orchestrator.registry.models import Job, JobKind
     from orchestrator.registry.queries import get_model, resolve_dataset
 
@@ -402,11 +407,16 @@ def _evaluate(model: int, dataset: str | None, wait: bool, as_json: bool) -> Non
         return
     summary = wait_for_job(job_id, quiet=as_json)
     result = summary["result"] or {}
+    paths: list[str] = []
+    if summary["status"] == "succeeded":
+        paths = _download(summary["outputs"], out or Path("evaluations") / f"job-{job_id}")
     if as_json:
         emit_json({"job_id": job_id, "status": summary["status"], "error": summary["error"],
-                   **result})
+                   "outputs": paths, **result})
     elif summary["status"] == "succeeded":
         _print_evaluation(result)
+        for p in paths:
+            console.print(f"  {p}", highlight=False)
     else:
         _report_end(summary)
     if summary["status"] != "succeeded":

@@ -101,8 +101,10 @@ def test_reconstruct_a_user_mesh_in_its_own_coordinates(slice_home: Rodin, train
     assert 0.2 * radius < np.linalg.norm(mesh.vertices - box.centroid, axis=1).max() < 3 * radius
 
 
-def test_evaluate_scores_the_model_against_retrieval(slice_home: Rodin, trained: dict) -> None:
-    out = slice_home.json("evaluate", "--model", str(trained["model_id"]), "--wait", timeout=300)
+def test_evaluate_scores_the_model_against_retrieval(slice_home: Rodin, trained: dict, tmp_path: Path) -> None:
+    out = slice_home.json("evaluate", "--model", str(trained["model_id"]), "--wait",
+                          "--out", str(tmp_path), timeout=300)
+    assert sorted(Path(p).name for p in out["outputs"]) == ["evaluation.json", "evaluation.png"]
     assert out["status"] == "succeeded"
     for key in ("chamfer", "fscore", "normal_consistency", "coverage", "retrieval_chamfer"):
         assert isinstance(out[key], float) and out[key] >= 0, key
@@ -110,7 +112,8 @@ def test_evaluate_scores_the_model_against_retrieval(slice_home: Rodin, trained:
     assert out["beats_retrieval"] == (out["chamfer"] < out["retrieval_chamfer"])
     assert len(out["per_shape"]) == 2 and out["retrieval_library"] == 6
     assert {r["retrieved"] for r in out["per_shape"]} <= {f"sword_{i:04d}" for i in range(8)}
-    text = slice_home.run("evaluate", "--model", str(trained["model_id"]), "--dataset", "swords", "--wait")
+    text = slice_home.run("evaluate", "--model", str(trained["model_id"]), "--dataset", "swords",
+                          "--wait", cwd=tmp_path)
     assert text.returncode == 0 and "beat" in text.stdout and "retrieval" in text.stdout
 
 
