@@ -80,3 +80,22 @@ def test_unreadable_reconstruction_input_is_refused(rodin: Rodin, tmp_path) -> N
     # No model yet either: the model check comes first and names the model.
     result = rodin.run("reconstruct", "--model", "1", str(bad))
     assert result.returncode == 2 and "model 1" in result.stderr
+
+
+def test_client_commands_do_not_import_torch(rodin: Rodin) -> None:
+    """`rodin status` and friends must start fast on a machine that only submits work."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from orchestrator.cli.main import main\n"
+        "sys.argv = ['rodin', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'trimesh', 'celery', 'scipy', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    for args in (["status"], ["models", "list"], ["datasets", "list"], ["config", "show"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args], env=rodin.env,
+                             capture_output=True, text=True, timeout=60)
+        assert "HEAVY []" in out.stderr, (args, out.stderr[-500:])
