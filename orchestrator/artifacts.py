@@ -2,6 +2,10 @@
 
 Blobs live at `<root>/sha256/<aa>/<full sha256><suffix>`: equal bytes are stored once, and a
 reader can always check that what it got is what the registry recorded.
+
+The root is any fsspec URL: a local folder (the embedded default), a folder on a mount that
+every machine shares at the same path (`file:///mnt/shared/rodin`), or an object store
+(`s3://bucket/prefix`, with `endpoint_url` for MinIO and other S3-compatible servers).
 """
 
 from __future__ import annotations
@@ -33,9 +37,17 @@ def sha256_bytes(data: bytes) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root_url: str):
+    def __init__(self, root_url: str, storage_options: dict[str, object] | None = None):
         self.root_url = root_url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
+        options = dict(storage_options or {})
+        if self.root_url.startswith(("s3://", "s3a://")) and "endpoint_url" in options:
+            # s3fs takes the endpoint among the botocore client's arguments.
+            options.setdefault("client_kwargs", {})["endpoint_url"] = options.pop("endpoint_url")  # type: ignore[index]
+        self.fs, self.root = fsspec.core.url_to_fs(self.root_url, **options)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self._protocols = tuple(protocols)
+        #: A local or mounted folder: write beside, then rename. Object stores put atomically.
+        self._rename_into_place = bool({"file", "local"} & set(self._protocols))
 
     def _path(self, sha256: str, suffix: str) -> str:
         return f"{self.root}/sha256/{sha256[:2]}/{sha256}{suffix}"
@@ -48,13 +60,18 @@ class ArtifactStore:
         digest = sha256_bytes(data)
         path = self._path(digest, suffix)
         if not self.fs.exists(path):
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            # Write beside and move into place so that a crash never leaves a partial blob
-            # under the content address (on object stores the put itself is atomic).
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with self.fs.open(tmp, "wb") as fh:
-                fh.write(data)
-            self.fs.mv(tmp, path)
+            if self._rename_into_place:
+                # Write beside and move into place so that a crash never leaves a partial
+                # blob under the content address; two writers of equal bytes both succeed.
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+                with self.fs.open(tmp, "wb") as fh:
+                    fh.write(data)
+                self.fs.mv(tmp, path)
+            else:
+                # One PUT: an object appears whole or not at all (a copy+delete "move" would
+                # only double the traffic).
+                self.fs.pipe_file(path, data)
         return StoredArtifact(self._uri(path), digest, len(data))
 
     def put_file(self, path: str | Path, suffix: str | None = None) -> StoredArtifact:
@@ -62,17 +79,17 @@ class ArtifactStore:
         return self.put_bytes(path.read_bytes(), path.suffix if suffix is None else suffix)
 
     def _local_path(self, uri: str) -> str:
-        fs, path = fsspec.core.url_to_fs(uri)
-        if type(fs) is not type(self.fs):
+        """The store's path for a recorded URI; refuses URIs that belong to another kind of store."""
+        protocol, _ = fsspec.core.split_protocol(uri)
+        if (protocol or "file") not in self._protocols:
             raise ArtifactError(f"artifact {uri} is not in the store at {self.root_url}")
-        return path
+        return self.fs._strip_protocol(uri)
 
     def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
         """Read an artifact; with `sha256`, refuse bytes that do not match the record."""
         path = self._local_path(uri)
         try:
-            with self.fs.open(path, "rb") as fh:
-                data = fh.read()
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise ArtifactError(f"artifact {uri} is missing from the store") from None
         if sha256 is not None and sha256_bytes(data) != sha256:
@@ -89,4 +106,4 @@ def open_store(settings=None) -> ArtifactStore:  # type: ignore[no-untyped-def]
     from orchestrator.settings import load_settings
 
     settings = settings or load_settings()
-    return ArtifactStore(settings.artifact_root)
+    return ArtifactStore(settings.artifact_root, settings.storage_options)

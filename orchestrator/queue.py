@@ -1,6 +1,12 @@
 """The Celery app, its queues and task names: the contract between clients and workers.
 
 Messages carry only a job id (JSON). Everything else a task needs is in the registry.
+
+Two brokers are supported: the embedded `filesystem://` broker (one machine, no server) and Redis
+(`redis://:password@host:6379/0`, several machines). The settings below are chosen for jobs that
+run for hours on one GPU each: a worker holds at most one message at a time (prefetch 1, solo
+pool, concurrency 1) and acknowledges it only when the job has ended (late acknowledgement), so
+a job whose worker stops before the end goes back to the queue instead of being lost.
 """
 
 from __future__ import annotations
@@ -11,49 +17,99 @@ from orchestrator.settings import Settings, load_settings
 
 TRAIN_QUEUE = "train"
 INFER_QUEUE = "infer"
-TASK_QUEUES = {"rodin.train": TRAIN_QUEUE, "rodin.reconstruct": INFER_QUEUE}
-KIND_TASKS = {"train": "rodin.train", "reconstruct": "rodin.reconstruct"}
+QUEUES = (TRAIN_QUEUE, INFER_QUEUE)
+TASK_QUEUES = {"rodin.train": TRAIN_QUEUE, "rodin.reconstruct": INFER_QUEUE,
+               "rodin.evaluate": INFER_QUEUE}
+KIND_TASKS = {"train": "rodin.train", "reconstruct": "rodin.reconstruct",
+              "evaluate": "rodin.evaluate"}
 
 #: Hours-long GPU jobs: Redis must not hand an unacknowledged task to a second worker early.
+#: (The value in force is `Settings.visibility_timeout_s`, `RODIN_VISIBILITY_TIMEOUT_S`.)
 VISIBILITY_TIMEOUT_S = 24 * 3600
+
+#: Seconds between looks at the embedded broker's message folder: what an idle worker adds to
+#: the time from `rodin submit` to the job starting. A listing of a small folder costs well
+#: under a millisecond, so polling this often is cheap.
+FILESYSTEM_POLL_S = 0.02
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:
     if settings.embedded:
         folder = settings.broker_folder
-        (folder / "queue").mkdir(parents=True, exist_ok=True)
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
+            # Exchange tables live here too, not in a `control/` folder of the current directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
-            "polling_interval": 0.2,
+            "polling_interval": FILESYSTEM_POLL_S,
         }
-    return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return {
+        "visibility_timeout": int(settings.visibility_timeout_s),
+        # Fail fast (and say so) when the broker is unreachable, instead of hanging a client.
+        "socket_connect_timeout": 10,
+        "socket_timeout": 30,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        # Broadcasts (Flower's inspect, `celery control`) reach only this virtual host's workers.
+        "fanout_prefix": True,
+        "fanout_patterns": True,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """Celery's configuration for these settings (also what `rodin config show` reasons about)."""
+    options = _transport_options(settings)
+    visibility = int(settings.visibility_timeout_s)
+    return dict(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        # The registry owns job state; results would only duplicate it. Should a result backend
+        # ever be configured on Redis, it must use the same visibility timeout.
+        task_ignore_result=True,
+        result_backend=None,
+        result_backend_transport_options={"visibility_timeout": visibility},
+        # Read by Celery's Redis pieces that do not see broker_transport_options.
+        visibility_timeout=visibility,
+        # JSON only: a message can never carry a pickle.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_default_queue=TRAIN_QUEUE,
+        task_create_missing_queues=True,
+        # Late acknowledgement: a message is acknowledged when its job has ended, so a worker
+        # that stops or dies mid-job leaves it to be delivered again (the train task resumes from
+        # the job's newest registered checkpoint; the registry drops repeats of finished jobs).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        # If the broker connection drops, the running job's message will be redelivered anyway:
+        # stop the job rather than let two workers run it.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Told to stop at once (SIGQUIT, `rodin down`, or SIGTERM in the containers, which set
+        # REMAP_SIGTERM=SIGQUIT), a worker gives its running job this long to end by itself,
+        # then interrupts it and returns its message to the queue.
+        worker_soft_shutdown_timeout=float(settings.soft_shutdown_s),
+        worker_enable_soft_shutdown_on_idle=False,
+        worker_hijack_root_logger=False,
+        # Task events feed Flower on a shared broker; the embedded broker has no one to read them.
+        worker_send_task_events=not settings.embedded,
+        task_send_sent_event=False,
+        broker_heartbeat=0,
+    )
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("rodin", broker=settings.queue_url)
-    options = _transport_options(settings)
-    app.conf.update(
-        broker_transport_options=options,
-        broker_connection_retry_on_startup=True,
-        # The registry owns job state; results would only duplicate it.
-        task_ignore_result=True,
-        result_backend=None,
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
-        task_default_queue=TRAIN_QUEUE,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        broker_heartbeat=0,
-    )
+    app.conf.update(celery_config(settings))
     return app
 
 

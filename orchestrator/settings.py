@@ -25,8 +25,18 @@ class Settings:
     database_url: str = ""
     broker_url: str = ""
     artifacts_url: str = ""
-    #: Seconds without a heartbeat after which a worker counts as gone.
+    #: S3 endpoint for `s3://` artifact URLs (MinIO, Ceph, ...); empty means AWS itself (or
+    #: `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, which botocore reads). Credentials come from
+    #: the standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables or `~/.aws`.
+    s3_endpoint_url: str = ""
+    #: Seconds without a heartbeat after which a worker (or a running job) counts as gone.
     worker_timeout_s: float = 30.0
+    #: Redis: seconds before an unacknowledged task is handed to another worker. It must be
+    #: longer than the longest job, or a second worker starts the same job while the first runs.
+    visibility_timeout_s: float = 24 * 3600.0
+    #: Seconds a worker told to stop at once (SIGQUIT, `rodin down`) lets its running job go on
+    #: before interrupting it; the job's message then goes back to the queue.
+    soft_shutdown_s: float = 15.0
 
     @property
     def registry_url(self) -> str:
@@ -46,6 +56,13 @@ class Settings:
         return self.artifacts_url or (self.home / "artifacts").as_uri()
 
     @property
+    def storage_options(self) -> dict[str, object]:
+        """fsspec options for the artifact URL (the S3 endpoint, when one is set)."""
+        if self.artifact_root.startswith(("s3://", "s3a://")) and self.s3_endpoint_url:
+            return {"endpoint_url": self.s3_endpoint_url}
+        return {}
+
+    @property
     def embedded(self) -> bool:
         """True when the broker is the single-machine default (no server to reach)."""
         return self.queue_url.startswith("filesystem://")
@@ -56,6 +73,7 @@ class Settings:
             "database_url": self.registry_url,
             "broker_url": self.queue_url,
             "artifacts_url": self.artifact_root,
+            "s3_endpoint_url": self.s3_endpoint_url,
             "embedded": str(self.embedded).lower(),
         }
 
@@ -82,6 +100,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {config}")
-    if "worker_timeout_s" in values:
-        values["worker_timeout_s"] = float(values["worker_timeout_s"])  # type: ignore[arg-type]
+    for f in fields(Settings):
+        if f.type in ("float", float) and f.name in values:
+            try:
+                values[f.name] = float(values[f.name])  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"setting {f.name} (RODIN_{f.name.upper()}) must be a number of seconds, "
+                    f"not {values[f.name]!r}"
+                ) from None
     return Settings(**values)  # type: ignore[arg-type]

@@ -26,9 +26,10 @@ _heartbeat: Heartbeat | None = None
 def _run_job(job_id: int, body) -> None:  # type: ignore[no-untyped-def]
     """Claim, run and close a job; every failure ends as a readable error on the job row."""
     device = runtime.resolve_device()
-    if not lifecycle.claim(settings, job_id, runtime.hostname(), device):
+    if not lifecycle.claim(settings, job_id, runtime.hostname(), runtime.device_label(device)):
         return
     runtime.current_job_id = job_id
+    _poke_heartbeat()
     try:
         body(settings, open_store(settings), job_id, device)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, with the traceback in the log
@@ -36,6 +37,13 @@ def _run_job(job_id: int, body) -> None:  # type: ignore[no-untyped-def]
         lifecycle.finish(settings, job_id, JobStatus.failed, error=lifecycle.one_line(exc))
     finally:
         runtime.current_job_id = None
+        _poke_heartbeat()
+
+
+def _poke_heartbeat() -> None:
+    """`rodin workers` shows the current job at once, not at the next beat."""
+    if _heartbeat is not None:
+        _heartbeat.poke()
 
 
 @app.task(name="rodin.train")
@@ -57,10 +65,11 @@ def _on_ready(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
     global _heartbeat
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values())) \
         if sender is not None else ""
-    _heartbeat = Heartbeat(settings, runtime.hostname(), queues, runtime.resolve_device())
+    device = runtime.device_label(runtime.resolve_device())
+    _heartbeat = Heartbeat(settings, runtime.hostname(), queues, device)
     _heartbeat.start()
-    log.info("worker %s ready (pid %s, device %s)", runtime.hostname(), os.getpid(),
-             runtime.resolve_device())
+    log.info("worker %s ready (pid %s, device %s, queues %s, broker %s)", runtime.hostname(),
+             os.getpid(), device, queues, "embedded" if settings.embedded else "shared")
 
 
 @signals.worker_shutdown.connect

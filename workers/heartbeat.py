@@ -1,4 +1,9 @@
-"""Worker liveness in the registry: a row per worker, refreshed every few seconds."""
+"""Worker liveness in the registry: a row per worker, refreshed every few seconds.
+
+Every machine writes to the same registry, so `rodin workers` on any client lists the live
+workers of all machines (name, queues, device, current job, last heartbeat), and a job whose
+`heartbeat_at` stops moving while it is `running` is visibly stuck (`rodin status`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class Heartbeat:
     def __init__(self, settings: Settings, name: str, queues: str, device: str):
         self.settings, self.name, self.queues, self.device = settings, name, queues, device
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rodin-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -48,8 +54,16 @@ class Heartbeat:
             if job_id is not None and (job := s.get(Job, job_id)) is not None:
                 job.heartbeat_at = now
 
+    def poke(self) -> None:
+        """Beat now (a job started or ended) instead of at the next interval."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(INTERVAL_S):
+        while True:
+            self._wake.wait(INTERVAL_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
@@ -57,6 +71,9 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=INTERVAL_S)
         with session_scope(self.settings) as s:
             worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
             if worker is not None:

@@ -25,7 +25,20 @@ def resolve_device(spec: str | None = None) -> str:
     return spec
 
 
+def device_label(device: str) -> str:
+    """The device as `rodin workers` and `rodin status` show it.
+
+    `rodin worker --gpus 0,1` runs one process per GPU, each seeing only its own GPU as
+    `cuda:0` (CUDA_VISIBLE_DEVICES); the label says which physical GPU that is.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if device.startswith("cuda") and visible:
+        return f"{device} (GPU {visible})"[:64]
+    return device
+
+
 def hostname() -> str:
+    """This worker's name in the registry: RODIN_WORKER_NAME (`--hostname`), else HOST-PID."""
     return os.environ.get("RODIN_WORKER_NAME") or f"{os.uname().nodename}-{os.getpid()}"
 
 
