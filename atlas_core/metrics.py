@@ -71,26 +71,25 @@ def surface_scores(
 
 
 def sample_mesh(mesh: PatchMesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted samples on a reconstructed mesh: points (n, 3), unit normals (n, 3).
+    """n points spread uniformly over the templates, pushed through the decoders, with normals.
 
-    A fully collapsed reconstruction has no area; its vertices stand in, with arbitrary normals,
-    so that it scores as badly as it is rather than failing.
+    Faces of the regular template grids all cover the same template area, so picking faces
+    uniformly and a uniform point inside each is, up to the piecewise-linear mesh, the network's
+    own output at uniform template samples: the point set the paper evaluates. (Area-weighting in
+    3D instead would hide folded or stretched patches.) Returns points (n, 3) and unit normals
+    (n, 3); a degenerate face gets a zero normal, which scores as inconsistent.
     """
     rng = np.random.default_rng(seed)
     tri = mesh.vertices[mesh.faces].astype(np.float64)  # (F, 3, 3)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = np.linalg.norm(cross, axis=1)
-    if area.sum() <= 0:
-        pick = rng.integers(0, len(mesh.vertices), n)
-        normals = np.tile([0.0, 0.0, 1.0], (n, 1))
-        return mesh.vertices[pick].astype(np.float32), normals.astype(np.float32)
-    face = rng.choice(len(tri), size=n, p=area / area.sum())
+    face = rng.integers(0, len(tri), n)
     u, v = rng.random((2, n))
     flip = u + v > 1
     u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
     t = tri[face]
     points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
-    normals = cross[face] / np.maximum(area[face], 1e-30)[:, None]
+    cross = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    length = np.linalg.norm(cross, axis=1, keepdims=True)
+    normals = np.where(length > 0, cross / np.maximum(length, 1e-30), 0.0)
     return points.astype(np.float32), normals.astype(np.float32)
 
 

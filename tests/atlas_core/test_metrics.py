@@ -80,10 +80,16 @@ def test_a_collapsed_patch_is_flagged() -> None:
     assert "low coverage" in health.warnings(coverage=0.3)[-1]
 
 
-def test_mesh_sampling_is_area_weighted_and_on_the_surface() -> None:
-    v, f, ids = _square_patch(0, 1.0)
-    pts, normals = sample_mesh(PatchMesh(v, f, ids), 2000, seed=0)
-    assert np.allclose(pts[:, 2], 0) and (pts[:, :2] >= 0).all() and (pts[:, :2] <= 1).all()
+def test_mesh_sampling_is_uniform_over_the_template_and_on_the_surface() -> None:
+    # Two patches of very different 3D size get the same share: one per template.
+    parts = [_square_patch(0, 1.0), _square_patch(1, 0.1)]
+    verts = np.concatenate([p[0] for p in parts])
+    faces = np.concatenate([p[1] + 4 * i for i, p in enumerate(parts)])
+    pts, normals = sample_mesh(PatchMesh(verts, faces, np.concatenate([p[2] for p in parts])),
+                               4000, seed=0)
+    small = pts[:, 0] >= 1
+    assert abs(small.mean() - 0.5) < 0.05
+    assert np.allclose(pts[~small, 2], 0) and (pts[~small, :2] <= 1).all()
     assert np.allclose(np.abs(normals[:, 2]), 1)
 
 
