@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.settings import Settings, load_settings
 
@@ -30,3 +31,17 @@ def store():  # type: ignore[no-untyped-def]
     from orchestrator.artifacts import open_store
 
     return open_store(settings())
+
+
+def download_outputs(outputs: list[dict[str, Any]], folder: Path,
+                     kinds: set[str] | None = None) -> list[str]:
+    """Copy a job's output artifacts (checked against their sha256) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts = store()
+    paths = []
+    for out in outputs:
+        if kinds is None or out.get("kind") in kinds:
+            target = folder / out["name"]
+            target.write_bytes(artifacts.get_bytes(out["uri"], out["sha256"]))
+            paths.append(str(target))
+    return paths

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from orchestrator.cli.context import registry, store
+from orchestrator.cli.context import download_outputs, registry
 from orchestrator.cli.output import age, console, emit_json, err
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
@@ -73,7 +73,7 @@ def show(
         summary["lineage"] = chain
         ancestors = [model_summary(s, get_model(s, i)) for i in chain]
         outputs = list(model.job.outputs)
-    written = _write_plots(outputs, plots) if plots else []
+    written = download_outputs(outputs, plots, kinds={"plot"}) if plots else []
     if as_json:
         emit_json({**summary, "plots": written})
         return
@@ -108,15 +108,3 @@ def _lineage_tree(summary: dict[str, Any], ancestors: list[dict[str, Any]]) -> T
             label += f" on {m['dataset']}"
         node = node.add(label)
     return root
-
-
-def _write_plots(outputs: list[dict[str, Any]], folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    artifacts = store()
-    written = []
-    for out in outputs:
-        if out.get("kind") == "plot":
-            target = folder / out["name"]
-            target.write_bytes(artifacts.get_bytes(out["uri"], out["sha256"]))
-            written.append(str(target))
-    return written
