@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atlas_core.config import ACTIVATION_NAMES, ModelConfig
+from atlas_core.fused import latent_batchnorm_relu, linear_batchnorm_max, linear_batchnorm_relu
 from atlas_core.templates import Template, make_template
 
 # The activations offered by the reference code.
@@ -40,6 +41,14 @@ ACTIVATIONS = {
     "tanh": torch.tanh,
 }
 assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
+
+
+def _fusable(x: Tensor) -> bool:
+    """Whether atlas_core.fused's fp32/fp64 layers may run: not under autocast (bf16 on CUDA)."""
+    try:
+        return not torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return not torch.is_autocast_enabled()
 
 
 def _bn(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
@@ -67,9 +76,18 @@ class PointNetEncoder(nn.Module):
         self.bn4 = nn.BatchNorm1d(bottleneck)
         self.bn5 = nn.BatchNorm1d(bottleneck)
 
+    #: Use the fused layers of atlas_core.fused (same values and gradients, less memory traffic).
+    fused = True
+
     def forward(self, points: Tensor) -> Tensor:
         B, N, _ = points.shape
         x = points.reshape(B * N, 3)
+        if self.fused and _fusable(x):
+            x = linear_batchnorm_relu(x, self.conv1, self.bn1)
+            x = linear_batchnorm_relu(x, self.conv2, self.bn2)
+            x = linear_batchnorm_max(x, self.conv3, self.bn3, B)  # never stores the (B*N, width) layer
+            x = linear_batchnorm_relu(x, self.lin1, self.bn4)
+            return linear_batchnorm_relu(x, self.lin2, self.bn5)
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))  # no ReLU before the max, as in the reference
@@ -101,7 +119,17 @@ class PatchDecoder(nn.Module):
         self.bn_hidden = nn.ModuleList([nn.BatchNorm1d(hidden) for _ in range(layers)])
         self.fc_out = nn.Linear(hidden, 3)
 
+    #: Use the fused layers of atlas_core.fused (same values and gradients, less memory traffic).
+    fused = True
+
     def forward(self, template_points: Tensor, latent: Tensor) -> Tensor:
+        if self.fused and self.act is F.relu and template_points.shape[0] == 1 and _fusable(latent):
+            B, P = latent.shape[0], template_points.shape[1]
+            x = latent_batchnorm_relu(template_points[0], self.fc_in, latent, self.bn_in).view(B * P, -1)
+            x = linear_batchnorm_relu(x, self.fc1, self.bn1)
+            for fc, bn in zip(self.fc_hidden, self.bn_hidden):
+                x = linear_batchnorm_relu(x, fc, bn)
+            return self.fc_out(x).view(B, P, 3)
         # The latent code is added to the embedded template points rather than concatenated, as
         # in the reference: the encoder's last Linear already plays the part of the latent half of
         # a concatenated weight, and the template half is computed once when P points are shared.
@@ -126,6 +154,16 @@ class AtlasNet(nn.Module):
             PatchDecoder(self.template.dim, config.bottleneck, config.hidden, config.layers, config.activation)
             for _ in range(config.n_patches)
         ])
+
+    @property
+    def fused(self) -> bool:
+        """Whether the encoder and decoders run atlas_core.fused's layers (the default)."""
+        return self.encoder.fused
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        for module in [self.encoder, *self.decoders]:
+            module.fused = bool(value)
 
     def encode(self, points: Tensor) -> Tensor:
         """points: (B, N, 3) -> latent (B, D)."""

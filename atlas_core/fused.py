@@ -1,0 +1,323 @@
+"""
+Fused BatchNorm layers for AtlasNet's training step, written with plain PyTorch ops.
+
+Each function here computes exactly what a composition of standard layers computes (values and
+gradients, up to float rounding; `tests/atlas_core/test_fused.py` checks both against that
+composition, gradients with `torch.autograd.gradcheck` in float64), but moves less memory. On the
+CPU a training step of the reference AtlasNet is otherwise dominated, after its matrix products,
+by passes over large activations (BatchNorm, ReLU, the max over points) and by the page faults of
+allocating them afresh on every step.
+
+    linear_batchnorm_relu(x, linear, bn)
+        relu(bn(linear(x))) for x: (R, Cin). With batch statistics, one autograd node: the ReLU
+        runs in place on the BatchNorm output, the backward is ReLU's mask then BatchNorm's own
+        backward kernel then the two products, and the Linear's bias, which BatchNorm cancels, is
+        not added to z (it would cost a pass over z; its gradient is exactly zero).
+
+    latent_batchnorm_relu(t, linear, v, bn)
+        relu(bn(linear(t)[None, :, :] + v[:, None, :])) for t: (P, dim), v: (B, C) -> (B, P, C).
+        This is a patch decoder's first layer: the embedded template points u = linear(t), shared
+        by the batch, plus the latent code of each shape. On that full B x P grid the batch
+        statistics follow from u and v alone (mean = mean(u) + mean(v), var = var(u) + var(v):
+        the cross term vanishes), and the backward needs only the gradient summed over b and over
+        p, never the (B, P, C) input.
+
+    linear_batchnorm_max(h, linear, bn, batch)
+        max over points of bn(linear(h)), h: (B*N, Cin) -> (B, C). This is PointNet's last point
+        layer and the max-pool after it, the largest tensor of the model ((B*N, 1024), 328 MB at
+        the reference size). It is never stored:
+        - BatchNorm's batch statistics of z = h W^T + b are linear in those of h: mean(z) =
+          W mean(h) + b and var(z)_c = w_c^T Cov(h) w_c, with Cov(h) a (Cin, Cin) matrix;
+        - BatchNorm is a per-channel affine map y = s_c z + t_c, monotone: increasing where
+          gamma_c >= 0 (take the max of z), decreasing where gamma_c < 0 (the min). The sign is
+          folded into W, z is computed one shape at a time and only its max and argmax are kept;
+        - in the backward the gradient of the pooled output reaches one point per (shape,
+          channel), and BatchNorm adds to it a per-channel constant plus a per-channel multiple of
+          (z - mean(z)) = (h - mean(h)) W^T. So grad W = (sparse part)^T h + a sum(h)^T +
+          diag(k) W (R Cov(h)) and grad h = (sparse part) W + const + h (W^T diag(k) W):
+          (Cin x Cin) products instead of (R x C) ones.
+
+All three update BatchNorm's running statistics as nn.BatchNorm1d does in training mode
+(momentum, or the cumulative average when momentum is None; the unbiased variance) and use them
+in eval mode. Biases that a training-mode BatchNorm cancels get an exact zero gradient, where
+autograd through the plain layers gives float rounding noise around zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+# -----------------------------------------------------------------------------
+# BatchNorm bookkeeping shared by the fused layers
+
+
+def _uses_batch_stats(bn: nn.BatchNorm1d) -> bool:
+    """nn.BatchNorm1d's rule: batch statistics in training mode or without running statistics."""
+    return bn.training or bn.running_mean is None
+
+
+def _momentum(bn: nn.BatchNorm1d) -> float:
+    """The running-average factor for this step; counts the batch as nn.BatchNorm1d does."""
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            return 1.0 / float(bn.num_batches_tracked)
+        return bn.momentum
+    return 0.0 if bn.momentum is None else bn.momentum
+
+
+def _update_running_stats(bn: nn.BatchNorm1d, mean: Tensor, var: Tensor, count: int) -> None:
+    """Running averages from the batch mean and (biased) variance over `count` rows."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    factor = _momentum(bn)
+    with torch.no_grad():
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+
+
+def _affine(bn: nn.BatchNorm1d, like: Tensor) -> tuple[Tensor, Tensor]:
+    """gamma and beta, ones and zeros when the layer has no affine parameters."""
+    C = bn.num_features
+    gamma = bn.weight if bn.weight is not None else torch.ones(C, dtype=like.dtype, device=like.device)
+    beta = bn.bias if bn.bias is not None else torch.zeros(C, dtype=like.dtype, device=like.device)
+    return gamma, beta
+
+
+def _running(bn: nn.BatchNorm1d) -> tuple[Tensor | None, Tensor | None]:
+    """The statistics to normalise with: None for batch statistics, else the running ones."""
+    if _uses_batch_stats(bn):
+        return None, None
+    return bn.running_mean, bn.running_var
+
+
+# -----------------------------------------------------------------------------
+# relu(bn(linear(x)))
+
+
+class _LinearBatchNormReLU(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, gamma, beta, running_mean, running_var, momentum, eps):
+        # Batch statistics only. The Linear's bias shifts z and its batch mean alike, so it
+        # changes neither the output nor any gradient (its own is zero): it is left out of z
+        # and added to the running mean only.
+        x = x.contiguous()
+        z = x @ weight.t()
+        y, save_mean, save_invstd = torch.native_batch_norm(
+            z, gamma, beta, running_mean, running_var, True, momentum, eps)
+        if running_mean is not None:
+            running_mean.add_(bias, alpha=momentum)
+        y.relu_()
+        ctx.save_for_backward(x, weight, z, y, gamma, save_mean, save_invstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, z, y, gamma, save_mean, save_invstd = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(dy.contiguous(), y, 0)
+        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
+        dz, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            g, z, gamma, None, None, save_mean, save_invstd, True, ctx.eps,
+            [need_x or need_w, need_gamma, need_beta])
+        del g
+        dx = dz @ weight if need_x else None
+        dweight = dz.t() @ x if need_w else None
+        dbias = torch.zeros_like(weight[:, 0]) if need_b else None
+        return dx, dweight, dbias, dgamma, dbeta, None, None, None, None
+
+
+def linear_batchnorm_relu(x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d) -> Tensor:
+    """relu(bn(linear(x))) for x: (R, Cin) -> (R, C); updates bn's running statistics.
+
+    With batch statistics (training mode) one autograd node that skips the Linear's bias, which
+    BatchNorm cancels (its gradient is exactly zero); otherwise the plain composition.
+    """
+    if not _uses_batch_stats(bn) or linear.bias is None:
+        return F.relu(bn(linear(x)))
+    if x.shape[0] < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {(x.shape[0], linear.out_features)}")
+    gamma, beta = _affine(bn, x)
+    track = bn.track_running_stats and bn.running_mean is not None
+    # native_batch_norm updates the running statistics itself (unbiased variance) when given them.
+    momentum = _momentum(bn) if track else 0.0
+    running = (bn.running_mean, bn.running_var) if track else (None, None)
+    return _LinearBatchNormReLU.apply(x, linear.weight, linear.bias, gamma, beta, *running, momentum, bn.eps)
+
+
+# -----------------------------------------------------------------------------
+# relu(bn(linear(t)[None] + v[:, None]))
+
+
+class _LatentBatchNormReLU(Function):
+    @staticmethod
+    def forward(ctx, u, v, bias, gamma, beta, mean_u, mean_v, var, eps, batch_stats):
+        # u = linear(t) without the bias, which is added here (in eval mode; with batch
+        # statistics it cancels). mean_u + mean_v and var: the statistics to normalise with,
+        # constants here: the backward adds their gradient itself when they are the batch's own.
+        invstd = torch.rsqrt(var + eps)
+        scale = gamma * invstd
+        if not batch_stats:
+            mean_u = mean_u - bias
+        us = (u - mean_u) * scale                    # (P, C)
+        vs = torch.addcmul(beta, v - mean_v, scale)  # (B, C)
+        y = torch.add(us.unsqueeze(0), vs.unsqueeze(1)).relu_()  # (B, P, C)
+        ctx.save_for_backward(u, v, y, gamma, mean_u, mean_v, invstd)
+        ctx.batch_stats = batch_stats
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, v, y, gamma, mean_u, mean_v, invstd = ctx.saved_tensors
+        B, P, _ = y.shape
+        g = torch.ops.aten.threshold_backward(dy.contiguous(), y, 0)
+        g_p = g.sum(0)  # (P, C): summed over the shapes
+        g_b = g.sum(1)  # (B, C): summed over the template points
+        del g
+        xu = (u - mean_u) * invstd
+        xv = (v - mean_v) * invstd
+        dbeta = g_b.sum(0)
+        dgamma = (g_p * xu).sum(0) + (g_b * xv).sum(0)
+        scale = gamma * invstd
+        if ctx.batch_stats:
+            # BatchNorm's backward, dx = scale (g - mean(g) - xhat mean(g xhat)), summed over b or
+            # over p; xhat = xu[p] + xv[b], and xv (xu) sums to zero over b (over p).
+            R = B * P
+            mg, mgx = dbeta / R, dgamma / R
+            du = scale * (g_p - B * mg - B * xu * mgx)
+            dv = scale * (g_b - P * mg - P * xv * mgx)
+            dbias = torch.zeros_like(dbeta)
+        else:
+            du, dv = scale * g_p, scale * g_b
+            dbias = du.sum(0)
+        return du, dv, dbias, dgamma, dbeta, None, None, None, None, None
+
+
+def latent_batchnorm_relu(t: Tensor, linear: nn.Linear, v: Tensor, bn: nn.BatchNorm1d) -> Tensor:
+    """relu(bn(linear(t)[None] + v[:, None])) for t: (P, dim), v: (B, C) -> (B, P, C).
+
+    BatchNorm normalises over all B*P rows of the sum, exactly as bn on its (B*P, C) reshape.
+    """
+    u = F.linear(t, linear.weight)  # (P, C), without the bias
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(u[0])
+    gamma, beta = _affine(bn, u)
+    batch_stats = _uses_batch_stats(bn)
+    with torch.no_grad():
+        if batch_stats:
+            mean_u, mean_v = u.mean(0), v.mean(0)
+            var = (u - mean_u).square().mean(0) + (v - mean_v).square().mean(0)
+            _update_running_stats(bn, mean_u + mean_v + bias, var, u.shape[0] * v.shape[0])
+        else:
+            mean_u, mean_v, var = bn.running_mean, torch.zeros_like(bn.running_mean), bn.running_var
+    return _LatentBatchNormReLU.apply(u, v, bias, gamma, beta, mean_u, mean_v, var, bn.eps, batch_stats)
+
+
+# -----------------------------------------------------------------------------
+# max over points of bn(linear(h))
+
+#: Bytes of z = h W^T computed at once while looking for the max (whole shapes at a time).
+MAX_CHUNK_BYTES = 16 * 2**20
+
+
+class _LinearBatchNormMax(Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, gamma, beta, mean, var, sum_h, scatter_h, eps, batch):
+        # mean, var: (C,) float64, the statistics of z = h W^T + b to normalise with (constants
+        # here). sum_h (Cin,) and scatter_h = R Cov(h) (Cin, Cin), float64, when they are the
+        # batch's own (the backward then adds their gradient), else None.
+        R, Cin = h.shape
+        C = weight.shape[0]
+        N = R // batch
+        invstd = torch.rsqrt(var + eps).to(h.dtype)
+        mean_z = mean.to(h.dtype)
+
+        # max_n of (gamma invstd) z + const: the max of z where gamma >= 0, else the min, i.e.
+        # the max of sign * z; computed transposed, (C, rows), so that it reduces along rows.
+        sign = torch.where(gamma >= 0, 1.0, -1.0).to(h.dtype)
+        w_signed = weight * sign[:, None]
+        per_chunk = max(1, min(batch, MAX_CHUNK_BYTES // max(1, N * C * h.element_size())))
+        zmax = torch.empty(batch, C, dtype=h.dtype, device=h.device)
+        argmax = torch.empty(batch, C, dtype=torch.long, device=h.device)
+        buf = torch.empty(C, per_chunk * N, dtype=h.dtype, device=h.device)
+        for b0 in range(0, batch, per_chunk):
+            b1 = min(batch, b0 + per_chunk)
+            zt = torch.mm(w_signed, h[b0 * N:b1 * N].t(), out=buf[:, :(b1 - b0) * N])
+            values, index = zt.view(C, b1 - b0, N).max(dim=2)  # (C, shapes), the bias left out
+            zmax[b0:b1] = values.t()
+            argmax[b0:b1] = index.t()
+        zmax.mul_(sign).add_(bias)
+        out = torch.addcmul(beta, zmax - mean_z, gamma * invstd)
+        ctx.save_for_backward(h, weight, gamma, zmax, argmax, mean_z, invstd, sum_h, scatter_h)
+        ctx.batch_stats = sum_h is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        h, weight, gamma, zmax, argmax, mean_z, invstd, sum_h, scatter_h = ctx.saved_tensors
+        R, Cin = h.shape
+        batch, C = zmax.shape
+        N = R // batch
+        xhat = (zmax - mean_z) * invstd
+        dbeta = dout.sum(0)
+        dgamma = (dout * xhat).sum(0)
+        scale = gamma * invstd
+        ws = scale * dout  # (B, C): the gradient reaching z at each argmax
+        rows = (argmax + torch.arange(0, R, N, device=h.device)[:, None]).view(-1)  # rows of h
+
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dh = dweight = None
+        dbias = ws.sum(0)
+        if need_w:
+            dweight = torch.einsum("bc,bci->ci", ws, h[rows].view(batch, C, Cin))
+        if ctx.batch_stats:
+            # Through the batch statistics z's gradient gains a_c + k_c (z - mean(z))_c, and
+            # z - mean(z) = (h - mean(h)) W^T.
+            a = -scale * dbeta / R
+            k = (-scale * dgamma * invstd / R).to(torch.float64)
+            w64 = weight.to(torch.float64)
+            dbias = torch.zeros_like(dbias)  # BatchNorm cancels it: ws.sum(0) + R a = 0
+            if need_w:
+                dweight = dweight + torch.outer(a, sum_h.to(h.dtype)) + (k[:, None] * (w64 @ scatter_h)).to(h.dtype)
+            if need_h:
+                m = w64.t() @ (k[:, None] * w64)  # (Cin, Cin)
+                offset = a.to(torch.float64) @ w64 - (sum_h / R) @ m
+                dh = torch.addmm(offset.to(h.dtype), h, m.to(h.dtype))
+        if need_h:
+            if dh is None:
+                dh = torch.zeros_like(h)
+            dh.index_add_(0, rows, (ws[:, :, None] * weight[None]).view(-1, Cin))
+        return dh, dweight, dbias, dgamma, dbeta, None, None, None, None, None, None
+
+
+def linear_batchnorm_max(h: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, batch: int) -> Tensor:
+    """max over points of bn(linear(h)): h (batch*N, Cin) -> (batch, C), as
+
+        bn(linear(h)).view(batch, N, C).amax(dim=1)
+
+    without the (batch*N, C) tensor; updates bn's running statistics like bn would.
+    """
+    R = h.shape[0]
+    if R % batch:
+        raise ValueError(f"{R} rows do not split into {batch} shapes")
+    h = h.contiguous()
+    gamma, beta = _affine(bn, h)
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features, dtype=h.dtype, device=h.device)
+    with torch.no_grad():
+        if _uses_batch_stats(bn):
+            # z = h W^T + b: mean(z) = W mean(h) + b, var(z)_c = w_c^T Cov(h) w_c. The small
+            # (Cin, Cin) and (C,) arithmetic is done in float64.
+            sum_h = h.sum(0).to(torch.float64)
+            scatter_h = (h.t() @ h).to(torch.float64) - torch.outer(sum_h, sum_h) / R  # R Cov(h)
+            w64 = linear.weight.to(torch.float64)
+            mean = w64 @ sum_h / R + bias.to(torch.float64)
+            var = ((w64 @ scatter_h) * w64).sum(1).div_(R).clamp_(min=0)
+            _update_running_stats(bn, mean, var, R)
+        else:
+            sum_h = scatter_h = None
+            mean, var = bn.running_mean.to(torch.float64), bn.running_var.to(torch.float64)
+    return _LinearBatchNormMax.apply(h, linear.weight, bias, gamma, beta, mean, var, sum_h, scatter_h, bn.eps, batch)
