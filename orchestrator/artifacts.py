@@ -43,7 +43,13 @@ class ArtifactStore:
         if self.root_url.startswith(("s3://", "s3a://")) and "endpoint_url" in options:
             # s3fs takes the endpoint among the botocore client's arguments.
             options.setdefault("client_kwargs", {})["endpoint_url"] = options.pop("endpoint_url")  # type: ignore[index]
-        self.fs, self.root = fsspec.core.url_to_fs(self.root_url, **options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.root_url, **options)
+        except ImportError as exc:
+            raise ArtifactError(
+                f"artifact store {self.root_url} needs a package that is not installed "
+                f"({exc}); for s3:// install s3fs: pip install 'rodin[s3]'"
+            ) from None
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._protocols = tuple(protocols)
         #: A local or mounted folder: write beside, then rename. Object stores put atomically.

@@ -11,7 +11,15 @@ a job whose worker stops before the end goes back to the queue instead of being 
 
 from __future__ import annotations
 
+import os
+import uuid
+from time import monotonic
+
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import filesystem as _filesystem
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
 
 from orchestrator.settings import Settings, load_settings
 
@@ -33,14 +41,65 @@ VISIBILITY_TIMEOUT_S = 24 * 3600
 FILESYSTEM_POLL_S = 0.02
 
 
+class _AtomicFilesystemChannel(_filesystem.Channel):
+    """Kombu's filesystem channel, with messages that appear whole and are taken once.
+
+    Kombu creates a message file and then writes it, so a worker polling in between takes an
+    empty file: the message is lost and the worker stops on a JSON error. Here a message is
+    written under a hidden name and renamed into the queue folder; a worker claims a message by
+    renaming it into a folder beside it (the same file system, so the rename is atomic: of
+    several workers exactly one gets it), then reads and deletes it.
+    """
+
+    def _put(self, queue, payload, **kwargs):  # type: ignore[no-untyped-def]
+        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.partial")
+        try:
+            with open(partial, "wb") as fh:
+                fh.write(str_to_bytes(dumps(payload)))
+            os.replace(partial, final)
+        except OSError as exc:
+            raise _filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue):  # type: ignore[no-untyped-def]
+        wanted = f"{queue}.msg"
+        claimed_folder = self.transport_options.get("claimed_folder") or self.data_folder_in
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.startswith(".") or name.partition(".")[2] != wanted:
+                continue
+            claimed = os.path.join(claimed_folder, f".{name}.claimed")
+            try:
+                os.rename(os.path.join(self.data_folder_in, name), claimed)
+            except OSError:
+                continue  # another worker took it first
+            try:
+                with open(claimed, "rb") as fh:
+                    payload = fh.read()
+            finally:
+                os.remove(claimed)
+            return loads(bytes_to_str(payload))
+        raise _filesystem.Empty()
+
+
+class AtomicFilesystemTransport(_filesystem.Transport):
+    Channel = _AtomicFilesystemChannel
+
+
+#: The URL scheme Celery is given for the embedded broker (settings still say `filesystem://`).
+EMBEDDED_SCHEME = "rodin-filesystem"
+TRANSPORT_ALIASES[EMBEDDED_SCHEME] = f"{__name__}:AtomicFilesystemTransport"
+
+
 def _transport_options(settings: Settings) -> dict[str, object]:
     if settings.embedded:
         folder = settings.broker_folder
-        for sub in ("queue", "control"):
+        for sub in ("queue", "claimed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
+            "claimed_folder": str(folder / "claimed"),
             # Exchange tables live here too, not in a `control/` folder of the current directory.
             "control_folder": str(folder / "control"),
             "store_processed": False,
@@ -108,7 +167,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    app = Celery("rodin", broker=settings.queue_url)
+    broker = f"{EMBEDDED_SCHEME}://" if settings.embedded else settings.queue_url
+    app = Celery("rodin", broker=broker)
     app.conf.update(celery_config(settings))
     return app
 

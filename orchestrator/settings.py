@@ -75,6 +75,9 @@ class Settings:
             "artifacts_url": self.artifact_root,
             "s3_endpoint_url": self.s3_endpoint_url,
             "embedded": str(self.embedded).lower(),
+            "worker_timeout_s": f"{self.worker_timeout_s:g}",
+            "visibility_timeout_s": f"{self.visibility_timeout_s:g}",
+            "soft_shutdown_s": f"{self.soft_shutdown_s:g}",
         }
 
 

@@ -65,7 +65,7 @@ class Rodin:
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "worker", "--hostname", name,
              "--device", "cpu", "--queues", queues, "--loglevel", "INFO"],
-            env={**self.env, "OMP_NUM_THREADS": "2"}, stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, "OMP_NUM_THREADS": self.extra_env.get("OMP_NUM_THREADS", "2")}, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.worker_cwd,
         )
         self._wait_ready(name, proc)

@@ -1,12 +1,19 @@
 """The worker side of the queue: Celery task bodies and the worker's lifecycle hooks.
 
 Started by `rodin worker`; imports torch (clients never import this module).
+
+A worker is two processes: the main one talks to the broker, keeps the heartbeat and handles
+signals; jobs run one at a time in a child it forks (Celery's prefork pool, concurrency 1). So a
+stop request can let the running job go on for a while (soft shutdown), and a job that kills its
+process (a crash, the OOM killer) loses only the child: its message goes back to the queue at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 
 from celery import signals
 
@@ -58,6 +65,35 @@ def reconstruct_task(job_id: int) -> None:
     from workers.reconstruct_job import run_reconstruct
 
     _run_job(job_id, run_reconstruct)
+
+
+@signals.worker_init.connect
+def _preload(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Import the task bodies (torch, atlas_core) in the main process before it forks the job
+    process, so that neither the first job nor a restarted job process pays for the imports."""
+    import workers.reconstruct_job  # noqa: F401
+    import workers.train_job  # noqa: F401
+
+
+@signals.worker_process_init.connect
+def _in_job_process(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """In the freshly forked job process."""
+    from orchestrator.registry.db import forget_connections_after_fork
+
+    forget_connections_after_fork()
+    if sys.platform.startswith("linux"):
+        # If the main process is killed outright, the job process (and its GPU memory) goes too.
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.debug("could not tie the job process to the worker's life", exc_info=True)
+
+
+@signals.task_received.connect
+def _on_received(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    _poke_heartbeat()
 
 
 @signals.worker_ready.connect

@@ -45,7 +45,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         now = datetime.now(timezone.utc)
-        job_id = runtime.current_job_id
+        job_id = runtime.active_job_id()
         with session_scope(self.settings) as s:
             worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
             if worker is not None:

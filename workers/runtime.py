@@ -12,6 +12,28 @@ import orchestrator
 #: Set by the task bodies so the heartbeat can report what this worker is doing.
 current_job_id: int | None = None
 
+# Ask torch to check for GPUs through NVML, which leaves the CUDA driver uninitialised: the
+# worker's main process checks the device, then forks the process that runs the jobs, and CUDA
+# does not survive a fork once initialised.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+
+def active_job_id() -> int | None:
+    """The job this worker is running now, seen from the worker's main process.
+
+    Jobs run in a child process (Celery's prefork pool), so the main process, where the
+    heartbeat thread lives, reads the id from the task Celery has handed to that child.
+    """
+    if current_job_id is not None:
+        return current_job_id
+    from celery.worker import state
+
+    for request in list(state.active_requests):
+        args = getattr(request, "args", None) or ()
+        if args and isinstance(args[0], int):
+            return args[0]
+    return None
+
 
 def resolve_device(spec: str | None = None) -> str:
     """`auto` picks the first visible GPU, else the CPU."""
@@ -44,7 +66,12 @@ def hostname() -> str:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit the worker runs (with -dirty for local edits), else the package version."""
+    """The git commit the worker runs (with -dirty for local edits), else the package version.
+
+    An image built without the .git folder gets it from RODIN_CODE_VERSION (a build argument).
+    """
+    if os.environ.get("RODIN_CODE_VERSION"):
+        return os.environ["RODIN_CODE_VERSION"][:64]
     root = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from orchestrator.cli.context import registry, settings, store
 from orchestrator.cli.output import age, console, emit_json, err, styled_status
+from orchestrator.cli.workers import stale_note
 from orchestrator.errors import RodinError, UserInputError
 
 submit_app = typer.Typer(help="Queue work for the workers.", no_args_is_help=True)
@@ -229,7 +230,7 @@ def _jobs_table(rows: list[dict[str, Any]]) -> Table:
         target = r["dataset"] or ""
         if r["input_model_id"]:
             target += f" model {r['input_model_id']}" if target else f"model {r['input_model_id']}"
-        table.add_row(str(r["id"]), r["kind"], target, styled_status(r["status"]), prog,
+        table.add_row(str(r["id"]), r["kind"], target, styled_status(r["status"]) + stale_note(r), prog,
                       r["worker"] or "-", age(r["created_at"]))
     return table
 
@@ -239,7 +240,7 @@ def _job_detail(summary: dict[str, Any]) -> None:
                 "attempts", "created_at", "started_at", "finished_at", "error"):
         value = summary[key]
         if value is not None:
-            shown = styled_status(value) if key == "status" else value
+            shown = styled_status(value) + stale_note(summary) if key == "status" else value
             console.print(f"[bold]{key:15}[/] {shown}", highlight=False)
     if summary["progress"]:
         console.print(f"[bold]{'progress':15}[/] {summary['progress']}", highlight=False)
@@ -260,13 +261,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Jobs (id, kind, dataset, status, progress, worker, age), or one job with its checkpoints."""
         from sqlalchemy import select
+        from sqlalchemy.orm import selectinload
 
         from orchestrator.registry.models import Job
         from orchestrator.registry.queries import job_summary
 
         def rows() -> list[dict[str, Any]]:
             with registry() as s:
-                jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+                # Checkpoints and datasets in one query each, not one per job: the registry
+                # may be a network hop away.
+                jobs = s.scalars(select(Job).options(selectinload(Job.checkpoints),
+                                                     selectinload(Job.dataset))
+                                 .order_by(Job.id.desc()).limit(limit)).all()
                 return [job_summary(s, j) for j in jobs]
 
         if job_id is not None:

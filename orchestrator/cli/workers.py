@@ -122,16 +122,17 @@ def run_per_gpu(gpu_ids: list[str], queues: str, base: str, loglevel: str,
     returns it to the queue). A child that dies on its own is started again.
     """
     children: dict[str, subprocess.Popen[bytes]] = {}
+    started: dict[str, float] = {}
+    quick_failures: dict[str, int] = {}
     stopping: list[int] = []
 
     def spawn(index: int, gpu: str) -> subprocess.Popen[bytes]:
         name = f"{base}-gpu{gpu if gpu.isdigit() else index}"
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "RODIN_WORKER_NAME": name}
         err.print(f"Starting worker {name} on GPU {gpu} (queues {queues}).")
+        started[gpu] = time.monotonic()
         return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "worker", "--queues", queues,
-             "--device", "cuda:0", "--hostname", name, "--loglevel", loglevel],
-            env=env,
+            _child_command(queues, name, loglevel), env=env,
             start_new_session=True,  # signals reach children once, through this process
         )
 
@@ -155,6 +156,14 @@ def run_per_gpu(gpu_ids: list[str], queues: str, base: str, loglevel: str,
                 proc = children[gpu]
                 if stopping or proc.poll() is None:
                     continue
+                if gpu not in restart_at:
+                    ran = time.monotonic() - started[gpu]
+                    quick_failures[gpu] = quick_failures.get(gpu, 0) + 1 if ran < 30 else 0
+                    if quick_failures[gpu] >= 3:
+                        err.print(f"Worker on GPU {gpu} failed {quick_failures[gpu]} times in a "
+                                  "row within seconds of starting; stopping all workers.")
+                        forward(signal.SIGTERM, None)
+                        continue
                 when = restart_at.setdefault(gpu, time.monotonic() + restart_delay_s)
                 if time.monotonic() >= when:
                     err.print(f"Worker on GPU {gpu} exited with code {proc.returncode}; "
@@ -165,8 +174,31 @@ def run_per_gpu(gpu_ids: list[str], queues: str, base: str, loglevel: str,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    codes = [p.returncode or 0 for p in children.values()]
+    # A child killed by a signal reports -N; the shell convention is 128+N.
+    codes = [128 - p.returncode if (p.returncode or 0) < 0 else (p.returncode or 0)
+             for p in children.values()]
     return max(codes, default=0)
+
+
+def stale_note(summary: dict[str, object]) -> str:
+    """For `rodin status`: a running job whose worker has stopped beating, e.g. a machine that
+    lost power. Its message comes back to the queue after the visibility timeout (see README)."""
+    if summary.get("status") != "running":
+        return ""
+    beat = summary.get("heartbeat_at")
+    if not beat:
+        return ""
+    from datetime import datetime, timezone
+
+    silent = (datetime.now(timezone.utc) - datetime.fromisoformat(str(beat))).total_seconds()
+    if silent <= settings().worker_timeout_s:
+        return ""
+    return f" [red](stale: no heartbeat for {age(str(beat))})[/]"
+
+
+def _child_command(queues: str, name: str, loglevel: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", "worker", "--queues", queues,
+            "--device", "cuda:0", "--hostname", name, "--loglevel", loglevel]
 
 
 def worker_rows(include_gone: bool = False) -> list[dict[str, object]]:
@@ -226,6 +258,8 @@ def register(app: typer.Typer) -> None:
         loglevel: str = typer.Option("INFO", "--loglevel", help="Celery log level."),
     ) -> None:
         """Run a worker in the foreground: one job at a time, picked from QUEUES."""
+        # GPU checks through NVML: the worker forks its job process after them (workers/app.py).
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
         if device != "auto" and device != "cpu" and not device.startswith("cuda"):
             raise RodinError(f"--device {device!r}: use auto, cpu or cuda:N")
         if gpus is not None:
@@ -239,12 +273,19 @@ def register(app: typer.Typer) -> None:
         os.environ["RODIN_DEVICE"] = device
         if hostname:
             os.environ["RODIN_WORKER_NAME"] = hostname
+        from workers.runtime import resolve_device
+
+        try:
+            resolve_device(device)  # a missing GPU stops the worker here, not in its first job
+        except RuntimeError as exc:
+            raise RodinError(f"{exc}; use --device cpu") from None
         from workers.app import app as celery_app
         from workers.runtime import hostname as worker_name
 
         argv = [
             "worker", "--queues", ",".join(wanted), "--hostname", f"{worker_name()}@%h",
-            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
+            # One job at a time, in a child process: see workers/app.py.
+            "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
             "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ]
         if settings().embedded:

@@ -125,9 +125,20 @@ class SchemaOutOfDate(RuntimeError):
     pass
 
 
+#: Every engine this process made, so that a forked child can let go of the parent's connections.
+_ENGINES: list[Engine] = []
+
+
+def forget_connections_after_fork() -> None:
+    """In a child process: never reuse (or close) a connection the parent opened."""
+    for engine in _ENGINES:
+        engine.dispose(close=False)
+
+
 @lru_cache(maxsize=8)
 def _engine_for(url: str, auto_upgrade: bool) -> Engine:
     engine = make_engine(url)
+    _ENGINES.append(engine)
     if current_revision(engine) != head_revision():
         if not auto_upgrade:
             raise SchemaOutOfDate(

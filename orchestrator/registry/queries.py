@@ -116,12 +116,15 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "error": job.error,
         "model_ids": model_ids,
-        "final_model_id": final_model_id(session, job.id) if job.kind == "train" else None,
+        # The newest final checkpoint (as final_model_id() finds it), from the loaded list.
+        "final_model_id": max((m.id for m in job.checkpoints if m.final), default=None)
+        if job.kind == "train" else None,
         "outputs": job.outputs,
         "result": job.result,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
     }
 
 

@@ -50,6 +50,7 @@ def cluster(tmp_path_factory, redis_server, postgres_server):  # type: ignore[no
         "RODIN_BROKER_URL": redis_server.url,
         "RODIN_DATABASE_URL": postgres_server.create_database("multi"),
         "RODIN_ARTIFACTS_URL": (root / "shared-artifacts").as_uri(),
+        "OMP_NUM_THREADS": "1",  # two workers on a small CI machine: no thread oversubscription
     }
     c = Cluster(root, shared)
     # A shared registry is never upgraded behind anyone's back: until `rodin db upgrade`, every

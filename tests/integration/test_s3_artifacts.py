@@ -57,7 +57,7 @@ def test_put_get_and_sha256_check_on_s3(s3_server, bucket: str, monkeypatch) -> 
 
 
 def test_train_and_reconstruct_with_artifacts_on_s3(s3_server, bucket: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rodin = Rodin(tmp_path / "home", extra_env={**s3_server.env,
+    rodin = Rodin(tmp_path / "home", extra_env={**s3_server.env, "OMP_NUM_THREADS": "1",
                                                  "RODIN_ARTIFACTS_URL": f"s3://{bucket}/rodin"})
     ds = rodin.json("datasets", "make", "swords", "--count", "6", "--points-per-shape", "400")
     assert ds["dataset"]["artifact_uri"].startswith(f"s3://{bucket}/rodin/sha256/")

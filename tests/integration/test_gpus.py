@@ -1,0 +1,114 @@
+"""`rodin worker --gpus 0,1`: one worker process per GPU, each seeing only its own GPU.
+
+No GPU is needed: the supervisor is run with a stand-in for the per-GPU `rodin worker` command,
+which records what it was given and waits to be stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import RodinError
+from tests.conftest import ROOT, Rodin
+
+CHILD = textwrap.dedent('''
+    import json, os, signal, sys, time
+    out, name, queues = sys.argv[1:4]
+    tag = f"{out}/{name}-{os.getpid()}"
+    def stop(signum, _frame):
+        open(tag + ".stopped", "w").write(str(signum))
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    with open(tag + ".tmp", "w") as fh:
+        json.dump({"name": name, "queues": queues, "pid": os.getpid(),
+                   "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "worker_name": os.environ.get("RODIN_WORKER_NAME")}, fh)
+    os.rename(tag + ".tmp", tag + ".json")
+    while True:
+        time.sleep(0.05)
+''')
+
+SUPERVISOR = textwrap.dedent('''
+    import sys
+    from orchestrator.cli import workers
+    out = sys.argv[1]
+    workers._child_command = lambda queues, name, loglevel: [sys.executable, "-c", sys.argv[2], out, name, queues]
+    sys.exit(workers.run_per_gpu(["0", "1"], "train,infer", "box", "INFO", restart_delay_s=0.2))
+''')
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+
+
+def _wait(predicate, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+def test_one_process_per_gpu_restarted_when_it_dies_and_stopped_together(tmp_path: Path) -> None:
+    out = tmp_path / "children"
+    out.mkdir()
+    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(out), CHILD], cwd=ROOT,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        first = _wait(lambda: r if len(r := _records(out)) == 2 else None)
+        by_name = {r["name"]: r for r in first}
+        assert set(by_name) == {"box-gpu0", "box-gpu1"}
+        for gpu in ("0", "1"):
+            r = by_name[f"box-gpu{gpu}"]
+            assert r["cuda"] == gpu and r["worker_name"] == f"box-gpu{gpu}"
+            assert r["queues"] == "train,infer"
+        # A worker that dies is started again, on the same GPU, under the same name.
+        os.kill(by_name["box-gpu1"]["pid"], signal.SIGKILL)
+        again = _wait(lambda: [r for r in _records(out)
+                               if r["name"] == "box-gpu1" and r["pid"] != by_name["box-gpu1"]["pid"]])
+        assert again[0]["cuda"] == "1"
+        # A stop signal reaches every worker once, and the supervisor ends when they have.
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+        stopped = {p.name.split("-")[1] for p in out.glob("*.stopped")}
+        assert stopped == {"gpu0", "gpu1"}
+        assert (out / f"box-gpu0-{by_name['box-gpu0']['pid']}.stopped").read_text() == str(int(signal.SIGTERM))
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+def test_gpu_ids() -> None:
+    from orchestrator.cli.workers import _gpu_ids
+
+    assert _gpu_ids("0,1") == ["0", "1"]
+    assert _gpu_ids(" 3 ") == ["3"]
+    for bad in ("", "0,,1", "0,0"):
+        with pytest.raises(RodinError):
+            _gpu_ids(bad)
+
+
+def test_gpus_all_follows_cuda_visible_devices(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.cli.workers import _gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _gpu_ids("all") == ["2", "3"]
+
+
+def test_a_worker_asked_for_a_missing_gpu_stops_with_one_line(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = Rodin(tmp_path / "home").run("worker", "--device", "cuda:0", timeout=120)
+    assert result.returncode != 0
+    assert "CUDA is not available" in result.stderr and "Traceback" not in result.stderr
