@@ -226,39 +226,67 @@ MAX_CHUNK_BYTES = 16 * 2**20
 
 class _LinearBatchNormMax(Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, gamma, beta, mean, var, sum_h, scatter_h, eps, batch):
-        # mean, var: (C,) float64, the statistics of z = h W^T + b to normalise with (constants
-        # here). sum_h (Cin,) and scatter_h = R Cov(h) (Cin, Cin), float64, when they are the
-        # batch's own (the backward then adds their gradient), else None.
+    def forward(ctx, h, weight, bias, gamma, beta, running_mean, running_var, eps, batch):
+        # running_mean/var: the statistics to normalise with in eval mode; None for the batch's.
+        # Returns the pooled output and the statistics used, mean and biased var of z (float64).
         R, Cin = h.shape
         C = weight.shape[0]
         N = R // batch
-        invstd = torch.rsqrt(var + eps).to(h.dtype)
-        mean_z = mean.to(h.dtype)
+        batch_stats = running_mean is None
 
         # max_n of (gamma invstd) z + const: the max of z where gamma >= 0, else the min, i.e.
-        # the max of sign * z; computed transposed, (C, rows), so that it reduces along rows.
+        # the max of sign * z; computed transposed, (C, rows), so that it reduces along rows, and
+        # without the bias, a constant along them.
         sign = torch.where(gamma >= 0, 1.0, -1.0).to(h.dtype)
         w_signed = weight * sign[:, None]
         per_chunk = max(1, min(batch, MAX_CHUNK_BYTES // max(1, N * C * h.element_size())))
         zmax = torch.empty(batch, C, dtype=h.dtype, device=h.device)
         argmax = torch.empty(batch, C, dtype=torch.long, device=h.device)
         buf = torch.empty(C, per_chunk * N, dtype=h.dtype, device=h.device)
+        if batch_stats:
+            # The statistics of h from the same chunks, while they are in cache: each shape's
+            # mean and scatter about it (no cancellation), combined across shapes afterwards.
+            shape_means = torch.empty(batch, Cin, dtype=h.dtype, device=h.device)
+            scatter_h = torch.zeros(Cin, Cin, dtype=torch.float64, device=h.device)
         for b0 in range(0, batch, per_chunk):
             b1 = min(batch, b0 + per_chunk)
-            zt = torch.mm(w_signed, h[b0 * N:b1 * N].t(), out=buf[:, :(b1 - b0) * N])
-            values, index = zt.view(C, b1 - b0, N).max(dim=2)  # (C, shapes), the bias left out
+            hb = h[b0 * N:b1 * N]
+            zt = torch.mm(w_signed, hb.t(), out=buf[:, :(b1 - b0) * N])
+            values, index = zt.view(C, b1 - b0, N).max(dim=2)  # (C, shapes)
             zmax[b0:b1] = values.t()
             argmax[b0:b1] = index.t()
+            if batch_stats:
+                hb = hb.view(b1 - b0, N, Cin)
+                means = hb.mean(1)
+                centred = (hb - means[:, None]).view(-1, Cin)
+                scatter_h += (centred.t() @ centred).to(torch.float64)
+                shape_means[b0:b1] = means
         zmax.mul_(sign).add_(bias)
+
+        w64 = weight.to(torch.float64)
+        if batch_stats:
+            # z = h W^T + b: mean(z) = W mean(h) + b, var(z)_c = w_c^T Cov(h) w_c, with
+            # R Cov(h) = within-shape scatter + N * between-shape scatter of the shape means.
+            shape_means = shape_means.to(torch.float64)
+            mean_h = shape_means.mean(0)
+            between = shape_means - mean_h
+            scatter_h += N * (between.t() @ between)
+            mean = w64 @ mean_h + bias.to(torch.float64)
+            var = ((w64 @ scatter_h) * w64).sum(1).div_(R).clamp_(min=0)
+        else:
+            mean_h = scatter_h = None
+            mean, var = running_mean.to(torch.float64), running_var.to(torch.float64)
+        invstd = torch.rsqrt(var + eps).to(h.dtype)
+        mean_z = mean.to(h.dtype)
         out = torch.addcmul(beta, zmax - mean_z, gamma * invstd)
-        ctx.save_for_backward(h, weight, gamma, zmax, argmax, mean_z, invstd, sum_h, scatter_h)
-        ctx.batch_stats = sum_h is not None
-        return out
+        ctx.save_for_backward(h, weight, gamma, zmax, argmax, mean_z, invstd, mean_h, scatter_h)
+        ctx.batch_stats = batch_stats
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
 
     @staticmethod
-    def backward(ctx, dout):
-        h, weight, gamma, zmax, argmax, mean_z, invstd, sum_h, scatter_h = ctx.saved_tensors
+    def backward(ctx, dout, _dmean, _dvar):
+        h, weight, gamma, zmax, argmax, mean_z, invstd, mean_h, scatter_h = ctx.saved_tensors
         R, Cin = h.shape
         batch, C = zmax.shape
         N = R // batch
@@ -282,16 +310,16 @@ class _LinearBatchNormMax(Function):
             w64 = weight.to(torch.float64)
             dbias = torch.zeros_like(dbias)  # BatchNorm cancels it: ws.sum(0) + R a = 0
             if need_w:
-                dweight = dweight + torch.outer(a, sum_h.to(h.dtype)) + (k[:, None] * (w64 @ scatter_h)).to(h.dtype)
+                dweight = dweight + torch.outer(a, (R * mean_h).to(h.dtype)) + (k[:, None] * (w64 @ scatter_h)).to(h.dtype)
             if need_h:
                 m = w64.t() @ (k[:, None] * w64)  # (Cin, Cin)
-                offset = a.to(torch.float64) @ w64 - (sum_h / R) @ m
+                offset = a.to(torch.float64) @ w64 - mean_h @ m
                 dh = torch.addmm(offset.to(h.dtype), h, m.to(h.dtype))
         if need_h:
             if dh is None:
                 dh = torch.zeros_like(h)
             dh.index_add_(0, rows, (ws[:, :, None] * weight[None]).view(-1, Cin))
-        return dh, dweight, dbias, dgamma, dbeta, None, None, None, None, None, None
+        return dh, dweight, dbias, dgamma, dbeta, None, None, None, None
 
 
 def linear_batchnorm_max(h: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, batch: int) -> Tensor:
@@ -304,20 +332,12 @@ def linear_batchnorm_max(h: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, batch
     R = h.shape[0]
     if R % batch:
         raise ValueError(f"{R} rows do not split into {batch} shapes")
-    h = h.contiguous()
+    if _uses_batch_stats(bn) and R < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {(R, linear.out_features)}")
     gamma, beta = _affine(bn, h)
     bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features, dtype=h.dtype, device=h.device)
-    with torch.no_grad():
-        if _uses_batch_stats(bn):
-            # z = h W^T + b: mean(z) = W mean(h) + b, var(z)_c = w_c^T Cov(h) w_c. The small
-            # (Cin, Cin) and (C,) arithmetic is done in float64.
-            sum_h = h.sum(0).to(torch.float64)
-            scatter_h = (h.t() @ h).to(torch.float64) - torch.outer(sum_h, sum_h) / R  # R Cov(h)
-            w64 = linear.weight.to(torch.float64)
-            mean = w64 @ sum_h / R + bias.to(torch.float64)
-            var = ((w64 @ scatter_h) * w64).sum(1).div_(R).clamp_(min=0)
-            _update_running_stats(bn, mean, var, R)
-        else:
-            sum_h = scatter_h = None
-            mean, var = bn.running_mean.to(torch.float64), bn.running_var.to(torch.float64)
-    return _LinearBatchNormMax.apply(h, linear.weight, bias, gamma, beta, mean, var, sum_h, scatter_h, bn.eps, batch)
+    running = _running(bn)
+    out, mean, var = _LinearBatchNormMax.apply(h.contiguous(), linear.weight, bias, gamma, beta, *running, bn.eps, batch)
+    if running[0] is None:
+        _update_running_stats(bn, mean, var, R)
+    return out

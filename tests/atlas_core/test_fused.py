@@ -140,3 +140,18 @@ def test_linear_batchnorm_max_chunks(monkeypatch):
     torch.testing.assert_close(linear_batchnorm_max(h, lin, copy.deepcopy(bn), batch), expected)
     with pytest.raises(ValueError, match="rows"):
         linear_batchnorm_max(h[:-1], lin, bn, batch)
+
+
+def test_linear_batchnorm_max_statistics_when_the_mean_dominates():
+    # Activations far from zero compared with their spread: the batch variance must not come
+    # from cancelling sums of squares. float32 against a float64 reference, no worse than the
+    # plain float32 composition.
+    torch.manual_seed(0)
+    batch, N = 4, 500
+    h = 3 + 0.01 * torch.randn(batch * N, 16)
+    lin, bn = nn.Linear(16, 8), nn.BatchNorm1d(8)
+    reference = copy.deepcopy(bn).double()(copy.deepcopy(lin).double()(h.double())).view(batch, N, 8).amax(1)
+    plain = copy.deepcopy(bn)(lin(h)).view(batch, N, 8).amax(1)
+    ours = linear_batchnorm_max(h, lin, bn, batch)
+    plain_error = (plain.double() - reference).abs().max()
+    assert (ours.double() - reference).abs().max() <= max(2 * plain_error, 1e-5)
