@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/rodin-study"))
     parser.add_argument("--pretrain-epochs", type=int, default=25)
     parser.add_argument("--small-epochs", type=int, default=300)
-    parser.add_argument("--finetune-epochs", type=int, default=150)
+    parser.add_argument("--finetune-epochs", type=int, default=40)
     parser.add_argument("--quick", action="store_true", help="a smoke run with few shapes and epochs")
     args = parser.parse_args()
     n_big, n_small, n_test = (1000, 30, 100) if not args.quick else (60, 10, 10)
@@ -78,9 +78,11 @@ def main() -> None:
         run("(a+aug) scratch on 30, augmented", *small, "--epochs", str(args.small_epochs), *AUGMENT)
         big = run(f"(p) pre-trained on {n_big}", "--dataset", "swords-big", *ARCH,
                   "--epochs", str(args.pretrain_epochs), "--checkpoint-every", "5")
-        run(f"(b) pre-trained on {n_big}, fine-tuned on 30", "--dataset", "swords-30",
-            "--from-model", str(big), "--points", "1000", "--batch-size", "16", "--lr", "3e-4",
-            "--epochs", str(args.finetune_epochs), "--checkpoint-every", "50", *AUGMENT)
+        # Gently: at lr 3e-4 for 150 epochs with rotation, fine-tuning forgot what pre-training
+    # taught (held-out Chamfer 0.48, worse than retrieval); at 1e-4 for 40 it keeps it.
+    run(f"(b) pre-trained on {n_big}, fine-tuned on 30", "--dataset", "swords-30",
+        "--from-model", str(big), "--points", "1000", "--batch-size", "16", "--lr", "1e-4",
+        "--epochs", str(args.finetune_epochs), "--checkpoint-every", "10", "--augment-scale", "0.1")
     finally:
         rodin(home, "down")
 
