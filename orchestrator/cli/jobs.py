@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator.cli.context import download_outputs as _download
 from orchestrator.cli.context import registry, settings, store
 from orchestrator.cli.output import age, console, emit_json, err, styled_status
 from orchestrator.cli.workers import stale_note
@@ -466,14 +467,3 @@ def _upload_inputs(paths: list[Path]) -> list[dict[str, str]]:
         blob = artifacts.put_bytes(path.read_bytes(), "".join(path.suffixes))
         uploaded.append({"name": path.name, "uri": blob.uri, "sha256": blob.sha256})
     return uploaded
-
-
-def _download(outputs: list[dict[str, Any]], folder: Path) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    artifacts = store()
-    paths = []
-    for out in outputs:
-        target = folder / out["name"]
-        target.write_bytes(artifacts.get_bytes(out["uri"], out["sha256"]))
-        paths.append(str(target))
-    return paths
