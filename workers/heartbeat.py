@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import select
@@ -21,6 +22,9 @@ from workers import runtime
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 5.0
+#: How often the heartbeat thread looks (in memory) whether the running job changed; a change
+#: is written at once, so `rodin workers` shows a job starting or ending within this time.
+WATCH_S = 0.25
 
 
 class Heartbeat:
@@ -43,9 +47,10 @@ class Heartbeat:
             worker.current_job_id = None
         self._thread.start()
 
-    def beat(self) -> None:
+    def beat(self, job_id: int | None = None) -> None:
         now = datetime.now(timezone.utc)
-        job_id = runtime.active_job_id()
+        if job_id is None:
+            job_id = runtime.active_job_id()
         with session_scope(self.settings) as s:
             worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
             if worker is not None:
@@ -59,15 +64,25 @@ class Heartbeat:
         self._wake.set()
 
     def _run(self) -> None:
+        last_job: int | None = None
+        next_beat = time.monotonic() + INTERVAL_S
         while True:
-            self._wake.wait(INTERVAL_S)
+            poked = self._wake.wait(WATCH_S)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
-                self.beat()
+                job_id = runtime.active_job_id()
+            except RuntimeError:  # the set of running tasks changed while it was read
+                continue
+            if not poked and job_id == last_job and time.monotonic() < next_beat:
+                continue
+            try:
+                self.beat(job_id)
+                last_job, next_beat = job_id, time.monotonic() + INTERVAL_S
             except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
                 log.warning("heartbeat failed", exc_info=True)
+                next_beat = time.monotonic() + INTERVAL_S
 
     def stop(self) -> None:
         self._stop.set()

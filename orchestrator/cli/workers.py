@@ -331,13 +331,19 @@ def register(app: typer.Typer) -> None:
                       f" background worker pid {pid}, log {_logfile()}.")
 
     @app.command("down")
-    def down(timeout: float = typer.Option(30.0, help="Seconds to wait for a clean stop."),
+    def down(timeout: float = typer.Option(
+                 None, help="Seconds to wait for a clean stop (default: RODIN_SOFT_SHUTDOWN_S "
+                            "+ 15, at least 30)."),
              as_json: bool = JsonOpt) -> None:
-        """Stop the background worker; a running job is interrupted and can be resubmitted."""
+        """Stop the background worker; a running job goes back to the queue and resumes later."""
         pid = _background_pid()
         stopped = False
+        if timeout is None:
+            timeout = max(30.0, settings().soft_shutdown_s + 15.0)
         if pid is not None:
-            # SIGQUIT = Celery's cold shutdown: stop now rather than after an hours-long job.
+            # SIGQUIT = Celery's cold shutdown: stop now rather than after an hours-long job. The
+            # running job gets RODIN_SOFT_SHUTDOWN_S, then its message is put back on the queue
+            # (which needs a clean exit: hence the wait before SIGKILL).
             os.kill(pid, signal.SIGQUIT)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _background_pid():

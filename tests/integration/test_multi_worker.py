@@ -169,9 +169,16 @@ def test_the_client_downloads_every_reconstruction(cluster: Cluster, burst: dict
 
 
 def test_workers_lists_both_machines_workers(cluster: Cluster, burst: dict) -> None:
-    listed = {w["hostname"]: w for w in cluster.client.json("workers")["workers"]}
-    assert set(listed) == {"w1", "w2"}
-    for w in listed.values():
+    def listed() -> dict:
+        return {w["hostname"]: w for w in cluster.client.json("workers")["workers"]}
+
+    # Heartbeats are how a client learns about workers: the last job's end shows within a beat.
+    deadline = time.monotonic() + 10
+    while any(w["current_job_id"] for w in listed().values()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    workers = listed()
+    assert set(workers) == {"w1", "w2"}
+    for w in workers.values():
         assert w["state"] == "live" and w["queues"] == "infer,train" and w["device"] == "cpu"
         assert w["current_job_id"] is None and w["heartbeat_age_s"] < 30
     text = cluster.client.run("workers")
