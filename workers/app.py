@@ -67,10 +67,18 @@ def reconstruct_task(job_id: int) -> None:
     _run_job(job_id, run_reconstruct)
 
 
+@app.task(name="rodin.evaluate")
+def evaluate_task(job_id: int) -> None:
+    from workers.evaluate_job import run_evaluate
+
+    _run_job(job_id, run_evaluate)
+
+
 @signals.worker_init.connect
 def _preload(**_kwargs) -> None:  # type: ignore[no-untyped-def]
     """Import the task bodies (torch, atlas_core) in the main process before it forks the job
     process, so that neither the first job nor a restarted job process pays for the imports."""
+    import workers.evaluate_job  # noqa: F401
     import workers.reconstruct_job  # noqa: F401
     import workers.train_job  # noqa: F401
 
