@@ -54,8 +54,9 @@ def config_show(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json(values)
         return
+    width = max(map(len, values)) + 2
     for key, value in values.items():
-        typer.echo(f"{key:14} {value}")
+        typer.echo(f"{key:{width}}{value}")
 
 
 def _redact(url: str) -> str:
