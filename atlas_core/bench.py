@@ -20,8 +20,12 @@ patches, bottleneck 1024, hidden 512, 2 hidden layers, ReLU, BatchNorm, Adam):
   memory. On the CPU (Linux) that is the high-water mark of the resident set of a fresh subprocess
   (VmHWM, reset just before the call) minus its resident size just before the call, after a small
   warm-up call so that it does not count torch's lazily loaded kernels and thread pools; on CUDA,
-  torch.cuda.max_memory_allocated above the memory allocated before the call. Also checked: rodin's nearest neighbours are those of brute
-  force, index for index.
+  torch.cuda.max_memory_allocated above the memory allocated before the call. Also checked:
+  rodin's nearest neighbours are those of brute force, index for index.
+
+Every figure is sensitive to other processes on the machine (on 2 cores, one busy neighbour
+slows the many small memory-bound operations of a step far more than one large matrix product):
+the table prints the spread of the repeats and the load average; compare runs on a quiet machine.
 
 The baseline is what a newcomer would write from the paper and the authors' code: Conv1d layers
 on (B, C, N) tensors with BatchNorm1d, a max over the points, 25 separate decoder modules, and
@@ -403,13 +407,13 @@ def table(r: dict) -> str:
         ("torch", f"{r['torch']} (Python {r['python']})"),
         ("precision", r["dtype"]),
         ("config", ", ".join(f"{k} {v}" for k, v in r["config"].items())),
-        ("matmul peak", f"{r['peak_gflops']:.1f} GFLOP/s ({r['peak_n']}^3 fp32, median; {r['peak_gflops_min']:.1f} to {r['peak_gflops_max']:.1f})"),
+        ("matmul peak", f"{r['peak_gflops']:.1f} GFLOP/s ({r['peak_n']}^3 {'bf16' if 'bf16' in r['dtype'] else 'fp32'}, median; {r['peak_gflops_min']:.1f} to {r['peak_gflops_max']:.1f})"),
         ("step FLOPs", f"{r['step_gflop']:.1f} GFLOP (floor at peak: {r['floor_s']:.3f} s)"),
         ("rodin step", f"{r['step_s']:.3f} s median of {r['repeats']} ({r['step_s_min']:.3f} to {r['step_s_max']:.3f}), "
                        f"{r['step_gflops']:.1f} GFLOP/s, {100 * r['step_fraction_of_peak']:.0f}% of peak"),
         ("baseline step", f"{r['baseline_step_s']:.3f} s median ({r['baseline_step_s_min']:.3f} to {r['baseline_step_s_max']:.3f}), "
                           f"{r['baseline_gflops']:.1f} GFLOP/s; rodin is {r['speedup']:.2f}x faster"),
-        (f"rodin Chamfer", f"{r['chamfer_s']:.3f} s, {r['chamfer_peak_mb']:.0f} MB peak "
+        ("rodin Chamfer", f"{r['chamfer_s']:.3f} s, {r['chamfer_peak_mb']:.0f} MB peak "
                            f"(fwd+bwd, B={r['chamfer_batch']}, N=M={r['chamfer_points']}); "
                            f"neighbours identical to brute force: {'yes' if r['chamfer_nn_identical'] else 'NO'}"),
         ("broadcast Chamfer", f"{r['chamfer_baseline_s']:.3f} s, {r['chamfer_baseline_peak_mb']:.0f} MB peak"),
