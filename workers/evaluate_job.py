@@ -25,6 +25,7 @@ from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
 from workers import lifecycle
+from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,9 @@ BATCH = 16
 
 @dataclass
 class _Inputs:
-    model_id: int
-    model_uri: str
-    model_sha256: str
-    train_uri: str  # the model's own dataset: its training split is the retrieval library
-    train_sha256: str
-    eval_uri: str | None  # None: the model's validation split
-    eval_sha256: str | None
+    model: Blob
+    own: Blob  # the model's own dataset: its training split is the retrieval library
+    evaluated: Blob | None  # None: the model's validation split
     eval_ref: str
 
 
@@ -51,13 +48,11 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
         job = s.get(Job, job_id)
         assert job is not None and job.input_model is not None
         m = job.input_model
-        own = job.dataset is None or job.dataset_id == m.dataset_id
-        ev = job.dataset
-        return _Inputs(
-            m.id, m.artifact_uri, m.sha256, m.dataset.artifact_uri, m.dataset.artifact_sha256,
-            None if own else ev.artifact_uri, None if own else ev.artifact_sha256,  # type: ignore[union-attr]
-            f"{m.dataset.ref} (validation split)" if own else ev.ref,  # type: ignore[union-attr]
-        )
+        if job.dataset is None or job.dataset_id == m.dataset_id:
+            return _Inputs(Blob.of_model(m), Blob.of_dataset(m.dataset), None,
+                           f"{m.dataset.ref} (validation split)")
+        return _Inputs(Blob.of_model(m), Blob.of_dataset(m.dataset),
+                       Blob.of_dataset(job.dataset), job.dataset.ref)
 
 
 def _subsample(data: PointCloudSet, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,16 +65,16 @@ def _subsample(data: PointCloudSet, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
     inputs = _load_inputs(settings, job_id)
-    model, config, _ = load_model(store.get_bytes(inputs.model_uri, inputs.model_sha256), device)
-    own = PointCloudSet.from_bytes(store.get_bytes(inputs.train_uri, inputs.train_sha256))
+    model, config, _ = load_model(inputs.model.read(store), device)
+    own = PointCloudSet.from_bytes(inputs.own.read(store))
     train_idx, val_idx = split_indices(len(own), config.val_fraction, config.seed)
-    if inputs.eval_uri is None:
+    if inputs.evaluated is None:
         if len(val_idx) == 0:
-            raise ValueError(f"model {inputs.model_id} has no validation shapes: evaluate it on "
+            raise ValueError(f"model {inputs.model.id} has no validation shapes: evaluate it on "
                              "another dataset with --dataset NAME")
         evaluated = own.subset(val_idx)
     else:
-        evaluated = PointCloudSet.from_bytes(store.get_bytes(inputs.eval_uri, inputs.eval_sha256))  # type: ignore[arg-type]
+        evaluated = PointCloudSet.from_bytes(inputs.evaluated.read(store))
 
     gt, gt_normals = _subsample(evaluated, EVAL_POINTS, seed=1)
     net_in, _ = _subsample(evaluated, config.model.n_points, seed=2)
@@ -109,7 +104,7 @@ def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: 
 
     health = patch_health(meshes, config.model.n_patches)
     result = {
-        "model_id": inputs.model_id,
+        "model_id": inputs.model.id,
         "dataset": inputs.eval_ref,
         "shapes": len(per_shape),
         "retrieval_library": len(train_idx),
@@ -128,7 +123,7 @@ def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: 
     result["warnings"] = health.warnings(result["coverage"])
 
     report = store.put_bytes(json.dumps(result, indent=1).encode(), ".json")
-    plot = store.put_bytes(render_evaluation(per_shape, f"model {inputs.model_id} on {inputs.eval_ref}"), ".png")
+    plot = store.put_bytes(render_evaluation(per_shape, f"model {inputs.model.id} on {inputs.eval_ref}"), ".png")
     outputs = [{"name": "evaluation.json", "kind": "report", **report.as_dict()},
                {"name": "evaluation.png", "kind": "plot", **plot.as_dict()}]
     with session_scope(settings) as s:

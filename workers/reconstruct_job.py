@@ -21,6 +21,7 @@ from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
 from workers import lifecycle
+from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,9 @@ MESH_VERTICES = 10000
 
 @dataclass
 class _Inputs:
-    model_id: int
-    model_uri: str
-    model_sha256: str
+    model: Blob
     files: list[dict[str, str]]  # uploaded inputs: name, uri, sha256
-    dataset_uri: str
-    dataset_sha256: str
+    dataset: Blob  # the model's own: its validation shapes when no files are given
 
 
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
@@ -43,8 +41,8 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
         job = s.get(Job, job_id)
         assert job is not None and job.input_model is not None
         m = job.input_model
-        return _Inputs(m.id, m.artifact_uri, m.sha256, list(job.params.get("inputs", [])),
-                       m.dataset.artifact_uri, m.dataset.artifact_sha256)
+        return _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
+                       Blob.of_dataset(m.dataset))
 
 
 def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int) -> list[Shape]:
@@ -59,7 +57,7 @@ def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int) 
 
 def _validation_shapes(store: ArtifactStore, inputs: _Inputs, val_fraction: float,
                        seed: int) -> list[Shape]:
-    data = PointCloudSet.from_bytes(store.get_bytes(inputs.dataset_uri, inputs.dataset_sha256))
+    data = PointCloudSet.from_bytes(inputs.dataset.read(store))
     train_idx, val_idx = split_indices(len(data), val_fraction, seed)
     chosen = data.subset(val_idx if len(val_idx) else train_idx[:1])
     return [
@@ -82,7 +80,7 @@ def _unique(name: str, used: set[str]) -> str:
 def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
     inputs = _load_inputs(settings, job_id)
     # Weights come only from the registry's record, checked against its sha256.
-    model, config, _ = load_model(store.get_bytes(inputs.model_uri, inputs.model_sha256), device)
+    model, config, _ = load_model(inputs.model.read(store), device)
     n_points = config.model.n_points
     if inputs.files:
         shapes = _uploaded_shapes(store, inputs.files, max(n_points, 10000))
@@ -104,7 +102,7 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, devic
         ply = store.put_bytes(to_ply_bytes(original), ".ply")
         picture = render_reconstruction(
             shape.points * shape.scale + shape.center, original,
-            title=f"{stem}: model {inputs.model_id}, Chamfer {score:.5f}",
+            title=f"{stem}: model {inputs.model.id}, Chamfer {score:.5f}",
         )
         png = store.put_bytes(picture, ".png")
         outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name,

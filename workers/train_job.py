@@ -19,24 +19,18 @@ from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
 from orchestrator.settings import Settings
 from workers import lifecycle, runtime
+from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Blob:
-    id: int
-    uri: str
-    sha256: str
 
 
 @dataclass
 class _Plan:
     config: TrainConfig
     dataset_id: int
-    dataset: _Blob
-    resume: _Blob | None  # this job's newest checkpoint (a retried attempt)
-    start_from: _Blob | None  # the model to fine-tune
+    dataset: Blob
+    resume: Blob | None  # this job's newest checkpoint (a retried attempt)
+    start_from: Blob | None  # the model to fine-tune
 
 
 def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
@@ -47,11 +41,9 @@ def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
         config.device = device
         ds = job.dataset
         newest = newest_checkpoint(s, job_id)
-        resume = _Blob(newest.id, newest.artifact_uri, newest.sha256) if newest else None
-        src = job.input_model
-        start = _Blob(src.id, src.artifact_uri, src.sha256) if src else None
-        return _Plan(config, ds.id, _Blob(ds.id, ds.artifact_uri, ds.artifact_sha256),
-                     resume, start)
+        resume = Blob.of_model(newest) if newest else None
+        start = Blob.of_model(job.input_model) if job.input_model else None
+        return _Plan(config, ds.id, Blob.of_dataset(ds), resume, start)
 
 
 class _Recorder:
@@ -100,12 +92,11 @@ def _registered_epochs(settings: Settings, job_id: int) -> dict[int, int]:
 
 def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
     plan = _plan(settings, job_id, device)
-    data = PointCloudSet.from_bytes(store.get_bytes(plan.dataset.uri, plan.dataset.sha256))
-    resume_bytes = store.get_bytes(plan.resume.uri, plan.resume.sha256) if plan.resume else None
+    data = PointCloudSet.from_bytes(plan.dataset.read(store))
+    resume_bytes = plan.resume.read(store) if plan.resume else None
     init_weights = None
     if plan.start_from is not None and resume_bytes is None:
-        init_bytes = store.get_bytes(plan.start_from.uri, plan.start_from.sha256)
-        init_weights = load_checkpoint(init_bytes, map_location=device)["model"]
+        init_weights = load_checkpoint(plan.start_from.read(store), map_location=device)["model"]
 
     recorder = _Recorder(settings, store, job_id, plan)
     result = train(plan.config, data,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import bz2
 import gzip
 import logging
@@ -404,19 +403,3 @@ def test_shape_from_invalid_mesh_raises_mesh_error() -> None:
     points_only = trimesh.Trimesh(np.eye(3), np.zeros((0, 3), int), process=False)
     with pytest.raises(MeshError, match="no faces"):
         shape_from_mesh(points_only, "p", 10, seed=0)
-
-
-# --------------------------------------------------------------------------------------------
-# Layering
-
-
-def test_mesh_io_imports_no_torch_or_service_layers() -> None:
-    tree = ast.parse(Path(mesh_io.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    forbidden = {"torch", "celery", "sqlalchemy", "redis", "orchestrator", "workers"}
-    assert not roots & forbidden

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -141,14 +140,3 @@ def test_params_are_json_ready() -> None:
 
     params = sample_sword_params(np.random.default_rng(0))
     assert json.loads(json.dumps(params.to_dict())) == params.to_dict()
-
-
-def test_swords_import_no_torch() -> None:
-    tree = ast.parse(Path(swords.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    assert not roots & {"torch", "celery", "sqlalchemy", "redis", "orchestrator", "workers"}
