@@ -50,7 +50,8 @@ def report_progress(settings: Settings, job_id: int, progress: dict[str, Any]) -
 
 
 def finish(settings: Settings, job_id: int, status: JobStatus,
-           outputs: list[dict[str, Any]] | None = None, error: str | None = None) -> None:
+           outputs: list[dict[str, Any]] | None = None, error: str | None = None,
+           result: dict[str, Any] | None = None) -> None:
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None
@@ -58,6 +59,8 @@ def finish(settings: Settings, job_id: int, status: JobStatus,
         job.finished_at = now()
         if outputs is not None:
             job.outputs = outputs
+        if result is not None:
+            job.result = result
         job.error = error
 
 
