@@ -21,6 +21,8 @@ runs as one large matrix product and is faster on the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -31,8 +33,10 @@ from atlas_core.config import ACTIVATION_NAMES, ModelConfig
 from atlas_core.fused import latent_batchnorm_relu, linear_batchnorm_max, linear_batchnorm_relu
 from atlas_core.templates import Template, make_template
 
+Activation = Callable[[Tensor], Tensor]
+
 # The activations offered by the reference code.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Activation] = {
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "softplus": F.softplus,
@@ -56,15 +60,68 @@ def _bn(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
     return bn(x.reshape(-1, x.shape[-1])).view(x.shape)
 
 
+# -----------------------------------------------------------------------------
+# The layers of the network, each written once. With fused=True a layer runs atlas_core.fused's
+# kernel where that kernel applies (same values and gradients, less memory traffic); elsewhere
+# (fused=False, autocast, another activation than ReLU, per-shape template points) it runs the
+# composition of nn layers that the kernel computes.
+
+
+def linear_bn_act(x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, act: Activation = F.relu,
+                  fused: bool = True) -> Tensor:
+    """act(bn(linear(x))): x (R, Cin) -> (R, C), R rows (points or shapes)."""
+    if fused and act is F.relu and _fusable(x):
+        return linear_batchnorm_relu(x, linear, bn)
+    return act(bn(linear(x)))
+
+
+def linear_bn_max(x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, batch: int, fused: bool = True) -> Tensor:
+    """The max over each shape's points of bn(linear(x)): x (batch*N, Cin) -> (batch, C).
+
+    No activation before the max, as in the reference.
+    """
+    if fused and _fusable(x):
+        return linear_batchnorm_max(x, linear, bn, batch)  # never stores the (batch*N, C) layer
+    z = bn(linear(x))
+    # On the (B, N, C) layout, Tensor.max(dim=1) is a slow strided reduction on the CPU and .amax
+    # keeps the whole input for its backward; max pooling the (B, C, N) view has a channels-last
+    # kernel and keeps only the (B, C) argmax indices.
+    return F.adaptive_max_pool1d(z.view(batch, -1, z.shape[-1]).transpose(1, 2), 1).squeeze(-1)
+
+
+def latent_bn_act(template_points: Tensor, linear: nn.Linear, latent: Tensor, bn: nn.BatchNorm1d,
+                  act: Activation = F.relu, fused: bool = True) -> Tensor:
+    """act(bn(linear(template_points) + latent)), BatchNorm over all B*P rows.
+
+    template_points: (B, P, dim), or (1, P, dim) shared by the whole batch
+    latent: (B, C)
+    returns (B, P, C)
+
+    The latent code is added to the embedded template points rather than concatenated, as in the
+    reference: the encoder's last Linear already plays the part of the latent half of a
+    concatenated weight, and the template half is computed once when P points are shared.
+    """
+    if fused and act is F.relu and template_points.shape[0] == 1 and _fusable(latent):
+        return latent_batchnorm_relu(template_points[0], linear, latent, bn)
+    return act(_bn(bn, linear(template_points) + latent.unsqueeze(1)))
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+
 class PointNetEncoder(nn.Module):
     """PointNet: (B, N, 3) -> (B, D).
 
     A shared per-point MLP 3 -> 64 -> 128 -> 1024, a max over the points (so the code does not
     depend on their order), then two fully connected layers 1024 -> D -> D.
+
+    fused: run atlas_core.fused's kernels where they apply (see linear_bn_act).
     """
 
-    def __init__(self, bottleneck: int = 1024, width: int = 1024):
+    def __init__(self, bottleneck: int = 1024, width: int = 1024, *, fused: bool = True):
         super().__init__()
+        self.fused = fused
         self.conv1 = nn.Linear(3, 64)
         self.conv2 = nn.Linear(64, 128)
         self.conv3 = nn.Linear(128, width)
@@ -76,28 +133,15 @@ class PointNetEncoder(nn.Module):
         self.bn4 = nn.BatchNorm1d(bottleneck)
         self.bn5 = nn.BatchNorm1d(bottleneck)
 
-    #: Use the fused layers of atlas_core.fused (same values and gradients, less memory traffic).
-    fused = True
-
     def forward(self, points: Tensor) -> Tensor:
+        """points: (B, N, 3) -> (B, D)."""
         B, N, _ = points.shape
         x = points.reshape(B * N, 3)
-        if self.fused and _fusable(x):
-            x = linear_batchnorm_relu(x, self.conv1, self.bn1)
-            x = linear_batchnorm_relu(x, self.conv2, self.bn2)
-            x = linear_batchnorm_max(x, self.conv3, self.bn3, B)  # never stores the (B*N, width) layer
-            x = linear_batchnorm_relu(x, self.lin1, self.bn4)
-            return linear_batchnorm_relu(x, self.lin2, self.bn5)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))  # no ReLU before the max, as in the reference
-        # Max over the points. On the (B, N, C) layout, Tensor.max(dim=1) is a slow strided
-        # reduction on the CPU and .amax keeps the whole input for its backward; max pooling the
-        # (B, C, N) view has a channels-last kernel and keeps only the (B, C) argmax indices.
-        x = F.adaptive_max_pool1d(x.view(B, N, -1).transpose(1, 2), 1).squeeze(-1)
-        x = F.relu(self.bn4(self.lin1(x)))
-        x = F.relu(self.bn5(self.lin2(x)))
-        return x
+        x = linear_bn_act(x, self.conv1, self.bn1, fused=self.fused)     # (B*N, 64)
+        x = linear_bn_act(x, self.conv2, self.bn2, fused=self.fused)     # (B*N, 128)
+        x = linear_bn_max(x, self.conv3, self.bn3, B, fused=self.fused)  # (B, width)
+        x = linear_bn_act(x, self.lin1, self.bn4, fused=self.fused)      # (B, D)
+        return linear_bn_act(x, self.lin2, self.bn5, fused=self.fused)   # (B, D)
 
 
 class PatchDecoder(nn.Module):
@@ -106,10 +150,14 @@ class PatchDecoder(nn.Module):
     template_points: (B, P, dim), or (1, P, dim) shared by the whole batch
     latent: (B, D)
     returns (B, P, 3)
+
+    fused: run atlas_core.fused's kernels where they apply (see linear_bn_act).
     """
 
-    def __init__(self, dim: int, bottleneck: int = 1024, hidden: int = 512, layers: int = 2, activation: str = "relu"):
+    def __init__(self, dim: int, bottleneck: int = 1024, hidden: int = 512, layers: int = 2, activation: str = "relu",
+                 *, fused: bool = True):
         super().__init__()
+        self.fused = fused
         self.act = ACTIVATIONS[activation]
         self.fc_in = nn.Linear(dim, bottleneck)
         self.bn_in = nn.BatchNorm1d(bottleneck)
@@ -119,51 +167,35 @@ class PatchDecoder(nn.Module):
         self.bn_hidden = nn.ModuleList([nn.BatchNorm1d(hidden) for _ in range(layers)])
         self.fc_out = nn.Linear(hidden, 3)
 
-    #: Use the fused layers of atlas_core.fused (same values and gradients, less memory traffic).
-    fused = True
-
     def forward(self, template_points: Tensor, latent: Tensor) -> Tensor:
-        if self.fused and self.act is F.relu and template_points.shape[0] == 1 and _fusable(latent):
-            B, P = latent.shape[0], template_points.shape[1]
-            x = latent_batchnorm_relu(template_points[0], self.fc_in, latent, self.bn_in).view(B * P, -1)
-            x = linear_batchnorm_relu(x, self.fc1, self.bn1)
-            for fc, bn in zip(self.fc_hidden, self.bn_hidden):
-                x = linear_batchnorm_relu(x, fc, bn)
-            return self.fc_out(x).view(B, P, 3)
-        # The latent code is added to the embedded template points rather than concatenated, as
-        # in the reference: the encoder's last Linear already plays the part of the latent half of
-        # a concatenated weight, and the template half is computed once when P points are shared.
-        x = self.fc_in(template_points) + latent.unsqueeze(1)  # (B, P, D)
-        x = self.act(_bn(self.bn_in, x))
-        x = self.act(_bn(self.bn1, self.fc1(x)))
+        x = latent_bn_act(template_points, self.fc_in, latent, self.bn_in, self.act, self.fused)  # (B, P, D)
+        B, P, _ = x.shape
+        x = x.flatten(0, 1)  # (B*P, D): one BatchNorm over every point of every shape
+        x = linear_bn_act(x, self.fc1, self.bn1, self.act, self.fused)  # (B*P, hidden)
         for fc, bn in zip(self.fc_hidden, self.bn_hidden):
-            x = self.act(_bn(bn, fc(x)))
-        return self.fc_out(x)
+            x = linear_bn_act(x, fc, bn, self.act, self.fused)  # (B*P, hidden)
+        return self.fc_out(x).view(B, P, 3)
 
 
 class AtlasNet(nn.Module):
-    """PointNet encoder + K patch decoders over a shared template."""
+    """PointNet encoder + K patch decoders over a shared template.
 
-    def __init__(self, config: ModelConfig):
+    fused: run atlas_core.fused's kernels where they apply (the default; see linear_bn_act).
+    False runs the plain composition of nn layers throughout. Either way the parameters and
+    the state dict are the same.
+    """
+
+    def __init__(self, config: ModelConfig, *, fused: bool = True):
         super().__init__()
         config.validate()
         self.config = config
         self.template: Template = make_template(config.template)
-        self.encoder = PointNetEncoder(config.bottleneck)
+        self.encoder = PointNetEncoder(config.bottleneck, fused=fused)
         self.decoders = nn.ModuleList([
-            PatchDecoder(self.template.dim, config.bottleneck, config.hidden, config.layers, config.activation)
+            PatchDecoder(self.template.dim, config.bottleneck, config.hidden, config.layers, config.activation,
+                         fused=fused)
             for _ in range(config.n_patches)
         ])
-
-    @property
-    def fused(self) -> bool:
-        """Whether the encoder and decoders run atlas_core.fused's layers (the default)."""
-        return self.encoder.fused
-
-    @fused.setter
-    def fused(self, value: bool) -> None:
-        for module in [self.encoder, *self.decoders]:
-            module.fused = bool(value)
 
     def encode(self, points: Tensor) -> Tensor:
         """points: (B, N, 3) -> latent (B, D)."""

@@ -1,7 +1,11 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import atlas_core.model as model_module
 from atlas_core.chamfer import chamfer_distance
 from atlas_core.model import AtlasNet, ModelConfig, PatchDecoder, PointNetEncoder
 from atlas_core.templates import SphereTemplate, SquareTemplate, make_template
@@ -177,33 +181,120 @@ def test_overfits_one_cloud():
     assert last < first / 5, f"Chamfer went from {first:.4f} to {last:.4f}"
 
 
+# -----------------------------------------------------------------------------
+# the specification: the plain composition of nn layers, from a model's own modules. The model
+# runs atlas_core.fused's kernels where they apply and must compute the same thing.
+
+
+def reference_encode(encoder: PointNetEncoder, points: torch.Tensor) -> torch.Tensor:
+    """points (B, N, 3) -> latent (B, D)."""
+    B, N, _ = points.shape
+    x = points.reshape(B * N, 3)
+    x = F.relu(encoder.bn1(encoder.conv1(x)))
+    x = F.relu(encoder.bn2(encoder.conv2(x)))
+    x = encoder.bn3(encoder.conv3(x)).view(B, N, -1).amax(dim=1)  # no ReLU before the max
+    x = F.relu(encoder.bn4(encoder.lin1(x)))
+    return F.relu(encoder.bn5(encoder.lin2(x)))
+
+
+def reference_decode(decoder: PatchDecoder, template_points: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """template_points (B or 1, P, dim), latent (B, D) -> (B, P, 3); BatchNorm over all B*P points."""
+    x = decoder.fc_in(template_points) + latent[:, None]  # (B, P, D)
+    B, P, D = x.shape
+    x = decoder.act(decoder.bn_in(x.reshape(B * P, D)))
+    x = decoder.act(decoder.bn1(decoder.fc1(x)))
+    for fc, bn in zip(decoder.fc_hidden, decoder.bn_hidden):
+        x = decoder.act(bn(fc(x)))
+    return decoder.fc_out(x).view(B, P, 3)
+
+
+def reference_forward(model: AtlasNet, points: torch.Tensor, seed: int) -> torch.Tensor:
+    """points (B, N, 3) -> (B, K*P, 3), the template drawn as model(points, generator=...) draws it."""
+    K = len(model.decoders)
+    latent = reference_encode(model.encoder, points)
+    g = torch.Generator().manual_seed(seed)
+    template_points = model.template.sample(K, model.config.n_points // K, generator=g).to(latent.dtype)
+    return torch.cat([reference_decode(d, t[None], latent) for d, t in zip(model.decoders, template_points)], dim=1)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a fused kernel ran where it does not apply")
+
+
+@pytest.fixture
+def no_fused_kernels(monkeypatch):
+    """Makes any call of atlas_core.fused's kernels from the model fail: for the cases where
+    every layer must run the plain composition."""
+    for name in ("linear_batchnorm_relu", "latent_batchnorm_relu", "linear_batchnorm_max"):
+        monkeypatch.setattr(model_module, name, _refuse)
+
+
+def assert_matches_reference(model: AtlasNet, points: torch.Tensor, rtol: float = 1e-9, atol: float = 1e-11) -> None:
+    """model's forward and backward against the specification on a copy: same outputs, gradients
+    and BatchNorm running statistics, up to float rounding."""
+    reference = copy.deepcopy(model)
+    out = model(points, generator=torch.Generator().manual_seed(1))
+    expected = reference_forward(reference, points, seed=1)
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
+    chamfer_distance(out, points).backward()
+    chamfer_distance(expected, points).backward()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=100 * rtol, atol=100 * atol, msg=name)
+    for (name, a), b in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("template", TEMPLATES)
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_layers_match_the_plain_model(template, training):
-    # The default (fused) forward and backward against the plain composition of nn layers: same
-    # outputs, gradients and BatchNorm running statistics, up to float rounding.
-    import copy
-
+def test_fused_model_matches_the_specification(template, training):
     torch.manual_seed(0)
-    fused = AtlasNet(tiny_config(template)).double().train(training)
+    model = AtlasNet(tiny_config(template)).double().train(training)
     with torch.no_grad():  # negative gammas exercise the min side of the fused max-pool
-        for name, p in fused.named_parameters():
+        for name, p in model.named_parameters():
             if name.endswith("bn3.weight") or name.endswith("bn_in.weight"):
                 p.uniform_(-1, 1)
-    plain = copy.deepcopy(fused)
-    plain.fused = False
-    assert fused.fused and not plain.fused
-    points = torch.randn(3, 60, 3, dtype=torch.float64)
-    outputs = []
-    for model in [fused, plain]:
+    assert_matches_reference(model, torch.randn(3, 60, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_unfused_model_matches_the_specification(training, no_fused_kernels):
+    torch.manual_seed(0)
+    model = AtlasNet(tiny_config("square"), fused=False).double().train(training)
+    assert_matches_reference(model, torch.randn(3, 60, 3, dtype=torch.float64))
+
+
+def test_other_activations_fall_back_in_the_decoders():
+    # The encoder's layers are ReLU whatever the configuration (fused); the decoders' are not, and
+    # a ReLU kernel run there would not match the specification.
+    torch.manual_seed(0)
+    model = AtlasNet(tiny_config("sphere", activation="tanh")).double()
+    assert_matches_reference(model, torch.randn(3, 60, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_per_shape_template_points_fall_back(training, monkeypatch):
+    # Only the first layer: its fused kernel shares one set of template points across the batch.
+    monkeypatch.setattr(model_module, "latent_batchnorm_relu", _refuse)
+    torch.manual_seed(0)
+    decoder = PatchDecoder(dim=2, bottleneck=16, hidden=8, layers=1).double().train(training)
+    reference = copy.deepcopy(decoder)
+    template_points, latent = torch.rand(3, 20, 2, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    out = decoder(template_points, latent)
+    torch.testing.assert_close(out, reference_decode(reference, template_points, latent), rtol=1e-9, atol=1e-11)
+
+
+def test_autocast_falls_back(no_fused_kernels):
+    # bf16 autocast (what --bf16 training uses on CUDA; the CPU has it too): the fused kernels are
+    # fp32/fp64 only, so every layer runs the plain composition, in autocast's dtypes.
+    torch.manual_seed(0)
+    model = AtlasNet(tiny_config("square"))
+    reference = copy.deepcopy(model)
+    points = torch.randn(3, 60, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(points, generator=torch.Generator().manual_seed(1))
-        chamfer_distance(out, points).backward()
-        outputs.append(out)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-9, atol=1e-11)
-    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
-    for (name, a), b in zip(fused.named_buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+        expected = reference_forward(reference, points, seed=1)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected)
 
 
 def test_state_dict_round_trip():
