@@ -5,7 +5,7 @@ Runs everything through the real `rodin` CLI and queue, in its own RODIN_HOME:
   (b)  pre-trained on 1,000 generated swords, then fine-tuned on the same 30;
 all evaluated on 100 held-out generated swords against retrieval from the 30.
 
-    python benchmarks/small_data.py --home /tmp/rodin-study [--quick]
+    python -m benchmarks.small_data --home /tmp/rodin-study [--quick]
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ def main() -> None:
         big = run(f"(p) pre-trained on {n_big}", "--dataset", "swords-big", *ARCH,
                   "--epochs", str(args.pretrain_epochs), "--checkpoint-every", "5")
         # Gently: at lr 3e-4 for 150 epochs with rotation, fine-tuning forgot what pre-training
-    # taught (held-out Chamfer 0.48, worse than retrieval); at 1e-4 for 40 it keeps it.
-    run(f"(b) pre-trained on {n_big}, fine-tuned on 30", "--dataset", "swords-30",
-        "--from-model", str(big), "--points", "1000", "--batch-size", "16", "--lr", "1e-4",
-        "--epochs", str(args.finetune_epochs), "--checkpoint-every", "10", "--augment-scale", "0.1")
+        # taught (held-out Chamfer 0.48, worse than retrieval); at 1e-4 for 40 it keeps it.
+        run(f"(b) pre-trained on {n_big}, fine-tuned on 30", "--dataset", "swords-30",
+            "--from-model", str(big), "--points", "1000", "--batch-size", "16", "--lr", "1e-4",
+            "--epochs", str(args.finetune_epochs), "--checkpoint-every", "10", "--augment-scale", "0.1")
     finally:
         rodin(home, "down")
 

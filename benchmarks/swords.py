@@ -1,6 +1,6 @@
 """How fast procedural swords generate and ingest (figures, not a test).
 
-    python benchmarks/swords.py [--count 1000]
+    python -m benchmarks.swords [--count 1000]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The queue's figures (not a test): dispatch latency, throughput, and `rodin status` start-up.
 
-    python benchmarks/queue.py            # a table
-    python benchmarks/queue.py --json     # one JSON object
+    python -m benchmarks.queue_throughput            # a table
+    python -m benchmarks.queue_throughput --json     # one JSON object
 
 For each broker (Redis with a PostgreSQL registry, started here from their binaries as the tests
 do; and the embedded `filesystem://` broker with SQLite) two warm workers serve tiny real training
@@ -19,13 +19,6 @@ jobs (1 epoch, 4 swords, 32 points):
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as `python benchmarks/queue.py`, this file's folder comes first on sys.path, where its name
-# would hide the standard library's `queue` (which Celery imports). Look there no more.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os
@@ -33,15 +26,14 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from datetime import datetime
+from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import ServerUnavailable, postgres_server, redis_server  # noqa: E402
+from tests.servers import ServerUnavailable, postgres_server, redis_server
 
 TINY = dict(epochs=1, n_patches=1, template="square", n_points=32, batch_size=4, lr=1e-3,
             bottleneck=8, hidden=8, layers=1, val_fraction=0.25, checkpoint_every=1, seed=0)

@@ -2,10 +2,10 @@
 How fast rodin trains AtlasNet, against the matrix-multiply peak of the same machine and against a
 straightforward implementation kept here for comparison.
 
-    python -m atlas_core.bench                # the reference configuration, a table
-    python -m atlas_core.bench --json         # the same as one JSON object on stdout
-    python -m atlas_core.bench --quick        # a small configuration: a smoke run in seconds
-    python -m atlas_core.bench --device cuda --bf16
+    python -m benchmarks.train_step                # the reference configuration, a table
+    python -m benchmarks.train_step --json         # the same as one JSON object on stdout
+    python -m benchmarks.train_step --quick        # a small configuration: a smoke run in seconds
+    python -m benchmarks.train_step --device cuda --bf16
 
 What is measured, for the reference configuration (batch 32, 2500 points per shape, 25 square
 patches, bottleneck 1024, hidden 512, 2 hidden layers, ReLU, BatchNorm, Adam):
@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -55,6 +56,9 @@ from torch import Tensor
 from atlas_core.chamfer import chamfer_distance, nearest_neighbors
 from atlas_core.config import ModelConfig
 from atlas_core.model import AtlasNet
+
+#: Where `python -m benchmarks.train_step` runs from: the Chamfer memory subprocesses start there.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -273,9 +277,9 @@ def chamfer_peak_mb(batch: int, points: int, device: torch.device) -> dict[str, 
     # One fresh process per measurement, run side by side (only their memory is measured).
     children = {
         kind: subprocess.Popen(
-            [sys.executable, "-m", "atlas_core.bench", "--chamfer-child", kind, str(batch), str(points),
+            [sys.executable, "-m", "benchmarks.train_step", "--chamfer-child", kind, str(batch), str(points),
              "--threads", str(torch.get_num_threads())],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for kind in CHAMFERS
     }
     peaks = {}
@@ -424,7 +428,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atlas_core.bench", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="a small configuration, for a smoke run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -1,23 +1,26 @@
-"""The benchmark runs (--quick, a small configuration) and reports what it promises. No timing
-assertions: speed targets live in the benchmark's output, never in tests."""
+"""The training-step benchmark runs (--quick, a small configuration) and reports what it promises.
+No timing assertions: speed targets live in the benchmark's output, never in tests."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
-from atlas_core.bench import QUICK, BaselineAtlasNet, chamfer_broadcast, step_flops
 from atlas_core.chamfer import chamfer_brute_force
 from atlas_core.config import ModelConfig
+from benchmarks.train_step import QUICK, BaselineAtlasNet, chamfer_broadcast, step_flops
 
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"step_s", "step_gflops", "peak_gflops", "baseline_step_s", "chamfer_s", "chamfer_peak_mb",
         "chamfer_baseline_s", "threads", "torch", "cpu", "chamfer_nn_identical"}
 
 
 def test_quick_json():
-    out = subprocess.run([sys.executable, "-m", "atlas_core.bench", "--quick", "--json", "--repeats", "1"],
-                         capture_output=True, text=True, timeout=300, check=True)
+    # As documented: a module run from the repository root.
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--quick", "--json", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout)
     assert KEYS <= set(result)
     assert result["chamfer_nn_identical"] is True
