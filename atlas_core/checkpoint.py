@@ -56,7 +56,7 @@ def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> di
     return state
 
 
-def load_model(data: bytes, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+def load_model(data: bytes, device: str | torch.device = "cpu"):
     """Build the AtlasNet a checkpoint describes and load its weights, in eval mode."""
     from atlas_core.model import AtlasNet
 

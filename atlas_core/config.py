@@ -5,8 +5,11 @@ No torch here, so a client can validate a configuration without loading it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 #: The decoder activations the reference code offers (implemented in atlas_core.model).
@@ -63,8 +66,19 @@ class AugmentConfig:
             raise ValueError(f"augment jitter must be in [0, 0.1], got {self.jitter}")
 
 
+class ConfigError(ValueError):
+    """A stored or given configuration that rodin cannot use as it stands."""
+
+
 @dataclass
 class TrainConfig:
+    """Everything that decides a training run; the field defaults are the paper's configuration.
+
+    Presets: `TrainConfig.reference()` (the paper) and `TrainConfig.cpu()` (what `rodin submit
+    train` uses unless told `--reference`). Flags are applied with `with_overrides`, by the flat
+    names of `flat()`: a field of this class, of `ModelConfig`, or `augment_<field>`.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 150
     batch_size: int = 32
@@ -80,6 +94,19 @@ class TrainConfig:
     #: Stop after this many epochs without a better validation Chamfer (0: never).
     patience: int = 0
 
+    @classmethod
+    def reference(cls) -> TrainConfig:
+        """The paper's configuration: K=25 patches, 2500 points, bottleneck 1024, 150 epochs."""
+        return cls()
+
+    @classmethod
+    def cpu(cls) -> TrainConfig:
+        """A small AtlasNet that trains in minutes on a laptop CPU."""
+        return cls(
+            model=ModelConfig(n_patches=10, n_points=1000, bottleneck=256, hidden=128),
+            epochs=30, batch_size=16, checkpoint_every=5,
+        )
+
     def lr_milestones(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.lr_decay_at})
 
@@ -88,7 +115,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
             (self.patience >= 0, "patience must be >= 0"),
@@ -99,6 +126,26 @@ class TrainConfig:
         self.model.validate()
         self.augment.validate()
 
+    def flat(self) -> dict[str, Any]:
+        """The settings under their flag names: top-level fields, model fields, augment_*."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("model", "augment")}
+        values.update(asdict(self.model))
+        values.update({f"augment_{k}": v for k, v in asdict(self.augment).items()})
+        return values
+
+    def with_overrides(self, **values: Any) -> TrainConfig:
+        """A copy with the given flat settings replaced; an unknown name is a ConfigError."""
+        unknown = sorted(set(values) - set(self.flat()))
+        if unknown:
+            raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}")
+        model_names = {f.name for f in fields(ModelConfig)}
+        model = {k: v for k, v in values.items() if k in model_names}
+        augment = {k.removeprefix("augment_"): v for k, v in values.items() if k.startswith("augment_")}
+        top = {k: v for k, v in values.items() if k not in model and not k.startswith("augment_")}
+        return replace(self, model=replace(self.model, **model),
+                       augment=replace(self.augment, **augment), **top)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["lr_decay_at"] = list(self.lr_decay_at)
@@ -106,11 +153,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        model_known = {f.name for f in fields(ModelConfig)}
-        model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
-        augment = AugmentConfig(**d.pop("augment", {}))
+        """The inverse of to_dict; a key this version does not know is a ConfigError, so that a
+        setting is never silently dropped."""
+        d = dict(d)
+        model = _build(ModelConfig, d.pop("model", {}), "model")
+        augment = _build(AugmentConfig, d.pop("augment", {}), "augment")
         if "lr_decay_at" in d:
             d["lr_decay_at"] = tuple(d["lr_decay_at"])
-        return cls(model=model, augment=augment, **d)
+        return _build(cls, {**d, "model": model, "augment": augment}, "training")
+
+
+def _build(kind: type[_T], values: dict[str, Any], what: str) -> _T:
+    unknown = sorted(set(values) - {f.name for f in fields(kind)})  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {', '.join(unknown)}: the configuration was "
+                          "written by a newer rodin; upgrade this one")
+    return kind(**values)

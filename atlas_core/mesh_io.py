@@ -344,7 +344,7 @@ def _describe_missing_surface(scene: trimesh.Scene, data: bytes, file_type: str)
             n_points += len(geometry.vertices)
         elif isinstance(geometry, trimesh.PointCloud):
             n_points += len(geometry.vertices)
-        elif isinstance(geometry, trimesh.path.Path):
+        elif isinstance(geometry, trimesh.path.path.Path):
             has_lines = True
     if has_faces:
         return None

@@ -66,4 +66,7 @@ def to_ply_bytes(mesh: PatchMesh) -> bytes:
         vertex_colors=patch_colors(mesh.patch_ids),
         process=False,
     )
-    return tm.export(file_type="ply")
+    data = tm.export(file_type="ply")
+    if not isinstance(data, bytes):  # trimesh types export() for every format at once
+        raise TypeError(f"PLY export gave {type(data).__name__}, not bytes")
+    return data

@@ -55,9 +55,9 @@ def surface_scores(
     threshold: float = FSCORE_THRESHOLD,
 ) -> ShapeScores:
     """Scores of one reconstruction. pred: (N, 3), gt: (M, 3), normals unit length."""
-    idx_pg, d_pg = nearest_neighbors(_t(pred), _t(gt))
-    idx_gp, d_gp = nearest_neighbors(_t(gt), _t(pred))
-    d_pg, d_gp = d_pg[0].double().numpy(), d_gp[0].double().numpy()
+    idx_pg, sq_pg = nearest_neighbors(_t(pred), _t(gt))
+    idx_gp, sq_gp = nearest_neighbors(_t(gt), _t(pred))
+    d_pg, d_gp = sq_pg[0].double().numpy(), sq_gp[0].double().numpy()
     precision = float((np.sqrt(d_pg) < threshold).mean())
     recall = float((np.sqrt(d_gp) < threshold).mean())
     fscore = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

@@ -22,6 +22,7 @@ runs as one large matrix product and is faster on the CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -173,7 +174,7 @@ class PatchDecoder(nn.Module):
         x = x.flatten(0, 1)  # (B*P, D): one BatchNorm over every point of every shape
         x = linear_bn_act(x, self.fc1, self.bn1, self.act, self.fused)  # (B*P, hidden)
         for fc, bn in zip(self.fc_hidden, self.bn_hidden):
-            x = linear_bn_act(x, fc, bn, self.act, self.fused)  # (B*P, hidden)
+            x = linear_bn_act(x, cast(nn.Linear, fc), cast(nn.BatchNorm1d, bn), self.act, self.fused)  # (B*P, hidden)
         return self.fc_out(x).view(B, P, 3)
 
 

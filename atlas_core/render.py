@@ -9,7 +9,7 @@ import numpy as np
 from atlas_core.meshing import PatchMesh, patch_colors
 
 
-def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+def _figure(width: float, height: float):
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers
@@ -18,7 +18,7 @@ def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
     return plt.figure(figsize=(width, height), dpi=100)
 
 
-def _to_png(fig) -> bytes:  # type: ignore[no-untyped-def]
+def _to_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -27,7 +27,7 @@ def _to_png(fig) -> bytes:  # type: ignore[no-untyped-def]
     return buf.getvalue()
 
 
-def _equal_axes(ax, points: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+def _equal_axes(ax, points: np.ndarray) -> None:
     center = (points.max(0) + points.min(0)) / 2
     radius = float((points.max(0) - points.min(0)).max()) / 2 or 1.0
     for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), center):

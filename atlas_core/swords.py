@@ -176,9 +176,9 @@ def _loft_faces(m: int, k: int) -> np.ndarray:
     c = (i + 1) * k + (j + 1) % k
     d = (i + 1) * k + j
     tube = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)], axis=1).reshape(-1, 3)
-    j = np.arange(k)
-    start = np.stack([np.full(k, m * k), (j + 1) % k, j], -1)
-    end = np.stack([np.full(k, m * k + 1), (m - 1) * k + j, (m - 1) * k + (j + 1) % k], -1)
+    ring = np.arange(k)
+    start = np.stack([np.full(k, m * k), (ring + 1) % k, ring], -1)
+    end = np.stack([np.full(k, m * k + 1), (m - 1) * k + ring, (m - 1) * k + (ring + 1) % k], -1)
     faces = np.concatenate([tube, start, end]).astype(np.int64)
     faces.setflags(write=False)
     return faces

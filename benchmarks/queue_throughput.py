@@ -155,7 +155,7 @@ def _submit_in_process(env: dict[str, str], dataset: str, count: int,
 
     Returns the time before the first row (stamp="start") or after the last message was handed
     to the broker (stamp="sent"), and the job ids."""
-    from orchestrator.queue import make_app, send_job
+    from orchestrator.queue import make_app
     from orchestrator.registry.db import session_scope
     from orchestrator.registry.models import Job, JobKind
     from orchestrator.registry.queries import resolve_dataset

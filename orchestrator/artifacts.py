@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import fsspec
 
@@ -80,10 +79,6 @@ class ArtifactStore:
                 self.fs.pipe_file(path, data)
         return StoredArtifact(self._uri(path), digest, len(data))
 
-    def put_file(self, path: str | Path, suffix: str | None = None) -> StoredArtifact:
-        path = Path(path)
-        return self.put_bytes(path.read_bytes(), path.suffix if suffix is None else suffix)
-
     def _local_path(self, uri: str) -> str:
         """The store's path for a recorded URI; refuses URIs that belong to another kind of store."""
         protocol, _ = fsspec.core.split_protocol(uri)
@@ -108,7 +103,7 @@ class ArtifactStore:
         return self.fs.exists(self._local_path(uri))
 
 
-def open_store(settings=None) -> ArtifactStore:  # type: ignore[no-untyped-def]
+def open_store(settings=None) -> ArtifactStore:
     from orchestrator.settings import load_settings
 
     settings = settings or load_settings()

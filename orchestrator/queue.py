@@ -4,9 +4,11 @@ Messages carry only a job id (JSON). Everything else a task needs is in the regi
 
 Two brokers are supported: the embedded `filesystem://` broker (one machine, no server) and Redis
 (`redis://:password@host:6379/0`, several machines). The settings below are chosen for jobs that
-run for hours on one GPU each: a worker holds at most one message at a time (prefetch 1, solo
-pool, concurrency 1) and acknowledges it only when the job has ended (late acknowledgement), so
-a job whose worker stops before the end goes back to the queue instead of being lost.
+run for hours on one GPU each: a worker holds at most one message at a time (prefetch 1, a
+prefork pool of one job process, concurrency 1) and acknowledges it only when the job has ended
+(late acknowledgement), so a job whose worker stops before the end goes back to the queue
+instead of being lost. How long Redis waits before handing an unacknowledged message to another
+worker is `Settings.visibility_timeout_s` (`RODIN_VISIBILITY_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,6 @@ TASK_QUEUES = {"rodin.train": TRAIN_QUEUE, "rodin.reconstruct": INFER_QUEUE,
 KIND_TASKS = {"train": "rodin.train", "reconstruct": "rodin.reconstruct",
               "evaluate": "rodin.evaluate"}
 
-#: Hours-long GPU jobs: Redis must not hand an unacknowledged task to a second worker early.
-#: (The value in force is `Settings.visibility_timeout_s`, `RODIN_VISIBILITY_TIMEOUT_S`.)
-VISIBILITY_TIMEOUT_S = 24 * 3600
-
 #: Seconds between looks at the embedded broker's message folder: what an idle worker adds to
 #: the time from `rodin submit` to the job starting. A listing of a small folder costs well
 #: under a millisecond, so polling this often is cheap.
@@ -51,7 +49,7 @@ class _AtomicFilesystemChannel(_filesystem.Channel):
     several workers exactly one gets it), then reads and deletes it.
     """
 
-    def _put(self, queue, payload, **kwargs):  # type: ignore[no-untyped-def]
+    def _put(self, queue, payload, **kwargs):  # type: ignore[override]  # kombu's own signature
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = os.path.join(self.data_folder_out, f".{name}.partial")
@@ -62,7 +60,7 @@ class _AtomicFilesystemChannel(_filesystem.Channel):
         except OSError as exc:
             raise _filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
 
-    def _get(self, queue):  # type: ignore[no-untyped-def]
+    def _get(self, queue, timeout=None):
         wanted = f"{queue}.msg"
         claimed_folder = self.transport_options.get("claimed_folder") or self.data_folder_in
         for name in sorted(os.listdir(self.data_folder_in)):

@@ -7,9 +7,16 @@ broker and a local content-addressed artifact folder, so one machine works with 
 from __future__ import annotations
 
 import os
-import tomllib
+import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 ENV_PREFIX = "RODIN_"
 
@@ -81,16 +88,16 @@ class Settings:
         }
 
 
-def _config_file(home: Path) -> Path:
-    return Path(os.environ.get("RODIN_CONFIG", home / "config.toml"))
+def _config_file(home: Path, env: Mapping[str, str]) -> Path:
+    return Path(env.get("RODIN_CONFIG") or home / "config.toml")
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings: environment first, then `RODIN_HOME/config.toml`, then defaults."""
     env = os.environ if environ is None else environ
     home = Path(env.get("RODIN_HOME") or Path.home() / ".rodin").expanduser()
     values: dict[str, object] = {}
-    config = _config_file(home)
+    config = _config_file(home, env)
     if config.is_file():
         with config.open("rb") as fh:
             values.update({k: v for k, v in tomllib.load(fh).items()})
@@ -113,3 +120,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                     f"not {values[f.name]!r}"
                 ) from None
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^/\s]*)@")
+_SECRET_PARAM = re.compile(r"(?P<key>[?&](?:password|pass|pwd|secret|token|access_key|secret_key)=)[^&\s]*",
+                           re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs anywhere in `text` (`redis://:pw@host`, `?password=pw`), so that
+    settings and error messages can be printed and logged."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['key']}***", text)

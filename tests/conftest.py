@@ -37,11 +37,32 @@ class Rodin:
         return env
 
     def run(self, *args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """The CLI in its own process, as a user starts it (for what needs one: a separate
+        interpreter, a working folder, a process to kill)."""
         return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
-    def json(self, *args: str, expect_code: int = 0, **kw) -> dict:  # type: ignore[no-untyped-def]
-        result = self.run(*args, "--json", **kw)
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The CLI in this process (typer.testing), with the same environment as `run`."""
+        from typer.testing import CliRunner
+
+        from orchestrator.cli.context import settings
+        from orchestrator.cli.main import app
+
+        settings.cache_clear()  # each Rodin has its own home
+        env: dict[str, str | None] = {var: None for var in RODIN_VARS}
+        env.update({"RODIN_HOME": str(self.home)}, **self.extra_env)
+        try:
+            result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+        finally:
+            settings.cache_clear()
+        return subprocess.CompletedProcess(["rodin", *args], result.exit_code, result.stdout, result.stderr)
+
+    def json(self, *args: str, expect_code: int = 0, timeout: float | None = None,
+             cwd: Path | None = None) -> dict:
+        """One command's JSON object; in this process unless it needs a working folder.
+        (`timeout` bounds a separate process only: in-process commands end with their job.)"""
+        result = self.run(*args, "--json", cwd=cwd) if cwd else self.cli(*args, "--json")
         assert result.returncode == expect_code, (result.returncode, result.stdout, result.stderr)
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         assert len(lines) == 1, f"expected exactly one JSON line on stdout, got {result.stdout!r}"

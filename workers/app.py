@@ -14,14 +14,16 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from celery import signals
 
-from orchestrator.artifacts import open_store
+from orchestrator import jobs
+from orchestrator.artifacts import ArtifactStore, open_store
 from orchestrator.queue import make_app
 from orchestrator.registry.models import JobStatus
-from orchestrator.settings import load_settings
-from workers import lifecycle, runtime
+from orchestrator.settings import Settings, load_settings
+from workers import runtime
 from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("rodin.worker")
@@ -30,10 +32,13 @@ app = make_app(settings)
 _heartbeat: Heartbeat | None = None
 
 
-def _run_job(job_id: int, body) -> None:  # type: ignore[no-untyped-def]
+JobBody = Callable[[Settings, ArtifactStore, int, str], None]
+
+
+def _run_job(job_id: int, body: JobBody) -> None:
     """Claim, run and close a job; every failure ends as a readable error on the job row."""
     device = runtime.resolve_device()
-    if not lifecycle.claim(settings, job_id, runtime.hostname(), runtime.device_label(device)):
+    if not jobs.claim(settings, job_id, runtime.hostname(), runtime.device_label(device)):
         return
     runtime.current_job_id = job_id
     _poke_heartbeat()
@@ -41,7 +46,7 @@ def _run_job(job_id: int, body) -> None:  # type: ignore[no-untyped-def]
         body(settings, open_store(settings), job_id, device)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, with the traceback in the log
         log.exception("job %s failed", job_id)
-        lifecycle.finish(settings, job_id, JobStatus.failed, error=lifecycle.one_line(exc))
+        jobs.finish(settings, job_id, JobStatus.failed, error=jobs.one_line(exc))
     finally:
         runtime.current_job_id = None
         _poke_heartbeat()
@@ -75,7 +80,7 @@ def evaluate_task(job_id: int) -> None:
 
 
 @signals.worker_init.connect
-def _preload(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+def _preload(**_kwargs) -> None:
     """Import the task bodies (torch, atlas_core) in the main process before it forks the job
     process, so that neither the first job nor a restarted job process pays for the imports."""
     import workers.evaluate_job  # noqa: F401
@@ -84,7 +89,7 @@ def _preload(**_kwargs) -> None:  # type: ignore[no-untyped-def]
 
 
 @signals.worker_process_init.connect
-def _in_job_process(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+def _in_job_process(**_kwargs) -> None:
     """In the freshly forked job process."""
     from orchestrator.registry.db import forget_connections_after_fork
 
@@ -100,12 +105,12 @@ def _in_job_process(**_kwargs) -> None:  # type: ignore[no-untyped-def]
 
 
 @signals.task_received.connect
-def _on_received(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_received(**_kwargs) -> None:
     _poke_heartbeat()
 
 
 @signals.worker_ready.connect
-def _on_ready(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_ready(sender=None, **_kwargs) -> None:
     global _heartbeat
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values())) \
         if sender is not None else ""
@@ -117,6 +122,6 @@ def _on_ready(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
 
 
 @signals.worker_shutdown.connect
-def _on_shutdown(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_shutdown(**_kwargs) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()

@@ -15,19 +15,15 @@ from atlas_core.checkpoint import load_model
 from atlas_core.data import PointCloudSet
 from atlas_core.evaluate import evaluate, validation_and_library
 from atlas_core.render import render_evaluation
+from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
-from orchestrator.errors import RodinError
+from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
-from workers import lifecycle
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
-
-
-class RegistryInvariantError(RodinError):
-    """The registry lacks a row that submitting the job guaranteed (a bug, not a user error)."""
 
 
 @dataclass
@@ -74,10 +70,10 @@ def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: 
         evaluated = PointCloudSet.from_bytes(inputs.evaluated.read(store))
 
     def on_progress(done: int, total: int, stage: str) -> None:
-        lifecycle.report_progress(settings, job_id, {"done": done, "total": total, "stage": stage})
+        jobs.report_progress(settings, job_id, {"done": done, "total": total, "stage": stage})
 
     report = evaluate(model, evaluated, library, on_progress=on_progress)
     # The registry's names for the model and the data are added here: atlas_core knows neither.
     result = {"model_id": inputs.model.id, "dataset": inputs.eval_ref, **report.as_dict()}
     outputs = _store_outputs(store, result, f"model {inputs.model.id} on {inputs.eval_ref}")
-    lifecycle.finish(settings, job_id, JobStatus.succeeded, outputs=outputs, result=result)
+    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs, result=result)

@@ -16,11 +16,12 @@ from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.mesh_io import Shape, ingest_file
 from atlas_core.meshing import reconstruct, to_ply_bytes
 from atlas_core.render import render_reconstruction
+from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
-from workers import lifecycle
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class _Inputs:
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
-        assert job is not None and job.input_model is not None
+        if job is None or job.input_model is None:
+            raise RegistryInvariantError(f"reconstruction job {job_id} has no registered model")
         m = job.input_model
         return _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
                        Blob.of_dataset(m.dataset))
@@ -109,5 +111,5 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, devic
                         "chamfer": score, **ply.as_dict()})
         outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name,
                         **png.as_dict()})
-        lifecycle.report_progress(settings, job_id, {"done": i + 1, "total": len(shapes)})
-    lifecycle.finish(settings, job_id, JobStatus.succeeded, outputs=outputs)
+        jobs.report_progress(settings, job_id, {"done": i + 1, "total": len(shapes)})
+    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs)

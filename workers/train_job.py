@@ -13,12 +13,14 @@ from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet
 from atlas_core.render import render_loss_curves
 from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, train
+from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
 from orchestrator.settings import Settings
-from workers import lifecycle, runtime
+from workers import runtime
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ class _Plan:
 def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
-        assert job is not None and job.dataset is not None
+        if job is None or job.dataset is None:
+            raise RegistryInvariantError(f"training job {job_id} has no registered dataset")
         config = TrainConfig.from_dict(job.params["config"])
         config.device = device
         ds = job.dataset
@@ -62,7 +65,7 @@ class _Recorder:
         return self.ids[max(earlier)] if earlier else self.origin
 
     def on_epoch(self, stats: EpochStats) -> bool:
-        return lifecycle.report_progress(self.settings, self.job_id, stats.as_dict())
+        return jobs.report_progress(self.settings, self.job_id, stats.as_dict())
 
     def on_checkpoint(self, event: CheckpointEvent) -> None:
         # Blob first, row second: a crash in between leaves an unreferenced blob, never a row
@@ -108,12 +111,13 @@ def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str
         png = store.put_bytes(render_loss_curves(result.history, f"job {job_id}"), ".png")
         outputs.append({"name": "loss_curves.png", "kind": "plot", **png.as_dict()})
     if result.stopped:
-        lifecycle.finish(settings, job_id, JobStatus.cancelled, outputs=outputs)
+        jobs.finish(settings, job_id, JobStatus.cancelled, outputs=outputs)
         return
-    final_id = recorder.ids[result.final_epoch]  # type: ignore[index]
-    with session_scope(settings) as s:
-        s.get(ModelCheckpoint, final_id).final = True  # type: ignore[union-attr]
-        job = s.get(Job, job_id)
-        job.status, job.finished_at, job.outputs = JobStatus.succeeded.value, lifecycle.now(), outputs  # type: ignore[union-attr]
-        job.result = {"final_model_id": final_id, "final_epoch": result.final_epoch,  # type: ignore[union-attr]
-                      "last_epoch": result.last_epoch, "stopped_early": result.stopped_early}
+    if result.final_epoch not in recorder.ids:
+        raise RegistryInvariantError(f"job {job_id}: the chosen epoch {result.final_epoch} has no "
+                                     "registered checkpoint")
+    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs,
+                final_model_id=recorder.ids[result.final_epoch],
+                result={"final_model_id": recorder.ids[result.final_epoch],
+                        "final_epoch": result.final_epoch, "last_epoch": result.last_epoch,
+                        "stopped_early": result.stopped_early})

@@ -27,7 +27,7 @@ def registry() -> Iterator[Session]:
         yield session
 
 
-def store():  # type: ignore[no-untyped-def]
+def store():
     from orchestrator.artifacts import open_store
 
     return open_store(settings())

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator.cli.context import registry, store
-from orchestrator.cli.output import age, console, emit_json, err
+from orchestrator.cli.output import Json, age, console, emit_json, err
 from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Register and inspect datasets (versioned collections of shapes).",
                   no_args_is_help=True)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-PointsOpt = typer.Option(5000, "--points-per-shape", min=100,
-                         help="Surface points sampled once per shape; training draws subsets.")
+Points = Annotated[int, typer.Option("--points-per-shape", min=100,
+                                     help="Surface points sampled once per shape; training draws subsets.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the shape parameters, or for surface sampling.")]
 
 
 def _progress() -> Progress:
@@ -55,12 +55,13 @@ def _check_name(name: str) -> None:
 
 @app.command("make")
 def make(
-    kind: str = typer.Argument(..., help="What to generate: `swords`."),
-    count: int = typer.Option(200, "--count", "-n", min=1, help="How many shapes."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the shape parameters."),
-    name: str = typer.Option(None, "--name", help="Dataset name (default: KIND)."),
-    points: int = PointsOpt,
-    as_json: bool = JsonOpt,
+    kind: Annotated[str, typer.Argument(help="What to generate: `swords`.", show_default=False)],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many shapes.")] = 200,
+    seed: Seed = 0,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Dataset name (default: KIND).", show_default=False)] = None,
+    points: Points = 5000,
+    as_json: Json = False,
 ) -> None:
     """Generate procedural shapes and register them as a new version of NAME."""
     if kind != "swords":
@@ -96,11 +97,11 @@ def _mesh_files(root: Path) -> list[Path]:
 
 @app.command("add")
 def add(
-    name: str = typer.Argument(..., help="Dataset name; each add makes a new version."),
-    path: Path = typer.Argument(..., help="A mesh file or a folder searched recursively."),
-    points: int = PointsOpt,
-    seed: int = typer.Option(0, "--seed", help="Seed for surface sampling."),
-    as_json: bool = JsonOpt,
+    name: Annotated[str, typer.Argument(help="Dataset name; each add makes a new version.", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A mesh file or a folder searched recursively.", show_default=False)],
+    points: Points = 5000,
+    seed: Seed = 0,
+    as_json: Json = False,
 ) -> None:
     """Register every mesh under PATH (OBJ, STL, PLY, OFF, GLB/GLTF) as a new version of NAME.
 
@@ -144,7 +145,7 @@ def add(
                   f"({len(skipped)} skipped; dataset id {summary['id']}).")
 
 
-def _dedupe_names(shapes: list, files: list[Path]) -> None:  # type: ignore[type-arg]
+def _dedupe_names(shapes: list, files: list[Path]) -> None:
     """Same stems in different folders get a short path hash so names stay unique."""
     seen: dict[str, int] = {}
     for shape in shapes:
@@ -155,7 +156,7 @@ def _dedupe_names(shapes: list, files: list[Path]) -> None:  # type: ignore[type
 
 
 @app.command("list")
-def list_(as_json: bool = JsonOpt) -> None:
+def list_(as_json: Json = False) -> None:
     """All dataset versions, newest first."""
     from sqlalchemy import select
 
@@ -176,8 +177,8 @@ def list_(as_json: bool = JsonOpt) -> None:
 
 
 @app.command("show")
-def show(ref: str = typer.Argument(..., help="NAME or NAME@VERSION."),
-         as_json: bool = JsonOpt) -> None:
+def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_default=False)],
+         as_json: Json = False) -> None:
     """One dataset version: its shapes, source, hash and skipped files."""
     from orchestrator.registry.queries import dataset_summary, resolve_dataset
 

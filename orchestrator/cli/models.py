@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.tree import Tree
 
 from orchestrator.cli.context import download_outputs, registry
-from orchestrator.cli.output import age, console, emit_json, err
+from orchestrator.cli.output import Json, age, console, emit_json, err
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
                   no_args_is_help=True)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
 @app.command("list")
 def list_(
-    dataset: str = typer.Option(None, "--dataset", "-d", help="Only models trained on NAME (any version) or NAME@V."),
-    final: bool = typer.Option(False, "--final", help="Only each job's final checkpoint."),
-    as_json: bool = JsonOpt,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", "-d", help="Only models trained on NAME (any version) or NAME@V.",
+        show_default=False)] = None,
+    final: Annotated[bool, typer.Option("--final", help="Only each job's final checkpoint.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Registered models, newest first."""
     from sqlalchemy import select
@@ -59,9 +60,10 @@ def list_(
 
 @app.command("show")
 def show(
-    model_id: int = typer.Argument(..., help="Model id."),
-    plots: Path = typer.Option(None, "--plots", help="Write the model's pictures (loss curves) into DIR."),
-    as_json: bool = JsonOpt,
+    model_id: Annotated[int, typer.Argument(help="Model id.", show_default=False)],
+    plots: Annotated[Path | None, typer.Option(
+        "--plots", help="Write the model's pictures (loss curves) into DIR.", show_default=False)] = None,
+    as_json: Json = False,
 ) -> None:
     """A model: job, dataset@version, epoch, metrics, sha256, and its lineage back to the data."""
     from orchestrator.registry.queries import get_model, lineage, model_summary

@@ -18,7 +18,7 @@ from orchestrator.settings import Settings, load_settings
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets the CLI read while a worker writes; the busy timeout turns lock contention
     # between worker threads (heartbeat, training loop) into a short wait instead of an error.
     cursor = dbapi_connection.cursor()
@@ -49,7 +49,7 @@ def _server_connect_args(url: str) -> dict[str, object]:
     return {}
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
+def alembic_config(url: str):
     """An Alembic config pointing at rodin's migrations and the given database."""
     from alembic.config import Config
 
@@ -70,7 +70,7 @@ def _scan_head() -> str | None:
     """
     revisions: dict[str, tuple[str, ...]] = {}
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict(m.groups() for m in _ASSIGNMENT.finditer(path.read_text(encoding="utf-8")))
+        found = dict((m[1], m[2]) for m in _ASSIGNMENT.finditer(path.read_text(encoding="utf-8")))
         if "revision" not in found:
             continue
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
@@ -85,19 +85,52 @@ def newest_checkpoint(session: Session, job_id: int) -> ModelCheckpoint | None:
     ).first()
 
 
-def final_model_id(session: Session, job_id: int) -> int | None:
-    return session.scalar(
-        select(ModelCheckpoint.id)
-        .where(ModelCheckpoint.job_id == job_id, ModelCheckpoint.final.is_(True))
-        .order_by(ModelCheckpoint.id.desc())
-        .limit(1)
-    )
+def silent_for_s(heartbeat: datetime | str | None, now: datetime | None = None) -> float:
+    """Seconds since a heartbeat (a datetime or its ISO text); infinite when there was none."""
+    if heartbeat is None:
+        return float("inf")
+    beat = datetime.fromisoformat(heartbeat) if isinstance(heartbeat, str) else as_utc(heartbeat)
+    return ((now or datetime.now(timezone.utc)) - beat).total_seconds()  # type: ignore[operator]
+
+
+def is_stale(heartbeat: datetime | str | None, timeout_s: float, now: datetime | None = None) -> bool:
+    """The one rule for a worker, or a running job, that has gone quiet: no heartbeat for
+    longer than `timeout_s` (`RODIN_WORKER_TIMEOUT_S`)."""
+    return silent_for_s(heartbeat, now) > timeout_s
 
 
 def live_workers(session: Session, timeout_s: float) -> list[Worker]:
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=timeout_s)
     workers = session.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all()
-    return [w for w in workers if as_utc(w.last_heartbeat) >= cutoff]  # type: ignore[operator]
+    return [w for w in workers if not is_stale(w.last_heartbeat, timeout_s)]
+
+
+def worker_rows(session: Session, timeout_s: float, include_gone: bool = False) -> list[dict[str, Any]]:
+    """The workers table as `rodin workers` shows it; live ones first, newest heartbeat first."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for w in session.scalars(select(Worker)).all():
+        silent = silent_for_s(w.last_heartbeat, now)
+        state = "stopped" if w.stopped_at else ("stale" if is_stale(w.last_heartbeat, timeout_s, now) else "live")
+        if state != "live" and not include_gone:
+            continue
+        job = session.get(Job, w.current_job_id) if w.current_job_id else None
+        rows.append({
+            "hostname": w.hostname,
+            "state": state,
+            "pid": w.pid,
+            "queues": w.queues,
+            "device": w.device,
+            # For a silent worker: the job it was running when it went quiet.
+            "current_job_id": w.current_job_id,
+            "current_job_kind": job.kind if job is not None else None,
+            "last_heartbeat": _iso(w.last_heartbeat),
+            "heartbeat_age_s": round(silent, 1),
+            "started_at": _iso(w.started_at),
+            "stopped_at": _iso(w.stopped_at),
+        })
+    order = {"live": 0, "stale": 1, "stopped": 2}
+    rows.sort(key=lambda r: (order[str(r["state"])], r["heartbeat_age_s"], str(r["hostname"])))
+    return rows
 
 
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
@@ -116,7 +149,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "error": job.error,
         "model_ids": model_ids,
-        # The newest final checkpoint (as final_model_id() finds it), from the loaded list.
+        # The newest checkpoint marked final, from the loaded list (no query per job).
         "final_model_id": max((m.id for m in job.checkpoints if m.final), default=None)
         if job.kind == "train" else None,
         "outputs": job.outputs,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
 
-from atlas_core import swords
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.swords import (
     EDGES,

@@ -39,10 +39,10 @@ CHILD = textwrap.dedent('''
 
 SUPERVISOR = textwrap.dedent('''
     import sys
-    from orchestrator.cli import workers
+    from workers.supervisor import run_per_gpu
     out = sys.argv[1]
-    workers._child_command = lambda queues, name, loglevel: [sys.executable, "-c", sys.argv[2], out, name, queues]
-    sys.exit(workers.run_per_gpu(["0", "1"], "train,infer", "box", "INFO", restart_delay_s=0.2))
+    stand_in = lambda queues, name, loglevel: [sys.executable, "-c", sys.argv[2], out, name, queues]
+    sys.exit(run_per_gpu(["0", "1"], "train,infer", "box", "INFO", command=stand_in, restart_delay_s=0.2))
 ''')
 
 
@@ -88,7 +88,7 @@ def test_one_process_per_gpu_restarted_when_it_dies_and_stopped_together(tmp_pat
 
 
 def test_gpu_ids() -> None:
-    from orchestrator.cli.workers import _gpu_ids
+    from workers.main import gpu_ids as _gpu_ids
 
     assert _gpu_ids("0,1") == ["0", "1"]
     assert _gpu_ids(" 3 ") == ["3"]
@@ -98,7 +98,7 @@ def test_gpu_ids() -> None:
 
 
 def test_gpus_all_follows_cuda_visible_devices(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.cli.workers import _gpu_ids
+    from workers.main import gpu_ids as _gpu_ids
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _gpu_ids("all") == ["2", "3"]

@@ -26,7 +26,7 @@ def test_status_on_a_fresh_home_creates_the_registry(rodin: Rodin) -> None:
 
 
 def test_unknown_model_fails_cleanly_and_writes_nothing(rodin: Rodin) -> None:
-    result = rodin.run("reconstruct", "--model", "42")
+    result = rodin.cli("reconstruct", "--model", "42")
     assert result.returncode == 2
     assert "model 42 is not registered" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -41,7 +41,7 @@ def test_unknown_model_in_json_mode_prints_one_error_object(rodin: Rodin) -> Non
 
 
 def test_unknown_dataset_fails_cleanly(rodin: Rodin) -> None:
-    result = rodin.run("submit", "train", "--dataset", "swords@3")
+    result = rodin.cli("submit", "train", "--dataset", "swords@3")
     assert result.returncode == 2
     assert "dataset 'swords@3' is not registered" in result.stderr
     assert "Traceback" not in result.stderr
@@ -49,9 +49,9 @@ def test_unknown_dataset_fails_cleanly(rodin: Rodin) -> None:
 
 
 def test_unknown_job_and_model_show(rodin: Rodin) -> None:
-    assert rodin.run("status", "99").returncode == 2
-    assert rodin.run("models", "show", "5").returncode == 2
-    assert rodin.run("cancel", "3").returncode == 2
+    assert rodin.cli("status", "99").returncode == 2
+    assert rodin.cli("models", "show", "5").returncode == 2
+    assert rodin.cli("cancel", "3").returncode == 2
 
 
 def test_datasets_make_registers_versions(rodin: Rodin) -> None:
@@ -67,7 +67,7 @@ def test_datasets_make_registers_versions(rodin: Rodin) -> None:
 
 def test_invalid_training_settings_are_refused_before_a_job_exists(rodin: Rodin) -> None:
     rodin.json("datasets", "make", "swords", "--count", "2", "--points-per-shape", "200")
-    result = rodin.run("submit", "train", "--dataset", "swords", "--patches", "50", "--points", "10")
+    result = rodin.cli("submit", "train", "--dataset", "swords", "--patches", "50", "--points", "10")
     assert result.returncode == 2
     assert "points (10) must be at least the number of patches (50)" in result.stderr
     assert _count(rodin, "jobs") == 0
@@ -78,7 +78,7 @@ def test_unreadable_reconstruction_input_is_refused(rodin: Rodin, tmp_path) -> N
     bad = tmp_path / "broken.obj"
     bad.write_text("v 0 0 0\nv 1 0 0\n")
     # No model yet either: the model check comes first and names the model.
-    result = rodin.run("reconstruct", "--model", "1", str(bad))
+    result = rodin.cli("reconstruct", "--model", "1", str(bad))
     assert result.returncode == 2 and "model 1" in result.stderr
 
 

@@ -141,7 +141,7 @@ def test_fine_tune_records_the_parent_model(slice_home: Rodin, trained: dict) ->
     assert shown["parent_id"] == trained["model_id"]  # one epoch: its only checkpoint
     assert shown["lineage"][0] == trained["model_id"]
     assert shown["config"]["model"]["n_patches"] == 4  # the architecture comes from the parent
-    refused = slice_home.run("submit", "train", "--dataset", "swords", "--from-model",
+    refused = slice_home.cli("submit", "train", "--dataset", "swords", "--from-model",
                              str(trained["model_id"]), "--patches", "9")
     assert refused.returncode == 2 and "differs from the model being fine-tuned" in refused.stderr
 
@@ -174,11 +174,11 @@ def test_status_lists_jobs_with_workers(slice_home: Rodin, trained: dict) -> Non
     jobs = slice_home.json("status")["jobs"]
     assert {"id", "kind", "status", "worker"} <= set(jobs[0])
     assert any(j["id"] == trained["job_id"] and j["worker"] == "w1" for j in jobs)
-    text = slice_home.run("status")
+    text = slice_home.cli("status")
     assert text.returncode == 0 and "succeeded" in text.stdout
 
 
 def test_cli_never_shows_a_traceback_on_bad_flags(slice_home: Rodin) -> None:
-    result = slice_home.run("submit", "train", "--dataset", "swords", "--template", "cube")
+    result = slice_home.cli("submit", "train", "--dataset", "swords", "--template", "cube")
     assert result.returncode == 2 and "template must be square or sphere" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,0 +1,107 @@
+"""Submit a job and follow it: the one flow behind `submit train`, `reconstruct` and `evaluate`.
+
+queue (starting a local worker on the embedded default) -> print the id -> with `--wait`, a
+progress bar until the job ends -> download its outputs -> report -> exit code (1 unless the
+job succeeded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from orchestrator import jobs
+from orchestrator.cli.context import download_outputs, settings
+from orchestrator.cli.output import console, emit_json, err, styled_status
+from orchestrator.registry.models import JobKind
+
+Summary = dict[str, Any]
+
+
+def queue_job(kind: JobKind, *, quiet: bool, params: dict[str, Any],
+              dataset_id: int | None = None, input_model_id: int | None = None) -> int:
+    """Register and send a job whose inputs have been checked; returns its id."""
+    from workers.supervisor import ensure_local_worker
+
+    started = ensure_local_worker(settings())
+    if started is not None and not quiet:
+        err.print(f"No worker was running: started one in the background (pid {started.pid}, "
+                  f"log {started.log}); stop it with `rodin down`.")
+    return jobs.submit(settings(), kind, params=params, dataset_id=dataset_id,
+                       input_model_id=input_model_id)
+
+
+def follow(job_id: int, *, wait: bool, as_json: bool, queued: dict[str, Any] | None = None,
+           download_to: Path | None = None, extra: Callable[[Summary], dict[str, Any]] | None = None,
+           show: Callable[[Summary], None] | None = None) -> None:
+    """Print the queued job's id, or with `wait` follow it to the end and report.
+
+    queued: extra JSON keys when not waiting. download_to: where a succeeded job's outputs go
+    (their local paths are printed and given as JSON `outputs`). extra: JSON keys taken from
+    the final summary. show: how a succeeded job is reported to people (default: one line).
+    """
+    if not wait:
+        if as_json:
+            emit_json({"job_id": job_id, **(queued or {})})
+        else:
+            console.print(job_id)
+        return
+    summary = wait_with_progress(job_id, quiet=as_json)
+    succeeded = summary["status"] == "succeeded"
+    paths = download_outputs(summary["outputs"], download_to) if succeeded and download_to else []
+    if as_json:
+        out = {"job_id": job_id, "status": summary["status"], "error": summary["error"]}
+        if download_to is not None:
+            out["outputs"] = paths
+        emit_json({**out, **(extra(summary) if extra else {})})
+    else:
+        (show if succeeded and show else report_end)(summary)
+        for path in paths:
+            console.print(f"  {path}", highlight=False)
+    if not succeeded:
+        raise typer.Exit(1)
+
+
+def wait_with_progress(job_id: int, quiet: bool = False) -> Summary:
+    """Follow a job in the registry with a progress bar (none if quiet) until it ends."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                        disable=quiet)
+    task = progress.add_task(f"job {job_id}", total=None, info="queued")
+    try:
+        with progress:
+            return jobs.wait(settings(), job_id, lambda s: _update_bar(progress, task, s))
+    except KeyboardInterrupt:
+        err.print(f"Stopped following; job {job_id} goes on (`rodin status {job_id}`, "
+                  f"`rodin cancel {job_id}`).")
+        raise typer.Exit(130) from None
+
+
+def _update_bar(progress: Progress, task: TaskID, summary: Summary) -> None:
+    p, status = summary["progress"] or {}, summary["status"]
+    if status == "queued":
+        progress.update(task, info="queued: waiting for a worker")
+    elif "epochs" in p:
+        info = f"loss {p['train_loss']:.5f}  val {p['val_chamfer']:.5f}  ({summary['worker']})"
+        progress.update(task, total=p["epochs"], completed=p["epoch"], info=info,
+                        description=f"job {summary['id']} epoch")
+    elif "total" in p:
+        progress.update(task, total=p["total"], completed=p["done"], info="shapes",
+                        description=f"job {summary['id']}")
+    else:
+        progress.update(task, info=f"{status} on {summary['worker'] or '?'}")
+
+
+def report_end(summary: Summary) -> None:
+    """One line: how the job ended, its final model, or its error."""
+    line = f"Job {summary['id']} {styled_status(summary['status'])}"
+    if summary.get("final_model_id"):
+        line += f": model [bold]{summary['final_model_id']}[/] (`rodin models show {summary['final_model_id']}`)"
+    if summary.get("error"):
+        line += f": {escape(summary['error'])}"
+    err.print(line)

@@ -1,0 +1,110 @@
+"""`rodin submit train`: queue AtlasNet training on a registered dataset.
+
+The defaults come from `TrainConfig.cpu()` (or `TrainConfig.reference()` with `--reference`);
+every flag that is given replaces one setting by its name in `TrainConfig.flat()`. A new
+hyper-parameter is a field of TrainConfig (or ModelConfig/AugmentConfig) and a parameter of
+`train` below with the same name; nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from atlas_core.config import TrainConfig
+from orchestrator.cli.context import registry
+from orchestrator.cli.follow import follow, queue_job
+from orchestrator.cli.output import Json, err
+from orchestrator.errors import UserInputError
+from orchestrator.registry.models import JobKind
+
+app = typer.Typer(help="Queue work for the workers.", no_args_is_help=True)
+
+CPU, REFERENCE = TrainConfig.cpu().flat(), TrainConfig.reference().flat()
+#: Fine-tuning keeps the model being fine-tuned's architecture: these flags may not change it.
+ARCHITECTURE = ("n_patches", "template", "bottleneck", "hidden", "layers")
+#: Parameters of `train` that are not training settings.
+NOT_SETTINGS = ("dataset", "from_model", "reference", "wait", "as_json")
+
+
+def _help(text: str, name: str) -> str:
+    """Help text with the default read from the presets."""
+    cpu, ref = CPU[name], REFERENCE[name]
+    shown = (lambda v: "on" if v else "off") if isinstance(cpu, bool) else str
+    default = f"default: {shown(cpu)}" + (f"; --reference: {shown(ref)}" if ref != cpu else "")
+    return f"{text} ({default})."
+
+
+def _setting(text: str, name: str, *flags: str) -> Any:
+    return typer.Option(*flags, help=_help(text, name), show_default=False)
+
+
+@app.command("train")
+def train(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="NAME or NAME@VERSION.")],
+    epochs: Annotated[int | None, _setting("Epochs", "epochs")] = None,
+    n_patches: Annotated[int | None, _setting("Atlas patches K", "n_patches", "--patches")] = None,
+    template: Annotated[str | None, _setting("Patch template: square or sphere", "template")] = None,
+    n_points: Annotated[int | None, _setting("Points per shape per step", "n_points", "--points")] = None,
+    batch_size: Annotated[int | None, _setting("Shapes per step", "batch_size")] = None,
+    lr: Annotated[float | None, _setting("Adam learning rate, /10 at 80, 93, 97% of epochs", "lr")] = None,
+    bottleneck: Annotated[int | None, _setting("Latent size", "bottleneck")] = None,
+    hidden: Annotated[int | None, _setting("Decoder width", "hidden")] = None,
+    layers: Annotated[int | None, _setting("Hidden layers per decoder", "layers")] = None,
+    val_fraction: Annotated[float | None, _setting("Shapes held out for validation", "val_fraction")] = None,
+    checkpoint_every: Annotated[int | None, _setting("Register a checkpoint every E epochs", "checkpoint_every")] = None,
+    seed: Annotated[int | None, _setting("Seed for the split, sampling and initialisation", "seed")] = None,
+    augment_rotate: Annotated[bool | None, _setting(
+        "Rotate each shape about its principal axis", "augment_rotate",
+        "--augment-rotate/--no-augment-rotate")] = None,
+    augment_scale: Annotated[float | None, _setting("Anisotropic scaling by up to ±S per axis", "augment_scale")] = None,
+    augment_jitter: Annotated[float | None, _setting("Gaussian point noise, std in unit-ball units", "augment_jitter")] = None,
+    keep_best: Annotated[bool | None, _setting(
+        "Final model: the best validation Chamfer (on) or the last epoch (off)", "keep_best",
+        "--keep-best/--keep-last")] = None,
+    patience: Annotated[int | None, _setting(
+        "Stop after P epochs without a better validation Chamfer, 0: never", "patience")] = None,
+    from_model: Annotated[int | None, typer.Option(
+        "--from-model", help="Fine-tune from this registered model id.")] = None,
+    reference: Annotated[bool, typer.Option(
+        "--reference", help="Start from the paper's configuration (150 epochs, K=25, 2500 points, 1024/512).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Queue AtlasNet training on a registered dataset; prints the job id."""
+    given = {k: v for k, v in locals().items() if k not in NOT_SETTINGS and v is not None}
+    from orchestrator.registry.queries import get_model, resolve_dataset
+
+    with registry() as s:
+        ds = resolve_dataset(s, dataset)
+        parent = get_model(s, from_model).config if from_model is not None else None
+        dataset_id, ref = ds.id, ds.ref
+    config = train_config(given, reference, parent)
+    job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id, input_model_id=from_model,
+                       params={"config": config.to_dict(), "dataset": ref})
+    if not as_json:
+        err.print(f"Queued training job [bold]{job_id}[/] on {ref}"
+                  + (f", fine-tuning model {from_model}" if from_model else "") + ".")
+    follow(job_id, wait=wait, as_json=as_json,
+           extra=lambda summary: {"model_id": summary["final_model_id"]})
+
+
+def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None) -> TrainConfig:
+    """The preset, the fine-tuned model's architecture, then the flags given; validated."""
+    config = TrainConfig.reference() if reference else TrainConfig.cpu()
+    if parent is not None:
+        model = TrainConfig.from_dict(parent).model
+        for name in ARCHITECTURE:
+            if name in given and given[name] != getattr(model, name):
+                raise UserInputError(
+                    f"--{name.replace('n_', '').replace('_', '-')} {given[name]} differs from the "
+                    f"model being fine-tuned ({getattr(model, name)}); drop the flag to keep its architecture"
+                )
+        config = config.with_overrides(**{name: getattr(model, name) for name in ARCHITECTURE})
+    config = config.with_overrides(**given)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UserInputError(f"invalid training settings: {exc}") from None
+    return config

@@ -1,0 +1,138 @@
+"""The layers of docs/ARCHITECTURE.md, checked on every module of the tree.
+
+    orchestrator.cli  ->  workers  ->  orchestrator (core)  ->  atlas_core
+       (top: the CLI)    (task bodies)  (settings, registry,      (the science)
+                                         queue, jobs, artifacts)
+
+An arrow means "may import". Anything not drawn is refused, with two refinements: the CLI
+reaches `workers` only from inside a command (a lazy import, so that a client never loads
+Celery's worker or torch), and nothing a client imports at module level may import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("atlas_core", "orchestrator", "workers", "migrations")
+SERVICES = {"celery", "kombu", "redis", "sqlalchemy", "alembic", "typer", "rich", "fsspec"}
+#: atlas_core modules that a client (ingestion, config validation) uses: no torch in them.
+TORCH_FREE = {"atlas_core", "atlas_core.config", "atlas_core.mesh_io", "atlas_core.swords",
+              "atlas_core.data"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the imported module, absolute
+    lazy: bool  # inside a function (or a TYPE_CHECKING block): not run at import time
+
+
+class _Imports(ast.NodeVisitor):
+    def __init__(self, package: str) -> None:
+        self.package, self.depth, self.found = package, 0, []  # type: list[Import]
+
+    def _nested(self, node: ast.AST) -> None:
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _nested  # type: ignore[assignment]
+
+    def visit_If(self, node: ast.If) -> None:
+        if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            self._nested(node)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.found += [Import(alias.name, self.depth > 0) for alias in node.names]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:  # relative: resolve against this module's package
+            base = self.package.rsplit(".", node.level - 1)[0] if node.level > 1 else self.package
+            module = f"{base}.{node.module}" if node.module else base
+        else:
+            module = node.module or ""
+        # `from orchestrator import jobs` imports the module orchestrator.jobs.
+        self.found += [Import(f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module,
+                              self.depth > 0) for alias in node.names]
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[Import]:
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    visitor = _Imports(package)
+    visitor.visit(ast.parse(path.read_text(), str(path)))
+    return visitor.found
+
+
+def _layer(module: str) -> str:
+    if module == "orchestrator.cli" or module.startswith("orchestrator.cli."):
+        return "cli"
+    root = module.split(".")[0]
+    return {"orchestrator": "core"}.get(root, root)
+
+
+#: layer -> layers of this project it may import (itself included).
+ALLOWED = {
+    "atlas_core": {"atlas_core"},
+    "core": {"core", "atlas_core"},
+    "workers": {"workers", "core", "atlas_core"},
+    "cli": {"cli", "core", "atlas_core", "workers"},
+    "migrations": {"migrations", "core"},
+}
+
+SOURCES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    layer = _layer(_module_name(path))
+    for imp in _imports(path):
+        target = _layer(imp.module)
+        if target in ALLOWED:
+            assert target in ALLOWED[layer], f"{layer} may not import {imp.module}"
+            if layer == "cli" and target == "workers":
+                assert imp.lazy, f"the CLI imports {imp.module} at module level: import it in the command"
+        if layer == "atlas_core":
+            assert imp.module.split(".")[0] not in SERVICES, f"atlas_core imports {imp.module}"
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _layer(_module_name(p)) in ("core", "cli")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_client_modules_load_no_torch_at_import(path: Path) -> None:
+    for imp in _imports(path):
+        if imp.lazy:
+            continue
+        assert imp.module.split(".")[0] != "torch", "imports torch at module level"
+        if imp.module.startswith("atlas_core"):
+            assert imp.module in TORCH_FREE, f"imports {imp.module} (torch) at module level"
+
+
+@pytest.mark.parametrize("module", sorted(TORCH_FREE))
+def test_client_side_atlas_core_modules_import_no_torch(module: str) -> None:
+    path = ROOT.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    assert all(imp.module.split(".")[0] != "torch" for imp in _imports(path))
+
+
+def test_the_checker_sees_the_arrows() -> None:
+    # The rules above would pass vacuously if imports were not found: check a known one.
+    found = {imp.module for imp in _imports(ROOT / "workers" / "app.py")}
+    assert {"orchestrator.jobs", "workers.runtime", "celery"} <= found
+    lazy = {imp.module for imp in _imports(ROOT / "orchestrator" / "cli" / "workers.py") if imp.lazy}
+    assert "workers.main" in lazy

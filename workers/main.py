@@ -1,0 +1,103 @@
+"""Starting a worker: check the device, pick the queues, run Celery's worker (or one per GPU).
+
+`rodin worker` parses its options and calls `run` here; torch and Celery are imported only
+once a worker is really started, so that the CLI stays fast for clients.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from orchestrator.errors import RodinError
+from orchestrator.queue import QUEUES
+from orchestrator.settings import Settings
+from workers.supervisor import run_per_gpu
+
+Log = Callable[[str], None]
+
+
+def parse_queues(queues: str) -> list[str]:
+    """`train,infer` -> ["train", "infer"]; anything else is a RodinError."""
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    if not wanted or set(wanted) - set(QUEUES):
+        raise RodinError(f"--queues {queues!r}: choose from {','.join(QUEUES)}")
+    return wanted
+
+
+def default_queues(settings: Settings, device: str, log: Log) -> str:
+    """Both queues, except a CPU machine on a shared broker, which leaves training to GPUs."""
+    if settings.embedded or device.startswith("cuda"):
+        return "train,infer"
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return "train,infer"
+    log("No GPU on this machine: serving the infer queue on the CPU "
+        "(`--queues train,infer` trains here too).")
+    return "infer"
+
+
+def gpu_ids(spec: str) -> list[str]:
+    """`0,1` -> ["0", "1"]; `all` -> every GPU this process may see."""
+    spec = spec.strip()
+    if spec == "all":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        if visible:
+            ids = [v.strip() for v in visible.split(",") if v.strip()]
+        else:
+            import torch
+
+            ids = [str(i) for i in range(torch.cuda.device_count())]
+        if not ids:
+            raise RodinError("--gpus all: no GPU is visible on this machine; run "
+                             "`rodin worker --device cpu --queues infer` instead")
+        return ids
+    ids = [v.strip() for v in spec.split(",")]
+    if not ids or any(not v or " " in v for v in ids) or len(set(ids)) != len(ids):
+        raise RodinError(f"--gpus {spec!r}: give GPU indices such as 0,1 (or all)")
+    return ids
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(settings: Settings, *, queues: str | None, device: str, gpus: str | None,
+        hostname: str | None, loglevel: str, log: Log = _to_stderr) -> int:
+    """Serve the queue in the foreground until stopped; returns the exit code."""
+    # GPU checks through NVML: the worker forks its job process after them (workers/app.py).
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise RodinError(f"--device {device!r}: use auto, cpu or cuda:N")
+    if gpus is not None:
+        if device != "auto" and not device.startswith("cuda"):
+            raise RodinError("--gpus runs one process per GPU; leave out --device")
+        wanted = parse_queues(queues or "train,infer")
+        base = hostname or os.environ.get("RODIN_WORKER_NAME") or os.uname().nodename
+        return run_per_gpu(gpu_ids(gpus), ",".join(wanted), base, loglevel, log=log)
+    wanted = parse_queues(queues or default_queues(settings, device, log))
+    os.environ["RODIN_DEVICE"] = device
+    if hostname:
+        os.environ["RODIN_WORKER_NAME"] = hostname
+    from workers.runtime import resolve_device
+
+    try:
+        resolve_device(device)  # a missing GPU stops the worker here, not in its first job
+    except RuntimeError as exc:
+        raise RodinError(f"{exc}; use --device cpu") from None
+    from workers.app import app as celery_app
+    from workers.runtime import hostname as worker_name
+
+    argv = [
+        "worker", "--queues", ",".join(wanted), "--hostname", f"{worker_name()}@%h",
+        # One job at a time, in a child process: see workers/app.py.
+        "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ]
+    if settings.embedded:
+        argv.append("--without-heartbeat")  # nobody listens for events on one machine
+    celery_app.worker_main(argv)
+    return 0
