@@ -35,6 +35,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def safe_name(name: object) -> str:
+    """The file name to write for a name taken from a registry row (a job's input or output).
+
+    A row may have been written by anyone who can reach the registry, so its name is treated as
+    hostile: only its last path component is kept (no folder, no `..`, no absolute path), and
+    names that cannot be a file name at all raise ValueError with a one-line reason.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"file name {name!r} is not text")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise ValueError(f"file name {name!r} contains NUL or control characters")
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if base in ("", ".", ".."):
+        raise ValueError(f"file name {name!r} names no file (empty, '.' or '..')")
+    if len(base.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError(f"file name {base[:40]!r}... is longer than 255 bytes")
+    return base
+
+
 class ArtifactStore:
     def __init__(self, root_url: str, storage_options: dict[str, object] | None = None):
         self.root_url = root_url.rstrip("/")
@@ -80,20 +99,29 @@ class ArtifactStore:
         return StoredArtifact(self._uri(path), digest, len(data))
 
     def _local_path(self, uri: str) -> str:
-        """The store's path for a recorded URI; refuses URIs that belong to another kind of store."""
+        """The store's path for a recorded URI.
+
+        A URI comes from a registry row, which is not proof that it points into this store:
+        one of another kind of store, outside the root (`file:///etc/passwd`, another bucket or
+        prefix) or with `..` in it is refused, so a row can never make rodin read other files.
+        """
         protocol, _ = fsspec.core.split_protocol(uri)
         if (protocol or "file") not in self._protocols:
             raise ArtifactError(f"artifact {uri} is not in the store at {self.root_url}")
-        return self.fs._strip_protocol(uri)
+        path = self.fs._strip_protocol(uri)
+        root = self.root.rstrip("/")
+        if ".." in path.split("/") or not path.startswith(f"{root}/"):
+            raise ArtifactError(f"artifact {uri} is not in the store at {self.root_url}")
+        return path
 
-    def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
-        """Read an artifact; with `sha256`, refuse bytes that do not match the record."""
+    def get_bytes(self, uri: str, sha256: str) -> bytes:
+        """Read a registered artifact, refusing bytes that do not match its recorded sha256."""
         path = self._local_path(uri)
         try:
             data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise ArtifactError(f"artifact {uri} is missing from the store") from None
-        if sha256 is not None and sha256_bytes(data) != sha256:
+        if sha256_bytes(data) != sha256:
             raise ArtifactError(
                 f"artifact {uri} does not match its recorded sha256 (tampered or corrupt)"
             )

@@ -17,7 +17,7 @@ from atlas_core.mesh_io import Shape, ingest_file
 from atlas_core.meshing import reconstruct, to_ply_bytes
 from atlas_core.render import render_reconstruction
 from orchestrator import jobs
-from orchestrator.artifacts import ArtifactStore
+from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
@@ -47,11 +47,20 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
                        Blob.of_dataset(m.dataset))
 
 
+def _input_name(f: dict[str, str]) -> str:
+    """The plain file name of an uploaded input: the job row's name must not place the file
+    outside the temporary folder (its suffix still tells the mesh format)."""
+    try:
+        return safe_name(f.get("name"))
+    except ValueError as exc:
+        raise ArtifactError(f"job input {f.get('uri', '?')}: {exc}") from None
+
+
 def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int) -> list[Shape]:
     shapes = []
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
-            path = Path(tmp) / f["name"]
+            path = Path(tmp) / _input_name(f)
             path.write_bytes(store.get_bytes(f["uri"], f["sha256"]))
             shapes.append(ingest_file(path, n_points=n, seed=0))
     return shapes

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.errors import RodinError
 from orchestrator.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -35,13 +36,24 @@ def store():
 
 def download_outputs(outputs: list[dict[str, Any]], folder: Path,
                      kinds: set[str] | None = None) -> list[str]:
-    """Copy a job's output artifacts (checked against their sha256) into `folder`."""
+    """Copy a job's output artifacts (checked against their sha256) into `folder`.
+
+    Output names come from the job's row, so each is reduced to a plain file name first: a row
+    must never make the client write outside `folder`."""
+    from orchestrator.artifacts import safe_name
+
+    chosen = [out for out in outputs if kinds is None or out.get("kind") in kinds]
+    names = []
+    for out in chosen:  # every name is checked before anything is written
+        try:
+            names.append(safe_name(out.get("name")))
+        except ValueError as exc:
+            raise RodinError(f"job output not saved to {folder}: {exc}") from None
     folder.mkdir(parents=True, exist_ok=True)
     artifacts = store()
     paths = []
-    for out in outputs:
-        if kinds is None or out.get("kind") in kinds:
-            target = folder / out["name"]
-            target.write_bytes(artifacts.get_bytes(out["uri"], out["sha256"]))
-            paths.append(str(target))
+    for out, name in zip(chosen, names):
+        target = folder / name
+        target.write_bytes(artifacts.get_bytes(out["uri"], out["sha256"]))
+        paths.append(str(target))
     return paths

@@ -49,9 +49,13 @@ def test_put_get_and_sha256_check_on_s3(s3_server, bucket: str, monkeypatch) -> 
     with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
         store.get_bytes(blob.uri, digest)
     with pytest.raises(ArtifactError, match="missing from the store"):
-        store.get_bytes(f"s3://{bucket}/prefix/sha256/00/{'0' * 64}.pt")
+        store.get_bytes(f"s3://{bucket}/prefix/sha256/00/{'0' * 64}.pt", "0" * 64)
     with pytest.raises(ArtifactError, match="is not in the store"):
-        store.get_bytes("file:///etc/hostname")
+        store.get_bytes("file:///etc/hostname", digest)
+    # Another bucket, or another prefix of the same bucket, is not this store either.
+    other = _store(s3_server, f"s3://{bucket}/other").put_bytes(data, ".pt")
+    with pytest.raises(ArtifactError, match="is not in the store"):
+        store.get_bytes(other.uri, digest)
     # No temporary objects are left behind.
     assert all(".tmp-" not in p for p in store.fs.find(f"{bucket}/prefix"))
 

@@ -1,0 +1,114 @@
+"""Hostile input: registry rows, file names, URLs, ids and values that must not hurt."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
+from orchestrator.errors import RodinError
+
+CUBE_OBJ = (
+    "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nv 1 0 1\nv 1 1 1\nv 0 1 1\n"
+    "f 1 4 3\nf 1 3 2\nf 5 6 7\nf 5 7 8\nf 1 2 6\nf 1 6 5\n"
+    "f 2 3 7\nf 2 7 6\nf 3 4 8\nf 3 8 7\nf 4 1 5\nf 4 5 8\n"
+)
+
+
+def _store(tmp_path: Path, name: str = "artifacts") -> ArtifactStore:
+    return ArtifactStore((tmp_path / name).as_uri())
+
+
+# --------------------------------------------------------------------------------------------
+# Names from registry rows never leave their folder
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sword.obj", "sword.obj"),
+    ("../../etc/cron.d/x.obj", "x.obj"),
+    ("/etc/passwd", "passwd"),
+    ("..\\..\\win.obj", "win.obj"),
+    ("caf\u00e9.obj", "caf\u00e9.obj"),
+])
+def test_safe_name_keeps_only_the_base_name(name: str, expected: str) -> None:
+    assert safe_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/..", "dir/", "a\x00b.obj", "a\nb.obj",
+                                  "\x1b[31mred.obj", "x" * 300, None])
+def test_safe_name_refuses_what_cannot_be_a_file_name(name: object) -> None:
+    with pytest.raises(ValueError, match="file name") as info:
+        safe_name(name)
+    assert "\n" not in str(info.value)
+
+
+def test_reconstruction_inputs_stay_in_the_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.reconstruct_job import _uploaded_shapes
+
+    store = _store(tmp_path)
+    blob = store.put_bytes(CUBE_OBJ.encode(), ".obj")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    absolute = tmp_path / "absolute.obj"
+    files = [{"name": "../escaped.obj", "uri": blob.uri, "sha256": blob.sha256},
+             {"name": str(absolute), "uri": blob.uri, "sha256": blob.sha256}]
+    shapes = _uploaded_shapes(store, files, 100)
+    assert [s.name for s in shapes] == ["escaped", "absolute"]
+    assert not (tmp_path / "escaped.obj").exists() and not absolute.exists()
+    assert list(work.iterdir()) == []  # the temporary folder is gone, and nothing beside it
+
+    with pytest.raises(ArtifactError, match=r"job input .*file name '\.\.'") as info:
+        _uploaded_shapes(store, [{"name": "..", "uri": blob.uri, "sha256": blob.sha256}], 100)
+    assert "\n" not in str(info.value)
+
+
+def test_downloaded_outputs_stay_in_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.cli import context
+
+    store = _store(tmp_path)
+    monkeypatch.setattr(context, "store", lambda: store)
+    blob = store.put_bytes(b"ply", ".ply")
+    out = tmp_path / "out"
+    evil = {"name": "../../evil.ply", "kind": "mesh", **blob.as_dict()}
+    absolute = {"name": str(tmp_path / "abs.ply"), "kind": "mesh", **blob.as_dict()}
+    paths = context.download_outputs([evil, absolute], out)
+    assert paths == [str(out / "evil.ply"), str(out / "abs.ply")]
+    written = sorted(str(p) for p in tmp_path.rglob("*.ply") if "artifacts" not in p.parts)
+    assert written == sorted(paths)
+
+    with pytest.raises(RodinError, match=r"job output not saved to .*file name '\.\.'"):
+        context.download_outputs([{"name": "..", "kind": "mesh", **blob.as_dict()}], tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
+# --------------------------------------------------------------------------------------------
+# Artifact URIs from registry rows: only inside the store, always hash-checked
+
+
+def test_artifact_reads_stay_inside_the_store_root(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    blob = store.put_bytes(b"weights", ".pt")
+    assert store.get_bytes(blob.uri, blob.sha256) == b"weights"
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"secret")
+    digest = hashlib.sha256(b"secret").hexdigest()
+    sibling = _store(tmp_path, "artifacts-other").put_bytes(b"secret", ".pt")
+    outside = [secret.as_uri(), "file:///etc/passwd", sibling.uri,
+               blob.uri.replace("/sha256/", "/sha256/../../"), str(secret)]
+    for uri in outside:
+        with pytest.raises(ArtifactError, match="is not in the store") as info:
+            store.get_bytes(uri, digest)
+        assert uri in str(info.value)
+
+
+def test_artifact_reads_need_the_recorded_sha256(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    blob = store.put_bytes(b"weights", ".pt")
+    with pytest.raises(TypeError):
+        store.get_bytes(blob.uri)  # type: ignore[call-arg]
+    with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
+        store.get_bytes(blob.uri, "0" * 64)
