@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
+#: Registry ids are 64-bit integers: an id option outside this range is a usage error (exit 2),
+#: never an overflow inside the database driver.
+ID_MIN, ID_MAX = 1, 2**63 - 1
+
+
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     return load_settings()

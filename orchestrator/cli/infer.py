@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.context import registry, store
+from orchestrator.cli.context import ID_MAX, ID_MIN, registry, store
 from orchestrator.cli.follow import follow, queue_job
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
@@ -18,7 +18,7 @@ from orchestrator.registry.models import JobKind
 app = typer.Typer()
 
 Model = Annotated[int, typer.Option("--model", "-m", help="Registered model id (see `rodin models list`).",
-                                    show_default=False)]
+                                    min=ID_MIN, max=ID_MAX, show_default=False)]
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")]
 
 

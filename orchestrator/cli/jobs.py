@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import jobs
-from orchestrator.cli.context import registry, settings
+from orchestrator.cli.context import ID_MAX, ID_MIN, registry, settings
 from orchestrator.cli.follow import Summary, report_end, wait_with_progress
 from orchestrator.cli.output import Json, age, console, emit_json, err, styled_status
 from orchestrator.registry.models import JobStatus
@@ -21,7 +21,8 @@ app = typer.Typer()
 
 @app.command("status")
 def status(
-    job_id: Annotated[int | None, typer.Argument(help="Show one job in detail.", show_default=False)] = None,
+    job_id: Annotated[int | None, typer.Argument(help="Show one job in detail.", min=ID_MIN, max=ID_MAX,
+                                                 show_default=False)] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Newest jobs shown.")] = 30,
     as_json: Json = False,
@@ -53,7 +54,8 @@ def status(
 
 
 @app.command("cancel")
-def cancel(job_id: Annotated[int, typer.Argument(help="The job to stop.", show_default=False)],
+def cancel(job_id: Annotated[int, typer.Argument(help="The job to stop.", min=ID_MIN, max=ID_MAX,
+                                                 show_default=False)],
            as_json: Json = False) -> None:
     """Stop a job: a queued job never starts; a running one stops after its current epoch."""
     state, message = jobs.cancel(settings(), job_id)

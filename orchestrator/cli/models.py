@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from orchestrator.cli.context import download_outputs, registry
+from orchestrator.cli.context import ID_MAX, ID_MIN, download_outputs, registry
 from orchestrator.cli.output import Json, age, console, emit_json, err
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
@@ -60,7 +60,7 @@ def list_(
 
 @app.command("show")
 def show(
-    model_id: Annotated[int, typer.Argument(help="Model id.", show_default=False)],
+    model_id: Annotated[int, typer.Argument(help="Model id.", min=ID_MIN, max=ID_MAX, show_default=False)],
     plots: Annotated[Path | None, typer.Option(
         "--plots", help="Write the model's pictures (loss curves) into DIR.", show_default=False)] = None,
     as_json: Json = False,

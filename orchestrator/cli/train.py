@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from atlas_core.config import TrainConfig
-from orchestrator.cli.context import registry
+from orchestrator.cli.context import ID_MAX, ID_MIN, registry
 from orchestrator.cli.follow import follow, queue_job
 from orchestrator.cli.output import Json, err
 from orchestrator.errors import UserInputError
@@ -66,7 +66,7 @@ def train(
     patience: Annotated[int | None, _setting(
         "Stop after P epochs without a better validation Chamfer, 0: never", "patience")] = None,
     from_model: Annotated[int | None, typer.Option(
-        "--from-model", help="Fine-tune from this registered model id.")] = None,
+        "--from-model", help="Fine-tune from this registered model id.", min=ID_MIN, max=ID_MAX)] = None,
     reference: Annotated[bool, typer.Option(
         "--reference", help="Start from the paper's configuration (150 epochs, K=25, 2500 points, 1024/512).")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")] = False,

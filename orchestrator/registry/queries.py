@@ -16,7 +16,10 @@ from orchestrator.registry.models import Dataset, Job, ModelCheckpoint, Worker
 def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
     """`swords` -> ("swords", None); `swords@3` -> ("swords", 3)."""
     name, _, version = ref.partition("@")
-    if not name or (version and not version.isdigit()):
+    # ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses, and a
+    # version beyond 64 bits would overflow the database driver.
+    if not name or (version and not (version.isascii() and version.isdigit() and len(version) <= 19
+                                     and int(version) < 2**63)):
         raise UserInputError(f"dataset {ref!r} is not NAME or NAME@VERSION (e.g. swords@2)")
     return name, int(version) if version else None
 
@@ -147,6 +150,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "device": job.device,
         "attempts": job.attempts,
+        "lost": job.lost,
         "error": job.error,
         "model_ids": model_ids,
         # The newest checkpoint marked final, from the loaded list (no query per job).

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RodinError
+from tests.conftest import Rodin
 
 CUBE_OBJ = (
     "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nv 1 0 1\nv 1 1 1\nv 0 1 1\n"
@@ -112,3 +116,82 @@ def test_artifact_reads_need_the_recorded_sha256(tmp_path: Path) -> None:
         store.get_bytes(blob.uri)  # type: ignore[call-arg]
     with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
         store.get_bytes(blob.uri, "0" * 64)
+
+
+# --------------------------------------------------------------------------------------------
+# Usage errors and odd values: exit 2, no traceback, nothing written
+
+BIG = "99999999999999999999"  # beyond 64 bits
+
+
+def _jobs(rodin: Rodin) -> int:
+    with sqlite3.connect(rodin.home / "registry.db") as db:
+        return db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+def _refused(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Error" not in result.stdout + result.stderr.replace("─ Error ─", "")  # no exception name
+
+
+@pytest.mark.parametrize("args", [
+    ("reconstruct", "--model", "abc"),
+    ("status", "--bogus"),
+    ("bogus",),
+    ("status", BIG), ("status", "0"), ("status", "--", "-5"),
+    ("cancel", BIG),
+    ("models", "show", BIG),
+    ("reconstruct", "--model", BIG),
+    ("evaluate", "--model", "9223372036854775808"),
+    ("submit", "train", "--dataset", "swords", "--from-model", BIG),
+])
+def test_usage_errors_and_ids_beyond_64_bits_exit_2(rodin: Rodin, args: tuple[str, ...]) -> None:
+    rodin.json("status")  # creates the registry
+    _refused(rodin.cli(*args))
+    assert _jobs(rodin) == 0
+
+
+@pytest.mark.parametrize("ref", ["swords@\u00b2", "swords@\u0663", f"swords@{BIG}", "swords@1" + "0" * 5000])
+def test_dataset_refs_take_ascii_versions_only(rodin: Rodin, ref: str) -> None:
+    result = rodin.cli("submit", "train", "--dataset", ref)
+    _refused(result)
+    assert "is not NAME or NAME@VERSION" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--augment-scale", "nan"), ("--augment-scale", "inf"), ("--augment-jitter", "nan"),
+    ("--augment-jitter", "-inf"), ("--val-fraction", "nan"), ("--lr", "inf"), ("--lr", "nan"),
+])
+def test_non_finite_training_settings_are_refused(rodin: Rodin, flag: str, value: str) -> None:
+    rodin.json("datasets", "make", "swords", "--count", "2", "--points-per-shape", "200")
+    result = rodin.cli("submit", "train", "--dataset", "swords", flag, value)
+    _refused(result)
+    assert "invalid training settings" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _jobs(rodin) == 0
+
+
+def _strict(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json(rodin: Rodin) -> None:
+    from orchestrator.registry.db import session_scope
+    from orchestrator.registry.models import Job
+
+    rodin.json("status")
+    diverged = {"epoch": 2, "epochs": 5, "train_loss": float("nan"), "val_chamfer": float("inf")}
+    with session_scope(rodin.settings()) as s:
+        s.add(Job(kind="train", status="running", params={}, progress=diverged,
+                  result={"scores": [1.0, float("-inf")]}))
+    listed = rodin.cli("status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    progress = _strict(listed.stdout)["jobs"][0]["progress"]
+    assert progress == {"epoch": 2, "epochs": 5, "train_loss": None, "val_chamfer": None}
+    one = rodin.cli("status", "1", "--json")
+    assert _strict(one.stdout)["result"] == {"scores": [1.0, None]}
