@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -48,9 +50,22 @@ def _register(name: str, data: PointCloudSet, source: str,
         return dataset_summary(row)
 
 
+#: The registry's column width for dataset names.
+MAX_NAME_CHARS = 128
+#: Characters a terminal would act on rather than show (control characters, ANSI escapes,
+#: newlines, bidirectional overrides), or that UTF-8 cannot store (lone surrogates).
+_UNSHOWABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
 def _check_name(name: str) -> None:
     if not name or "@" in name or "/" in name or name.strip() != name:
         raise UserInputError(f"dataset name {name!r} must be non-empty, without '@', '/' or spaces")
+    if any(unicodedata.category(c) in _UNSHOWABLE for c in name):
+        raise UserInputError(f"dataset name {name!r} contains control or invisible characters; "
+                             "use printable letters, digits and punctuation")
+    if len(name) > MAX_NAME_CHARS:
+        raise UserInputError(f"dataset name {name[:20]!r}... is {len(name)} characters long; "
+                             f"use at most {MAX_NAME_CHARS}")
 
 
 @app.command("make")
@@ -83,7 +98,7 @@ def make(
     if as_json:
         emit_json({"dataset": summary})
     else:
-        err.print(f"Registered [bold]{summary['ref']}[/]: {count} swords, "
+        err.print(f"Registered [bold]{escape(summary['ref'])}[/]: {count} swords, "
                   f"{points} points each (dataset id {summary['id']}).")
 
 
@@ -131,7 +146,7 @@ def add(
         table = Table("skipped file", "reason", title=f"{len(skipped)} file(s) skipped",
                       title_justify="left", show_lines=False)
         for row in skipped:
-            table.add_row(row["file"], row["reason"])
+            table.add_row(escape(row["file"]), escape(row["reason"]))
         err.print(table)
     if not shapes:
         raise UserInputError(f"none of the {len(files)} files under {path} has a usable surface; "
@@ -141,7 +156,7 @@ def add(
     if as_json:
         emit_json({"dataset": summary, "skipped": skipped})
     else:
-        err.print(f"Registered [bold]{summary['ref']}[/]: {len(shapes)} shapes from {path} "
+        err.print(f"Registered [bold]{escape(summary['ref'])}[/]: {len(shapes)} shapes from {escape(str(path))} "
                   f"({len(skipped)} skipped; dataset id {summary['id']}).")
 
 
@@ -171,8 +186,8 @@ def list_(as_json: Json = False) -> None:
         return
     table = Table("id", "dataset", "shapes", "points", "skipped", "source", "age")
     for r in rows:
-        table.add_row(str(r["id"]), r["ref"], str(r["shapes"]), str(r["points_per_shape"]),
-                      str(len(r["skipped"])), r["source"], age(r["created_at"]))
+        table.add_row(str(r["id"]), escape(r["ref"]), str(r["shapes"]), str(r["points_per_shape"]),
+                      str(len(r["skipped"])), escape(r["source"]), age(r["created_at"]))
     console.print(table if rows else "No datasets yet: `rodin datasets make swords`.")
 
 
@@ -189,6 +204,6 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_d
         return
     for key in ("ref", "id", "shapes", "points_per_shape", "source", "content_sha256",
                 "artifact_uri", "created_at"):
-        console.print(f"[bold]{key:17}[/] {summary[key]}", highlight=False)
+        console.print(f"[bold]{key:17}[/] {escape(str(summary[key]))}", highlight=False)
     for row in summary["skipped"]:
-        console.print(f"  skipped {row['file']}: {row['reason']}", highlight=False)
+        console.print(f"  skipped {escape(str(row['file']))}: {escape(str(row['reason']))}", highlight=False)

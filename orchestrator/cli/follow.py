@@ -31,7 +31,7 @@ def queue_job(kind: JobKind, *, quiet: bool, params: dict[str, Any],
     started = ensure_local_worker(settings())
     if started is not None and not quiet:
         err.print(f"No worker was running: started one in the background (pid {started.pid}, "
-                  f"log {started.log}); stop it with `rodin down`.")
+                  f"log {escape(str(started.log))}); stop it with `rodin down`.")
     return jobs.submit(settings(), kind, params=params, dataset_id=dataset_id,
                        input_model_id=input_model_id)
 
@@ -62,7 +62,7 @@ def follow(job_id: int, *, wait: bool, as_json: bool, queued: dict[str, Any] | N
     else:
         (show if succeeded and show else report_end)(summary)
         for path in paths:
-            console.print(f"  {path}", highlight=False)
+            console.print(f"  {path}", highlight=False, markup=False)
     if not succeeded:
         raise typer.Exit(1)
 

@@ -62,7 +62,7 @@ def cancel(job_id: Annotated[int, typer.Argument(help="The job to stop.", min=ID
     if as_json:
         emit_json({"job_id": job_id, "status": state, "message": message})
     else:
-        err.print(message[0].upper() + message[1:] + ".")
+        err.print(escape(message[0].upper() + message[1:] + "."))
 
 
 def _recent(limit: int) -> list[Summary]:
@@ -104,7 +104,7 @@ def _jobs_table(rows: list[Summary]) -> Table:
         target = r["dataset"] or ""
         if r["input_model_id"]:
             target += f" model {r['input_model_id']}" if target else f"model {r['input_model_id']}"
-        table.add_row(str(r["id"]), r["kind"], escape(target), styled_status(r["status"]) + stale_note(r),
+        table.add_row(str(r["id"]), escape(r["kind"]), escape(target), styled_status(r["status"]) + stale_note(r),
                       _progress_text(r["progress"] or {}), escape(r["worker"] or "-"), age(r["created_at"]))
     return table
 

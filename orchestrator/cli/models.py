@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -51,7 +52,7 @@ def list_(
     for r in rows:
         val, coverage = r["metrics"].get("val_chamfer"), r["metrics"].get("coverage")
         flag = " [yellow]![/]" if r["metrics"].get("warnings") else ""
-        table.add_row(str(r["id"]), str(r["job_id"]), r["dataset"], str(r["epoch"]),
+        table.add_row(str(r["id"]), str(r["job_id"]), escape(r["dataset"]), str(r["epoch"]),
                       "yes" if r["final"] else "", f"{val:.5f}" if val is not None else "-",
                       (f"{coverage:.2f}" if coverage is not None else "-") + flag,
                       str(r["parent_id"] or "-"), r["sha256"][:12], age(r["created_at"]))
@@ -81,32 +82,33 @@ def show(
         return
     for key in ("id", "job_id", "dataset", "epoch", "final", "parent_id", "sha256", "size_bytes",
                 "artifact_uri", "code_version", "torch_version", "created_at"):
-        console.print(f"[bold]{key:14}[/] {summary[key]}", highlight=False)
+        console.print(f"[bold]{key:14}[/] {escape(str(summary[key]))}", highlight=False)
     metrics = summary["metrics"]
-    console.print(f"[bold]{'metrics':14}[/] " + ", ".join(
+    console.print(f"[bold]{'metrics':14}[/] " + escape(", ".join(
         f"{k} {v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))
-        and not isinstance(v, bool)), highlight=False)
+        and not isinstance(v, bool))), highlight=False)
     for warning in metrics.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
     c = summary["config"]
     m = c["model"]
-    console.print(f"[bold]{'config':14}[/] K={m['n_patches']} {m['template']}, {m['n_points']} points, "
-                  f"bottleneck {m['bottleneck']}, hidden {m['hidden']}x{m['layers']}, "
-                  f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']}", highlight=False)
+    console.print(f"[bold]{'config':14}[/] " + escape(
+        f"K={m['n_patches']} {m['template']}, {m['n_points']} points, "
+        f"bottleneck {m['bottleneck']}, hidden {m['hidden']}x{m['layers']}, "
+        f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']}"), highlight=False)
     console.print(_lineage_tree(summary, ancestors))
     for path in written:
-        err.print(f"wrote {path}")
+        err.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def _lineage_tree(summary: dict[str, Any], ancestors: list[dict[str, Any]]) -> Tree:
     """From the data, through every ancestor checkpoint, to this model."""
-    root = Tree(f"dataset [bold]{(ancestors[-1] if ancestors else summary)['dataset']}[/]")
+    root = Tree(f"dataset [bold]{escape((ancestors[-1] if ancestors else summary)['dataset'])}[/]")
     node = root
     for m in [*reversed(ancestors), summary]:
         val = m["metrics"].get("val_chamfer")
         label = f"model [bold]{m['id']}[/] (job {m['job_id']}, epoch {m['epoch']}" + \
             (f", val {val:.5f}" if val is not None else "") + ")"
         if m is not summary and m["dataset"] != summary["dataset"]:
-            label += f" on {m['dataset']}"
+            label += f" on {escape(m['dataset'])}"
         node = node.add(label)
     return root

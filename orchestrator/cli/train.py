@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from atlas_core.config import TrainConfig
 from orchestrator.cli.context import ID_MAX, ID_MIN, registry
@@ -84,7 +85,7 @@ def train(
     job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id, input_model_id=from_model,
                        params={"config": config.to_dict(), "dataset": ref})
     if not as_json:
-        err.print(f"Queued training job [bold]{job_id}[/] on {ref}"
+        err.print(f"Queued training job [bold]{job_id}[/] on {escape(ref)}"
                   + (f", fine-tuning model {from_model}" if from_model else "") + ".")
     follow(job_id, wait=wait, as_json=as_json,
            extra=lambda summary: {"model_id": summary["final_model_id"]})

@@ -66,7 +66,7 @@ def list_workers(
     for r in rows:
         job = f"{r['current_job_id']} ({r['current_job_kind']})" if r["current_job_id"] else "-"
         state = {"live": "[green]live[/]", "stale": "[red]stale[/]"}.get(r["state"], r["state"])
-        table.add_row(escape(r["hostname"]), state, r["queues"], escape(r["device"]), job,
+        table.add_row(escape(r["hostname"]), state, escape(r["queues"]), escape(r["device"]), job,
                       f"{age(r['last_heartbeat'])} ago", age(r["started_at"]))
     console.print(table)
 
@@ -84,7 +84,7 @@ def up(device: Device = "auto", as_json: Json = False) -> None:
         emit_json({"pid": pid, "started": started, "log": str(logfile(settings()))})
     else:
         err.print(("Started" if started else "Already running:") +
-                  f" background worker pid {pid}, log {logfile(settings())}.")
+                  f" background worker pid {pid}, log {escape(str(logfile(settings())))}.")
 
 
 @app.command("down")

@@ -195,3 +195,71 @@ def test_json_output_is_strict_json(rodin: Rodin) -> None:
     assert progress == {"epoch": 2, "epochs": 5, "train_loss": None, "val_chamfer": None}
     one = rodin.cli("status", "1", "--json")
     assert _strict(one.stdout)["result"] == {"scores": [1.0, None]}
+
+
+# --------------------------------------------------------------------------------------------
+# Names and paths that look like rich markup are shown as they are; unshowable names refused
+
+
+def _odd_folder(tmp_path: Path) -> Path:
+    """A folder whose path holds `[/x]` (a folder `[` with a folder `x]` in it), with one good
+    mesh and one broken one whose name is a markup tag."""
+    folder = tmp_path / "[" / "x]"
+    folder.mkdir(parents=True)
+    (folder / "cube.obj").write_text(CUBE_OBJ)
+    (folder / "[red]broken.obj").write_text("v 0 0 0\n")
+    return folder
+
+
+def _shown(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    return "".join((result.stdout + result.stderr).split())  # undo rich's wrapping
+
+
+def test_markup_in_paths_and_names_is_printed_literally(rodin: Rodin, tmp_path: Path) -> None:
+    from orchestrator.registry.db import session_scope
+    from orchestrator.registry.models import Job, ModelCheckpoint
+
+    folder = _odd_folder(tmp_path)
+    added = _shown(rodin.cli("datasets", "add", "a[red]b", str(folder), "--points-per-shape", "200"))
+    assert "a[red]b@1" in added and f"from{folder}" in added  # the skipped table wraps the file name
+    shown = _shown(rodin.cli("datasets", "show", "a[red]b"))
+    assert "a[red]b@1" in shown and str(folder) in shown and "[red]broken.obj" in shown
+    assert "cube.obj" not in shown
+    assert "a[red]b@1" in _shown(rodin.cli("datasets", "list"))
+
+    from atlas_core.config import TrainConfig
+
+    with session_scope(rodin.settings()) as s:
+        job = Job(kind="train", status="succeeded", params={}, dataset_id=1)
+        s.add(job)
+        s.flush()
+        s.add(ModelCheckpoint(job_id=job.id, dataset_id=1, epoch=1, final=True,
+                              config=TrainConfig.cpu().to_dict(),
+                              metrics={"val_chamfer": 0.5, "warnings": ["patch [/3] collapsed"]},
+                              artifact_uri="file:///[/a]", sha256="0" * 64, size_bytes=1,
+                              code_version="[/c]", torch_version="[bold]"))
+    listed = _shown(rodin.cli("models", "list"))
+    assert "│a[red" in listed  # a narrow table cuts the rest
+    detail = _shown(rodin.cli("models", "show", "1"))
+    for text in ("a[red]b@1", "patch[/3]collapsed", "file:///[/a]", "[/c]", "[bold]"):
+        assert text in detail, text
+
+
+@pytest.mark.parametrize("name", ["\x1b[31mred", "two\nlines", "tab\there", "rtl\u202eeman", "x" * 129])
+def test_unshowable_or_too_long_dataset_names_are_refused(rodin: Rodin, tmp_path: Path, name: str) -> None:
+    (tmp_path / "cube.obj").write_text(CUBE_OBJ)
+    for args in (("datasets", "add", name, str(tmp_path / "cube.obj")),
+                 ("datasets", "make", "swords", "--count", "1", "--name", name)):
+        result = rodin.cli(*args)
+        _refused(result)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "\x1b" not in result.stderr
+    assert rodin.json("datasets", "list") == {"datasets": []}
+
+
+def test_a_dataset_name_of_128_characters_is_fine(rodin: Rodin) -> None:
+    name = "x" * 128
+    out = rodin.json("datasets", "make", "swords", "--count", "1", "--name", name, "--points-per-shape", "100")
+    assert out["dataset"]["ref"] == f"{name}@1"
