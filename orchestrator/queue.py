@@ -13,6 +13,7 @@ worker is `Settings.visibility_timeout_s` (`RODIN_VISIBILITY_TIMEOUT_S`).
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from time import monotonic
@@ -37,6 +38,8 @@ KIND_TASKS = {"train": "rodin.train", "reconstruct": "rodin.reconstruct",
 #: the time from `rodin submit` to the job starting. A listing of a small folder costs well
 #: under a millisecond, so polling this often is cheap.
 FILESYSTEM_POLL_S = 0.02
+
+_log = logging.getLogger(__name__)
 
 
 class _AtomicFilesystemChannel(_filesystem.Channel):
@@ -74,9 +77,20 @@ class _AtomicFilesystemChannel(_filesystem.Channel):
             try:
                 with open(claimed, "rb") as fh:
                     payload = fh.read()
-            finally:
-                os.remove(claimed)
-            return loads(bytes_to_str(payload))
+                message = loads(bytes_to_str(payload))
+                if not isinstance(message, dict):
+                    raise ValueError(f"a JSON {type(message).__name__}, not a message object")
+            except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                # A file that is not a message (a stray copy, a hand-edited or truncated one) must
+                # not stop the worker: set it aside where a person can look at it, and go on.
+                rejected = os.path.join(os.path.dirname(self.data_folder_in.rstrip(os.sep)), "rejected")
+                os.makedirs(rejected, exist_ok=True)
+                os.replace(claimed, os.path.join(rejected, name))
+                _log.warning("embedded broker: %s is not a message (%s); moved it to %s",
+                             name, " ".join(str(exc).split())[:200] or type(exc).__name__, rejected)
+                continue
+            os.remove(claimed)
+            return message
         raise _filesystem.Empty()
 
 
