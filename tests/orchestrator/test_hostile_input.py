@@ -263,3 +263,55 @@ def test_a_dataset_name_of_128_characters_is_fine(rodin: Rodin) -> None:
     name = "x" * 128
     out = rodin.json("datasets", "make", "swords", "--count", "1", "--name", name, "--points-per-shape", "100")
     assert out["dataset"]["ref"] == f"{name}@1"
+
+
+# --------------------------------------------------------------------------------------------
+# Passwords in settings are never printed
+
+
+SECRET_BROKERS = ["redis://:pw-SECRET-1@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=pw-SECRET-1"]
+
+
+@pytest.mark.filterwarnings("ignore:Query string argument")  # SQLite ignores ?password=
+@pytest.mark.parametrize("broker", SECRET_BROKERS)
+def test_broker_password_is_never_printed(tmp_path: Path, broker: str) -> None:
+    rodin = Rodin(tmp_path / "home", extra_env={"RODIN_BROKER_URL": broker,
+                                                "RODIN_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}?password=pw-SECRET-2"})
+    rodin.json("db", "upgrade")  # a registry named by URL is upgraded by hand
+    rodin.json("datasets", "make", "swords", "--count", "1", "--points-per-shape", "100")
+    for args in (("submit", "train", "--dataset", "swords"), ("config", "show"), ("db", "upgrade")):
+        for json_flag in ((), ("--json",)):
+            result = rodin.run(*args, *json_flag, timeout=120)
+            printed = result.stdout + result.stderr
+            assert "SECRET" not in printed, (args, printed)
+            if args[0] == "submit":  # unreachable: it fails, and says where in redacted form
+                assert result.returncode == 1 and "127.0.0.1:1" in printed, printed
+                assert "Traceback" not in printed
+
+
+@pytest.mark.parametrize("broker", SECRET_BROKERS)
+def test_worker_log_never_shows_the_broker_password(tmp_path: Path, broker: str) -> None:
+    import sys
+    import time
+
+    rodin = Rodin(tmp_path / "home", extra_env={"RODIN_BROKER_URL": broker})
+    rodin.json("status")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "worker", "--device", "cpu",
+                             "--queues", "infer", "--hostname", "w1"], env=rodin.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        # Celery's banner comes first, then its first failed connection (it retries for ever).
+        while time.monotonic() < deadline and not any("Cannot connect" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break  # the worker stopped by itself
+            lines.append(line)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    printed = "".join(lines) + out
+    assert "SECRET" not in printed, printed
+    assert "127.0.0.1:1" in printed or "password" in printed, printed
