@@ -14,6 +14,8 @@ from orchestrator.settings import Settings, load_settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from atlas_core.mesh_io import Limits
+
 
 #: Registry ids are 64-bit integers: an id option outside this range is a usage error (exit 2),
 #: never an overflow inside the database driver.
@@ -37,6 +39,15 @@ def store():
     from orchestrator.artifacts import open_store
 
     return open_store(settings())
+
+
+def mesh_limits() -> Limits:
+    """The settings' ingestion limits, for atlas_core.mesh_io (which cannot read settings)."""
+    from atlas_core.mesh_io import Limits
+
+    s = settings()
+    return Limits(max_file_bytes=s.max_file_bytes, max_inflated_bytes=s.max_inflated_bytes,
+                  max_faces=s.max_faces)
 
 
 def download_outputs(outputs: list[dict[str, Any]], folder: Path,

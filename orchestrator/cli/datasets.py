@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.cli.context import registry, store
+from orchestrator.cli.context import mesh_limits, registry, store
 from orchestrator.cli.output import Json, age, console, emit_json, err
 from orchestrator.errors import UserInputError
 
@@ -57,6 +57,15 @@ MAX_NAME_CHARS = 128
 _UNSHOWABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
+class NoUsableFiles(UserInputError):
+    """Nothing under the path has a usable surface: the `--json` error object carries every
+    file with its reason, as the table on stderr does."""
+
+    def __init__(self, message: str, skipped: list[dict[str, str]]):
+        super().__init__(message)
+        self.json_fields = {"skipped": skipped}
+
+
 def _check_name(name: str) -> None:
     if not name or "@" in name or "/" in name or name.strip() != name:
         raise UserInputError(f"dataset name {name!r} must be non-empty, without '@', '/' or spaces")
@@ -98,7 +107,7 @@ def make(
     if as_json:
         emit_json({"dataset": summary})
     else:
-        err.print(f"Registered [bold]{escape(summary['ref'])}[/]: {count} swords, "
+        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {count} swords, "
                   f"{points} points each (dataset id {summary['id']}).")
 
 
@@ -133,11 +142,12 @@ def add(
     if not files:
         raise UserInputError(f"no mesh files under {path} (looked for .obj .stl .ply .off .glb .gltf)")
     shapes, skipped = [], []
+    limits = mesh_limits()
     with _progress() as bar:
         task = bar.add_task(f"Ingesting {len(files)} files", total=len(files))
         for i, file in enumerate(files):
             try:
-                shapes.append(ingest_file(file, n_points=points, seed=seed + i))
+                shapes.append(ingest_file(file, n_points=points, seed=seed + i, limits=limits))
             except MeshError as exc:
                 skipped.append({"file": str(file), "reason": str(exc)})
             bar.advance(task)
@@ -149,14 +159,14 @@ def add(
             table.add_row(escape(row["file"]), escape(row["reason"]))
         err.print(table)
     if not shapes:
-        raise UserInputError(f"none of the {len(files)} files under {path} has a usable surface; "
-                             "nothing registered")
+        raise NoUsableFiles(f"none of the {len(files)} files under {path} has a usable surface; "
+                            "nothing registered", skipped)
     source = str(path.resolve())
     summary = _register(name, PointCloudSet.from_shapes(shapes), source, skipped)
     if as_json:
         emit_json({"dataset": summary, "skipped": skipped})
     else:
-        err.print(f"Registered [bold]{escape(summary['ref'])}[/]: {len(shapes)} shapes from {escape(str(path))} "
+        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {len(shapes)} shapes from {escape(str(path))} "
                   f"({len(skipped)} skipped; dataset id {summary['id']}).")
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.context import ID_MAX, ID_MIN, registry, store
+from orchestrator.cli.context import ID_MAX, ID_MIN, mesh_limits, registry, store
 from orchestrator.cli.follow import follow, queue_job
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
@@ -107,11 +107,12 @@ def _upload_inputs(paths: list[Path]) -> list[dict[str, str]]:
     """Check every input loads as a mesh, then store it; a bad file stops before any job exists."""
     from atlas_core.mesh_io import MeshError, load_mesh
 
+    limits = mesh_limits()
     for path in paths:
         if not path.is_file():
             raise UserInputError(f"{path} is not a file: give mesh files to reconstruct")
         try:
-            load_mesh(path)
+            load_mesh(path, limits)
         except MeshError as exc:
             raise UserInputError(f"{path}: {exc}") from None
     artifacts = store()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -24,7 +25,7 @@ class RodinGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except RodinError as exc:
-            fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code, exc.json_fields)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
@@ -78,10 +79,10 @@ def _describe(exc: Exception) -> str:
     return redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr (and `{"error": ...}` on stdout with --json), then exit `code`."""
+def fail(message: str, code: int, json_fields: Mapping[str, Any] | None = None) -> None:
+    """One line on stderr (and `{"error": ..., **json_fields}` on stdout with --json), then exit `code`."""
     if json_requested():
-        emit_json({"error": message})
+        emit_json({"error": message, **(json_fields or {})})
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

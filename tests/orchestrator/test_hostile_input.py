@@ -315,3 +315,53 @@ def test_worker_log_never_shows_the_broker_password(tmp_path: Path, broker: str)
     printed = "".join(lines) + out
     assert "SECRET" not in printed, printed
     assert "127.0.0.1:1" in printed or "password" in printed, printed
+
+
+# --------------------------------------------------------------------------------------------
+# Ingestion: limits from the settings, and every skip reason in the JSON error
+
+
+def test_datasets_add_json_error_carries_every_skip_reason(rodin: Rodin, tmp_path: Path) -> None:
+    folder = tmp_path / "meshes"
+    folder.mkdir()
+    (folder / "points.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    (folder / "noheader.off").write_text("3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    out = rodin.json("datasets", "add", "broken", str(folder), expect_code=2)
+    assert "none of the 2 files" in out["error"]
+    reasons = {Path(row["file"]).name: row["reason"] for row in out["skipped"]}
+    assert set(reasons) == {"points.obj", "noheader.off"}
+    assert "points" in reasons["points.obj"] and "no OFF header" in reasons["noheader.off"]
+    assert rodin.json("datasets", "list") == {"datasets": []}
+
+
+def test_ingestion_limits_come_from_the_settings(tmp_path: Path) -> None:
+    import bz2
+
+    from atlas_core.config import TrainConfig
+    from orchestrator.registry.db import session_scope
+    from orchestrator.registry.models import Job, ModelCheckpoint
+
+    rodin = Rodin(tmp_path / "home", extra_env={"RODIN_MAX_INFLATED_BYTES": "1000000",
+                                                "RODIN_MAX_FILE_BYTES": "2000"})
+    folder = tmp_path / "meshes"
+    folder.mkdir()
+    (folder / "bomb.obj.bz2").write_bytes(bz2.compress(b"\0" * (20 << 20)))
+    (folder / "big.obj").write_text(CUBE_OBJ + "# padding\n" * 300)
+    out = rodin.json("datasets", "add", "limited", str(folder), expect_code=2)
+    reasons = {Path(row["file"]).name: row["reason"] for row in out["skipped"]}
+    assert "inflates to more than 976.6 KiB (RODIN_MAX_INFLATED_BYTES)" in reasons["bomb.obj.bz2"]
+    assert "larger than 2.0 KiB (RODIN_MAX_FILE_BYTES)" in reasons["big.obj"]
+
+    # Reconstruction inputs are checked with the same limits before any job exists.
+    rodin.json("datasets", "make", "swords", "--count", "1", "--points-per-shape", "100")
+    with session_scope(rodin.settings()) as s:
+        job = Job(kind="train", status="succeeded", params={}, dataset_id=1)
+        s.add(job)
+        s.flush()
+        s.add(ModelCheckpoint(job_id=job.id, dataset_id=1, epoch=1, final=True,
+                              config=TrainConfig.cpu().to_dict(), metrics={}, artifact_uri="file:///x",
+                              sha256="0" * 64, size_bytes=1, code_version="x", torch_version="x"))
+    result = rodin.cli("reconstruct", "--model", "1", str(folder / "bomb.obj.bz2"))
+    _refused(result)
+    assert "RODIN_MAX_INFLATED_BYTES" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert _jobs(rodin) == 1  # only the row written above
