@@ -80,9 +80,9 @@ class _AtomicFilesystemChannel(_filesystem.Channel):
                 message = loads(bytes_to_str(payload))
                 if not isinstance(message, dict):
                     raise ValueError(f"a JSON {type(message).__name__}, not a message object")
-            except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
-                # A file that is not a message (a stray copy, a hand-edited or truncated one) must
-                # not stop the worker: set it aside where a person can look at it, and go on.
+            except (OSError, ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                # A file that is not a message (a stray copy, a hand-edited or truncated one, a
+                # folder) must not stop the worker: set it aside where a person can look at it.
                 rejected = os.path.join(os.path.dirname(self.data_folder_in.rstrip(os.sep)), "rejected")
                 os.makedirs(rejected, exist_ok=True)
                 os.replace(claimed, os.path.join(rejected, name))

@@ -21,6 +21,7 @@ def test_a_file_that_is_not_a_message_is_set_aside(tmp_path: Path, caplog: pytes
                "0_deep.train.msg": b"[" * 100000}
     for name, data in garbage.items():
         (queue / name).write_bytes(data)
+    (queue / "0_folder.train.msg").mkdir()
     caplog.set_level(logging.WARNING, logger="orchestrator.queue")
 
     with app.connection() as conn:
@@ -32,11 +33,11 @@ def test_a_file_that_is_not_a_message_is_set_aside(tmp_path: Path, caplog: pytes
         assert conn.default_channel.basic_get("train") is None  # nothing else is a message
 
     rejected = tmp_path / "broker" / "rejected"
-    assert sorted(p.name for p in rejected.iterdir()) == sorted(garbage)
+    assert sorted(p.name for p in rejected.iterdir()) == sorted([*garbage, "0_folder.train.msg"])
     assert all((rejected / name).read_bytes() == data for name, data in garbage.items())
     assert [p.name for p in queue.iterdir()] == []
     assert [p for p in (tmp_path / "broker" / "claimed").iterdir()] == []
     warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.queue"]
-    assert len(warnings) == len(garbage)
+    assert len(warnings) == len(garbage) + 1
     assert all(any(name in w and "is not a message" in w for w in warnings) for name in garbage)
     assert all("\n" not in w for w in warnings)
