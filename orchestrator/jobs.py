@@ -14,13 +14,17 @@ and `finish`. No torch here.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import select, update
+
 from orchestrator.errors import RegistryInvariantError, RodinError
-from orchestrator.registry.db import session_scope
+from orchestrator.registry.db import as_utc, session_scope, with_retries
 from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, redact
 
@@ -72,13 +76,15 @@ def send(settings: Settings, job_id: int, kind: JobKind) -> None:
         raise RodinError(f"could not queue job {job_id} at {redact(settings.queue_url)}: "
                          f"{reason}") from None
     with session_scope(settings) as s:
-        _job(s, job_id).celery_task_id = task_id
+        job = _job(s, job_id)
+        job.celery_task_id, job.sent_at = task_id, now()
 
 
 def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
-    """Ask a job to stop; returns (status, message). A queued job is cancelled at once; a
-    running one stops at its next epoch boundary (the task body reads the flag)."""
-    from orchestrator.registry.queries import get_job
+    """Ask a job to stop; returns (status, message). A queued job is cancelled at once, and so
+    is a running one whose worker has gone silent; a live one stops at its next epoch boundary
+    (the task body reads the flag) and keeps its checkpoints."""
+    from orchestrator.registry.queries import get_job, is_stale
 
     with session_scope(settings) as s:
         job = get_job(s, job_id)
@@ -88,6 +94,11 @@ def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
         if job.status == JobStatus.queued.value:
             job.status, job.finished_at = JobStatus.cancelled.value, now()
             return job.status, f"job {job_id} cancelled before it started"
+        if is_stale(job.heartbeat_at, settings.stale_after_s):
+            # Its worker is gone: nobody would read the flag. The lease goes with it, so a
+            # worker that was only cut off stops at its next registry write.
+            job.status, job.finished_at, job.lease_token = JobStatus.cancelled.value, now(), None
+            return job.status, f"job {job_id} cancelled (its worker {job.worker} stopped answering)"
         return job.status, f"job {job_id} will stop after its current epoch"
 
 
@@ -117,59 +128,160 @@ def wait(settings: Settings, job_id: int, on_update: Callable[[dict[str, Any]], 
 # ---------------------------------------------------------------------------------- workers
 
 
-def claim(settings: Settings, job_id: int, worker: str, device: str) -> bool:
-    """Mark a queued (or interrupted) job running on this worker; False if it should not run."""
+class LeaseLost(RodinError):
+    """This attempt no longer holds its job: the job was taken back from a worker presumed dead,
+    cancelled while its worker was silent, or ended. The attempt must stop and write nothing."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A running attempt's hold on its job: the fencing token every write must show."""
+
+    job_id: int
+    token: str
+    attempt: int
+
+
+def claim(settings: Settings, job_id: int, worker: str, device: str) -> Lease | None:
+    """Start an attempt of a job on this worker; None when the delivery must be dropped.
+
+    A job can be claimed when it is `queued` (new, released by a stopping worker, or taken back
+    by the reaper), or when it is `running` on this very worker: a worker runs one job at a time,
+    so that earlier attempt has died with its job process. A job running on another worker is
+    left alone (the message is a duplicate; if that worker is dead, the reaper requeues the job).
+    The claim is a conditional update, so of two workers handed the same job one wins.
+    """
+    return with_retries(settings, f"claim job {job_id}", lambda: _claim(settings, job_id, worker, device))
+
+
+def _claim(settings: Settings, job_id: int, worker: str, device: str) -> Lease | None:
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
         if job is None:
             log.warning("job %s is not in the registry; dropping its message", job_id)
-            return False
-        if JobStatus(job.status).finished:
-            log.info("job %s already %s; ignoring a repeated delivery", job_id, job.status)
-            return False
-        if job.cancel_requested:
-            job.status, job.finished_at = JobStatus.cancelled.value, now()
-            return False
-        job.status = JobStatus.running.value
-        job.attempts += 1
-        job.worker, job.device = worker, device
-        job.started_at = job.started_at or now()
-        job.heartbeat_at = now()
-        job.error = None
-        return True
+            return None
+        seen = JobStatus(job.status)
+        if seen.finished:
+            log.info("job %s already %s; dropping a repeated delivery", job_id, job.status)
+            return None
+        if seen is JobStatus.running and job.worker != worker:
+            log.info("job %s is running on %s; dropping a repeated delivery", job_id, job.worker)
+            return None
+        # Read before the updates below: an ORM update refreshes `job` in this session.
+        attempts, started = job.attempts, job.started_at
+        lost = job.lost + (1 if seen is JobStatus.running else 0)
+        guard = (Job.id == job_id, Job.attempts == attempts, Job.status == seen.value)
+        if job.cancel_requested or lost >= settings.max_attempts:
+            cancelled = job.cancel_requested
+            s.execute(update(Job).where(*guard).values(
+                status=(JobStatus.cancelled if cancelled else JobStatus.failed).value,
+                finished_at=now(), lost=lost, lease_token=None,
+                error=None if cancelled else lost_reason(lost, job.worker, job.heartbeat_at)))
+            return None
+        token = secrets.token_hex(16)
+        taken = s.execute(update(Job).where(*guard).values(
+            status=JobStatus.running.value, attempts=attempts + 1, lost=lost, lease_token=token,
+            worker=worker, device=device, error=None, started_at=started or now(), heartbeat_at=now()))
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            log.info("job %s was claimed by another worker first", job_id)
+            return None
+        return Lease(job_id, token, attempts + 1)
 
 
-def report_progress(settings: Settings, job_id: int, progress: dict[str, Any]) -> bool:
-    """Store progress; returns False when the user asked to cancel."""
-    with session_scope(settings) as s:
-        job = _job(s, job_id)
-        job.progress = progress
-        job.heartbeat_at = now()
-        return not job.cancel_requested
+def lost_reason(lost: int, worker: str | None, last_seen: datetime | None) -> str:
+    seen = as_utc(last_seen)
+    when = f" at {seen:%Y-%m-%d %H:%M:%S} UTC" if seen else ""
+    return (f"worker lost {lost} time{'s' if lost != 1 else ''}; last seen on {worker or '?'}{when} "
+            f"(RODIN_MAX_ATTEMPTS={lost}); resubmit it once the cause is fixed")
 
 
-def finish(settings: Settings, job_id: int, status: JobStatus, *,
+def _held(session: Any, lease: Lease) -> Job:
+    """The job, locked for this transaction, if the lease is still current; else LeaseLost."""
+    job = session.get(Job, lease.job_id, with_for_update=True)
+    if job is None or job.lease_token != lease.token or job.status != JobStatus.running.value:
+        raise LeaseLost(f"job {lease.job_id} is no longer held by attempt {lease.attempt}")
+    return job
+
+
+def report_progress(settings: Settings, lease: Lease, progress: dict[str, Any]) -> bool:
+    """Store progress and the heartbeat; False when the user asked to cancel."""
+    def write() -> bool:
+        with session_scope(settings) as s:
+            job = _held(s, lease)
+            job.progress, job.heartbeat_at = progress, now()
+            return not job.cancel_requested
+
+    return with_retries(settings, f"report progress of job {lease.job_id}", write)
+
+
+def register_checkpoint(settings: Settings, lease: Lease, **fields: Any) -> int:
+    """Register a checkpoint of the leased job (fields of ModelCheckpoint); returns its id.
+
+    Exactly once per (job, epoch): a retry after a commit whose answer was lost finds its own
+    row (same sha256) and returns it.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    def write() -> int:
+        with session_scope(settings) as s:
+            _held(s, lease)
+            row = ModelCheckpoint(job_id=lease.job_id, **fields)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    try:
+        return with_retries(settings, f"register a checkpoint of job {lease.job_id}", write)
+    except IntegrityError:
+        with session_scope(settings) as s:
+            existing = s.scalars(select(ModelCheckpoint).where(
+                ModelCheckpoint.job_id == lease.job_id, ModelCheckpoint.epoch == fields["epoch"])).first()
+            if existing is not None and existing.sha256 == fields["sha256"]:
+                return existing.id
+        raise LeaseLost(f"job {lease.job_id} epoch {fields['epoch']} is already registered by another "
+                        "attempt") from None
+
+
+def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease | None = None,
            outputs: list[dict[str, Any]] | None = None, error: str | None = None,
            result: dict[str, Any] | None = None, final_model_id: int | None = None) -> None:
     """End a job of any kind, in one transaction: status, outputs, result, and for a training
-    job the checkpoint chosen as its final model."""
+    job the checkpoint chosen as its final model. With a lease, only if it is still current."""
     if not status.finished:
         raise ValueError(f"finish() needs a final status, not {status.value}")
+
+    def write() -> None:
+        with session_scope(settings) as s:
+            job = _held(s, lease) if lease is not None else _job(s, job_id)
+            if final_model_id is not None:
+                model = s.get(ModelCheckpoint, final_model_id)
+                if model is None or model.job_id != job_id:
+                    raise RegistryInvariantError(
+                        f"model {final_model_id} is not a checkpoint of job {job_id}")
+                model.final = True
+            job.status = status.value
+            job.finished_at = now()
+            job.lease_token = None
+            if outputs is not None:
+                job.outputs = outputs
+            if result is not None:
+                job.result = result
+            job.error = error
+
+    with_retries(settings, f"finish job {job_id}", write)
+
+
+def release(settings: Settings, worker: str) -> list[int]:
+    """A worker stopping cleanly gives back the job it was running (its message goes back to
+    the queue too): the job is `queued` again and the stop does not count as a lost attempt."""
     with session_scope(settings) as s:
-        job = _job(s, job_id)
-        if final_model_id is not None:
-            model = s.get(ModelCheckpoint, final_model_id)
-            if model is None or model.job_id != job_id:
-                raise RegistryInvariantError(
-                    f"model {final_model_id} is not a checkpoint of job {job_id}")
-            model.final = True
-        job.status = status.value
-        job.finished_at = now()
-        if outputs is not None:
-            job.outputs = outputs
-        if result is not None:
-            job.result = result
-        job.error = error
+        ids = list(s.scalars(select(Job.id).where(Job.status == JobStatus.running.value,
+                                                  Job.worker == worker)))
+        if ids:
+            s.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.running.value,
+                                        Job.worker == worker)
+                      .values(status=JobStatus.queued.value, lease_token=None, worker=None))
+        return ids
 
 
 def one_line(exc: BaseException) -> str:

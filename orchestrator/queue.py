@@ -161,9 +161,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
-        # If the broker connection drops, the running job's message will be redelivered anyway:
-        # stop the job rather than let two workers run it.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # If the broker connection drops, the running job goes on: should its message be
+        # delivered again meanwhile, `jobs.claim` refuses to start a job held by a live worker.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Told to stop at once (SIGQUIT, `rodin down`, or SIGTERM in the containers, which set
         # REMAP_SIGTERM=SIGQUIT), a worker gives its running job this long to end by itself,
         # then interrupts it and returns its message to the queue.

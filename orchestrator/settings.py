@@ -6,6 +6,7 @@ broker and a local content-addressed artifact folder, so one machine works with 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -44,6 +45,21 @@ class Settings:
     #: Seconds a worker told to stop at once (SIGQUIT, `rodin down`) lets its running job go on
     #: before interrupting it; the job's message then goes back to the queue.
     soft_shutdown_s: float = 15.0
+    #: Seconds without a heartbeat after which a running job's worker is presumed dead: any live
+    #: worker's reaper then takes the job back and sends it to the queue again.
+    stale_after_s: float = 20.0
+    #: A job whose attempts die this many times (its worker or its process lost) fails with the
+    #: reason instead of running again.
+    max_attempts: int = 3
+    #: A queued job whose message has not been taken this long while a worker of its queue sits
+    #: idle is sent again (a broker restarted without its data, a lost message file).
+    resend_after_s: float = 30.0
+    #: How long a worker keeps retrying a registry write (PostgreSQL restarting) before giving up.
+    registry_retry_s: float = 300.0
+    #: Ingestion limits: bytes of a mesh file, bytes once decompressed (.gz, .bz2), and faces.
+    max_file_bytes: int = 512 * 1024 * 1024
+    max_inflated_bytes: int = 1024 * 1024 * 1024
+    max_faces: int = 20_000_000
 
     @property
     def registry_url(self) -> str:
@@ -85,7 +101,27 @@ class Settings:
             "worker_timeout_s": f"{self.worker_timeout_s:g}",
             "visibility_timeout_s": f"{self.visibility_timeout_s:g}",
             "soft_shutdown_s": f"{self.soft_shutdown_s:g}",
+            "stale_after_s": f"{self.stale_after_s:g}",
+            "max_attempts": str(self.max_attempts),
+            "resend_after_s": f"{self.resend_after_s:g}",
+            "registry_retry_s": f"{self.registry_retry_s:g}",
+            "max_file_bytes": str(self.max_file_bytes),
+            "max_inflated_bytes": str(self.max_inflated_bytes),
+            "max_faces": str(self.max_faces),
         }
+
+
+def _number(name: str, value: object, kind: type[float] | type[int]) -> float | int:
+    """A numeric setting from text or TOML; a finite, non-negative number or a ValueError."""
+    number: float | int | None
+    try:
+        number = kind(str(value))
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        unit = "a number of seconds" if kind is float else "a whole number"
+        raise ValueError(f"setting {name} (RODIN_{name.upper()}) must be {unit}, not {value!r}")
+    return number
 
 
 def _config_file(home: Path, env: Mapping[str, str]) -> Path:
@@ -111,14 +147,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {config}")
     for f in fields(Settings):
-        if f.type in ("float", float) and f.name in values:
-            try:
-                values[f.name] = float(values[f.name])  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"setting {f.name} (RODIN_{f.name.upper()}) must be a number of seconds, "
-                    f"not {values[f.name]!r}"
-                ) from None
+        if f.type in ("float", "int") and f.name in values:
+            values[f.name] = _number(f.name, values[f.name], float if f.type == "float" else int)
     return Settings(**values)  # type: ignore[arg-type]
 
 

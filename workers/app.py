@@ -10,6 +10,7 @@ process (a crash, the OOM killer) loses only the child: its message goes back to
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -32,21 +33,28 @@ app = make_app(settings)
 _heartbeat: Heartbeat | None = None
 
 
-JobBody = Callable[[Settings, ArtifactStore, int, str], None]
+JobBody = Callable[[Settings, ArtifactStore, jobs.Lease, str], None]
 
 
 def _run_job(job_id: int, body: JobBody) -> None:
     """Claim, run and close a job; every failure ends as a readable error on the job row."""
     device = runtime.resolve_device()
-    if not jobs.claim(settings, job_id, runtime.hostname(), runtime.device_label(device)):
+    lease = jobs.claim(settings, job_id, runtime.hostname(), runtime.device_label(device))
+    if lease is None:
         return
     runtime.current_job_id = job_id
     _poke_heartbeat()
     try:
-        body(settings, open_store(settings), job_id, device)
+        body(settings, open_store(settings), lease, device)
+    except jobs.LeaseLost as exc:
+        # Presumed dead and replaced (or cancelled while silent): the job is someone else's now.
+        log.warning("job %s: %s; stopping this attempt", job_id, exc)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, with the traceback in the log
         log.exception("job %s failed", job_id)
-        jobs.finish(settings, job_id, JobStatus.failed, error=jobs.one_line(exc))
+        try:
+            jobs.finish(settings, job_id, JobStatus.failed, lease=lease, error=jobs.one_line(exc))
+        except jobs.LeaseLost:
+            log.warning("job %s failed after its lease was lost; not recorded", job_id)
     finally:
         runtime.current_job_id = None
         _poke_heartbeat()
@@ -117,11 +125,16 @@ def _on_ready(sender=None, **_kwargs) -> None:
     device = runtime.device_label(runtime.resolve_device())
     _heartbeat = Heartbeat(settings, runtime.hostname(), queues, device)
     _heartbeat.start()
+    # A cold shutdown (SIGQUIT, `rodin down`) exits without Celery's worker_shutdown signal;
+    # the interpreter's exit still runs this, so the worker gives its job back either way.
+    atexit.register(_on_shutdown)
     log.info("worker %s ready (pid %s, device %s, queues %s, broker %s)", runtime.hostname(),
              os.getpid(), device, queues, "embedded" if settings.embedded else "shared")
 
 
 @signals.worker_shutdown.connect
 def _on_shutdown(**_kwargs) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stop()
+    global _heartbeat
+    heartbeat, _heartbeat = _heartbeat, None
+    if heartbeat is not None and os.getpid() == heartbeat.pid:
+        heartbeat.stop()

@@ -56,7 +56,8 @@ def _store_outputs(store: ArtifactStore, result: dict[str, Any],
             {"name": "evaluation.png", "kind": "plot", **plot.as_dict()}]
 
 
-def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
+def run_evaluate(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
+    job_id = lease.job_id
     inputs = _load_inputs(settings, job_id)
     model, config, _ = load_model(inputs.model.read(store), device)
     own = PointCloudSet.from_bytes(inputs.own.read(store))
@@ -70,10 +71,10 @@ def run_evaluate(settings: Settings, store: ArtifactStore, job_id: int, device: 
         evaluated = PointCloudSet.from_bytes(inputs.evaluated.read(store))
 
     def on_progress(done: int, total: int, stage: str) -> None:
-        jobs.report_progress(settings, job_id, {"done": done, "total": total, "stage": stage})
+        jobs.report_progress(settings, lease, {"done": done, "total": total, "stage": stage})
 
     report = evaluate(model, evaluated, library, on_progress=on_progress)
     # The registry's names for the model and the data are added here: atlas_core knows neither.
     result = {"model_id": inputs.model.id, "dataset": inputs.eval_ref, **report.as_dict()}
     outputs = _store_outputs(store, result, f"model {inputs.model.id} on {inputs.eval_ref}")
-    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs, result=result)
+    jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs, result=result)

@@ -13,10 +13,11 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from orchestrator import jobs, recovery
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Job, Worker
+from orchestrator.registry.models import Job, JobStatus, Worker
 from orchestrator.settings import Settings
 from workers import runtime
 
@@ -25,14 +26,18 @@ INTERVAL_S = 5.0
 #: How often the heartbeat thread looks (in memory) whether the running job changed; a change
 #: is written at once, so `rodin workers` shows a job starting or ending within this time.
 WATCH_S = 0.25
+#: How often this worker runs the reaper (orchestrator.recovery), which any live worker may run.
+REAP_EVERY_S = 5.0
 
 
 class Heartbeat:
     def __init__(self, settings: Settings, name: str, queues: str, device: str):
         self.settings, self.name, self.queues, self.device = settings, name, queues, device
+        self.pid = os.getpid()  # the worker's main process: forked job processes inherit atexit
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rodin-heartbeat", daemon=True)
+        self._next_reap = 0.0
 
     def start(self) -> None:
         with session_scope(self.settings) as s:
@@ -56,8 +61,11 @@ class Heartbeat:
             if worker is not None:
                 worker.last_heartbeat = now
                 worker.current_job_id = job_id
-            if job_id is not None and (job := s.get(Job, job_id)) is not None:
-                job.heartbeat_at = now
+            if job_id is not None:
+                # Only the job this worker holds: one taken back by the reaper is not kept alive.
+                s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name,
+                                            Job.status == JobStatus.running.value)
+                          .values(heartbeat_at=now))
 
     def poke(self) -> None:
         """Beat now (a job started or ended) instead of at the next interval."""
@@ -83,12 +91,25 @@ class Heartbeat:
             except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
                 log.warning("heartbeat failed", exc_info=True)
                 next_beat = time.monotonic() + INTERVAL_S
+            self._maybe_reap()
+
+    def _maybe_reap(self) -> None:
+        if time.monotonic() < self._next_reap:
+            return
+        self._next_reap = time.monotonic() + REAP_EVERY_S
+        try:
+            recovery.reap(self.settings)
+        except Exception:  # noqa: BLE001 - the registry or broker may be away; try again later
+            log.warning("reaper pass failed", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=INTERVAL_S)
+        released = jobs.release(self.settings, self.name)
+        if released:
+            log.info("gave back job(s) %s to the queue", ", ".join(map(str, released)))
         with session_scope(self.settings) as s:
             worker = s.scalars(select(Worker).where(Worker.hostname == self.name)).first()
             if worker is not None:

@@ -61,6 +61,13 @@ def gpu_ids(spec: str) -> list[str]:
     return ids
 
 
+def expand_name(name: str) -> str:
+    """Celery's node-name variables: %h the host name, %n its first label, %d the domain."""
+    host = os.uname().nodename
+    short, _, domain = host.partition(".")
+    return name.replace("%h", host).replace("%n", short).replace("%d", domain)
+
+
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -76,12 +83,14 @@ def run(settings: Settings, *, queues: str | None, device: str, gpus: str | None
         if device != "auto" and not device.startswith("cuda"):
             raise RodinError("--gpus runs one process per GPU; leave out --device")
         wanted = parse_queues(queues or "train,infer")
-        base = hostname or os.environ.get("RODIN_WORKER_NAME") or os.uname().nodename
+        base = expand_name(hostname or os.environ.get("RODIN_WORKER_NAME") or os.uname().nodename)
         return run_per_gpu(gpu_ids(gpus), ",".join(wanted), base, loglevel, log=log)
     wanted = parse_queues(queues or default_queues(settings, device, log))
     os.environ["RODIN_DEVICE"] = device
-    if hostname:
-        os.environ["RODIN_WORKER_NAME"] = hostname
+    # One name for the worker and the job processes it forks: the registry knows a job's worker
+    # by it (`jobs.claim` lets a worker take back the job its dead job process held).
+    name = hostname or os.environ.get("RODIN_WORKER_NAME") or f"{os.uname().nodename}-{os.getpid()}"
+    os.environ["RODIN_WORKER_NAME"] = expand_name(name)
     from workers.runtime import resolve_device
 
     try:

@@ -88,7 +88,8 @@ def _unique(name: str, used: set[str]) -> str:
     return stem
 
 
-def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
+def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
+    job_id = lease.job_id
     inputs = _load_inputs(settings, job_id)
     # Weights come only from the registry's record, checked against its sha256.
     model, config, _ = load_model(inputs.model.read(store), device)
@@ -120,5 +121,5 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, job_id: int, devic
                         "chamfer": score, **ply.as_dict()})
         outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name,
                         **png.as_dict()})
-        jobs.report_progress(settings, job_id, {"done": i + 1, "total": len(shapes)})
-    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs)
+        jobs.report_progress(settings, lease, {"done": i + 1, "total": len(shapes)})
+    jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs)

@@ -52,12 +52,12 @@ def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
 class _Recorder:
     """Training callbacks that write progress and checkpoints to the registry."""
 
-    def __init__(self, settings: Settings, store: ArtifactStore, job_id: int, plan: _Plan):
-        self.settings, self.store, self.job_id, self.plan = settings, store, job_id, plan
+    def __init__(self, settings: Settings, store: ArtifactStore, lease: jobs.Lease, plan: _Plan):
+        self.settings, self.store, self.lease, self.plan = settings, store, lease, plan
         start = plan.resume or plan.start_from
         self.origin = start.id if start else None
         #: epoch -> model id of this job's registered checkpoints (including earlier attempts').
-        self.ids = _registered_epochs(settings, job_id)
+        self.ids = _registered_epochs(settings, lease.job_id)
 
     def parent_for(self, epoch: int) -> int | None:
         """The checkpoint these weights continued from: the newest registered before `epoch`."""
@@ -65,24 +65,21 @@ class _Recorder:
         return self.ids[max(earlier)] if earlier else self.origin
 
     def on_epoch(self, stats: EpochStats) -> bool:
-        return jobs.report_progress(self.settings, self.job_id, stats.as_dict())
+        return jobs.report_progress(self.settings, self.lease, stats.as_dict())
 
     def on_checkpoint(self, event: CheckpointEvent) -> None:
         # Blob first, row second: a crash in between leaves an unreferenced blob, never a row
         # that points at nothing.
         blob = self.store.put_bytes(event.state, ".pt")
-        with session_scope(self.settings) as s:
-            row = ModelCheckpoint(
-                job_id=self.job_id, dataset_id=self.plan.dataset_id,
-                parent_id=self.parent_for(event.epoch), epoch=event.epoch, final=False,
-                config=self.plan.config.to_dict(), metrics={**event.metrics, "kind": event.reason},
-                artifact_uri=blob.uri, sha256=blob.sha256, size_bytes=blob.size,
-                code_version=runtime.code_version(), torch_version=torch.__version__,
-            )
-            s.add(row)
-            s.flush()
-            self.ids[event.epoch] = row.id
-        log.info("job %s: registered model %s (epoch %s, %s)", self.job_id, row.id,
+        model_id = jobs.register_checkpoint(
+            self.settings, self.lease, dataset_id=self.plan.dataset_id,
+            parent_id=self.parent_for(event.epoch), epoch=event.epoch, final=False,
+            config=self.plan.config.to_dict(), metrics={**event.metrics, "kind": event.reason},
+            artifact_uri=blob.uri, sha256=blob.sha256, size_bytes=blob.size,
+            code_version=runtime.code_version(), torch_version=torch.__version__,
+        )
+        self.ids[event.epoch] = model_id
+        log.info("job %s: registered model %s (epoch %s, %s)", self.lease.job_id, model_id,
                  event.epoch, event.reason)
 
 
@@ -93,7 +90,8 @@ def _registered_epochs(settings: Settings, job_id: int) -> dict[int, int]:
         return {epoch: model_id for epoch, model_id in rows}
 
 
-def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str) -> None:
+def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
+    job_id = lease.job_id
     plan = _plan(settings, job_id, device)
     data = PointCloudSet.from_bytes(plan.dataset.read(store))
     resume_bytes = plan.resume.read(store) if plan.resume else None
@@ -101,7 +99,7 @@ def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str
     if plan.start_from is not None and resume_bytes is None:
         init_weights = load_checkpoint(plan.start_from.read(store), map_location=device)["model"]
 
-    recorder = _Recorder(settings, store, job_id, plan)
+    recorder = _Recorder(settings, store, lease, plan)
     result = train(plan.config, data,
                    TrainCallbacks(on_epoch=recorder.on_epoch, on_checkpoint=recorder.on_checkpoint),
                    resume_from=resume_bytes, init_weights=init_weights)
@@ -111,12 +109,12 @@ def run_train(settings: Settings, store: ArtifactStore, job_id: int, device: str
         png = store.put_bytes(render_loss_curves(result.history, f"job {job_id}"), ".png")
         outputs.append({"name": "loss_curves.png", "kind": "plot", **png.as_dict()})
     if result.stopped:
-        jobs.finish(settings, job_id, JobStatus.cancelled, outputs=outputs)
+        jobs.finish(settings, job_id, JobStatus.cancelled, lease=lease, outputs=outputs)
         return
     if result.final_epoch not in recorder.ids:
         raise RegistryInvariantError(f"job {job_id}: the chosen epoch {result.final_epoch} has no "
                                      "registered checkpoint")
-    jobs.finish(settings, job_id, JobStatus.succeeded, outputs=outputs,
+    jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs,
                 final_model_id=recorder.ids[result.final_epoch],
                 result={"final_model_id": recorder.ids[result.final_epoch],
                         "final_epoch": result.final_epoch, "last_epoch": result.last_epoch,

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from orchestrator.cli import admin, datasets, infer, jobs, models, train, workers
+from orchestrator.cli import admin, datasets, gc, infer, jobs, models, train, workers
 from orchestrator.cli.context import settings
 from orchestrator.cli.output import emit_json, err, json_requested
 from orchestrator.errors import RodinError
@@ -50,10 +50,11 @@ app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="submit")
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.config_app, name="config")
-# Top-level commands: status, cancel, reconstruct, evaluate, worker, workers, up, down.
+# Top-level commands: status, cancel, reconstruct, evaluate, worker, workers, up, down, gc.
 app.add_typer(jobs.app)
 app.add_typer(infer.app)
 app.add_typer(workers.app)
+app.add_typer(gc.app)
 
 
 def main() -> None:

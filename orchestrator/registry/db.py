@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -179,3 +182,34 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=timezone.utc)
+
+
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A registry error that may pass by itself: the server restarting or unreachable, a lost
+    connection, a busy SQLite file. Not a constraint violation or a bad statement."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def with_retries(settings: Settings, what: str, fn: Callable[[], _T]) -> _T:
+    """Run one registry transaction, retrying transient failures with backoff for up to
+    `settings.registry_retry_s`; `fn` must be safe to run again (its own session_scope)."""
+    deadline = time.monotonic() + settings.registry_retry_s
+    delay = 0.25
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("registry unavailable while trying to %s (%s); retrying in %.1f s",
+                        what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -100,6 +100,15 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Attempts that ended without finishing the job: its worker died, or its job process did.
+    #: At RODIN_MAX_ATTEMPTS the job fails instead of running again.
+    lost: Mapped[int] = mapped_column(Integer, default=0)
+    #: The running attempt's fencing token: only the holder may register checkpoints, report
+    #: progress or finish the job. None while the job is not running.
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    #: When the job's message was last handed to the broker (a queued job whose message was
+    #: lost is sent again: see orchestrator.recovery).
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Live progress, e.g. {"epoch": 3, "epochs": 20, "train_loss": ..., "val_chamfer": ...}.
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -126,6 +135,8 @@ class ModelCheckpoint(Base):
     """One registered checkpoint: the only thing reconstruction may load weights from."""
 
     __tablename__ = "models"
+    #: One checkpoint per job and epoch, whatever two workers or a retried write attempt.
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_models_job_id_epoch"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)

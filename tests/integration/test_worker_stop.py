@@ -53,10 +53,12 @@ def test_cold_stop_requeues_and_the_next_worker_resumes(tmp_path, redis_server, 
         stop_process(w1)
     log = (first.home / "m1.log").read_text()
     assert "Restoring 1 unacknowledged message(s)" in log
+    assert "gave back job(s)" in log
     interrupted = _job(client, job_id)
-    # Not failed, not finished: the job is waiting for its message to be delivered again.
-    assert interrupted["status"] == "running" and interrupted["attempts"] == 1
-    assert interrupted["error"] is None
+    # Not failed, not finished: given back, the job waits for its message to be delivered again;
+    # a clean stop is not counted as a lost attempt.
+    assert interrupted["status"] == "queued" and interrupted["attempts"] == 1
+    assert interrupted["error"] is None and interrupted["lost"] == 0
     before = len(interrupted["model_ids"])
 
     second = Rodin(tmp_path / "m2", extra_env=shared)
@@ -72,7 +74,7 @@ def test_cold_stop_requeues_and_the_next_worker_resumes(tmp_path, redis_server, 
         count = len(resumed["model_ids"])
         again = _until(lambda: (j := _job(client, job_id))["attempts"] == 3
                        and len(j["model_ids"]) > count and j, what="the attempt after the crash")
-        assert again["worker"] == "m2" and w2.poll() is None
+        assert again["worker"] == "m2" and w2.poll() is None and again["lost"] == 1
         client.json("cancel", str(job_id))
         done = _until(lambda: (j := _job(client, job_id))["status"] != "running" and j,
                       what="the cancel")

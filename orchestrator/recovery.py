@@ -1,0 +1,116 @@
+"""The reaper: the registry takes back what dead workers and lost messages left behind.
+
+Every live worker runs `reap` every few seconds (from its heartbeat thread); several may run it
+at once, because each change is a conditional update that only one of them can make:
+
+- a `running` job whose heartbeat is older than RODIN_STALE_AFTER_S has lost its worker (killed,
+  powered off, cut off from the registry). It goes back to `queued` with its message sent again,
+  or fails once its attempts have been lost RODIN_MAX_ATTEMPTS times, or is `cancelled` if that
+  was asked. Its old attempt, should it still be alive somewhere, holds a lease that is no longer
+  current and stops at its next registry write (orchestrator.jobs.LeaseLost).
+- a `queued` job whose message has sat unclaimed for RODIN_RESEND_AFTER_S while a worker of its
+  queue is idle has lost its message (a broker restarted without its data, a deleted file): it
+  is sent again. A repeated message is harmless: `jobs.claim` runs a job once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, update
+
+from orchestrator import jobs
+from orchestrator.queue import KIND_TASKS, TASK_QUEUES
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Job, JobKind, JobStatus, Worker
+from orchestrator.registry.queries import is_stale
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reaped:
+    """What one pass of the reaper did, by job id."""
+
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    resent: list[int] = field(default_factory=list)
+
+
+def reap(settings: Settings, now: datetime | None = None) -> Reaped:
+    """One pass: take back stale running jobs, then resend queued jobs whose message is lost."""
+    now = now or datetime.now(timezone.utc)
+    done = Reaped()
+    _take_back_stale(settings, now, done)
+    _resend_lost(settings, now, done)
+    for what, ids in (("requeued", done.requeued), ("failed", done.failed),
+                      ("cancelled", done.cancelled), ("resent", done.resent)):
+        if ids:
+            log.warning("reaper %s job(s) %s", what, ", ".join(map(str, ids)))
+    return done
+
+
+def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
+    cutoff = now - timedelta(seconds=settings.stale_after_s)
+    with session_scope(settings) as s:
+        stale = s.execute(select(Job.id, Job.kind, Job.lease_token, Job.lost, Job.worker,
+                                 Job.heartbeat_at, Job.cancel_requested)
+                          .where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)).all()
+    for job_id, kind, token, lost, worker, beat, cancel in stale:
+        lost += 1
+        if cancel:
+            values = dict(status=JobStatus.cancelled.value, finished_at=now)
+            bucket = done.cancelled
+        elif lost >= settings.max_attempts:
+            values = dict(status=JobStatus.failed.value, finished_at=now,
+                          error=jobs.lost_reason(lost, worker, beat))
+            bucket = done.failed
+        else:
+            values = dict(status=JobStatus.queued.value, worker=None)
+            bucket = done.requeued
+        with session_scope(settings) as s:
+            # Only if nothing moved since it was read: the same attempt, still silent.
+            taken = s.execute(update(Job).where(
+                Job.id == job_id, Job.status == JobStatus.running.value, Job.lease_token == token,
+                Job.heartbeat_at < cutoff).values(lost=lost, lease_token=None, **values))
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # another reaper, or the worker woke up
+        bucket.append(job_id)
+        if bucket is done.requeued:
+            jobs.send(settings, job_id, JobKind(kind))
+
+
+def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
+    cutoff = now - timedelta(seconds=settings.resend_after_s)
+    with session_scope(settings) as s:
+        waiting = s.execute(select(Job.id, Job.kind, Job.sent_at).where(
+            Job.status == JobStatus.queued.value, Job.cancel_requested.is_(False),
+            (Job.sent_at.is_(None)) | (Job.sent_at < cutoff))).all()
+        if not waiting:
+            return
+        idle = _idle_queues(s.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all(), settings, now)
+    for job_id, kind, sent_at in waiting:
+        if TASK_QUEUES[KIND_TASKS[kind]] not in idle:
+            continue  # every worker of its queue is busy: the message is waiting its turn
+        with session_scope(settings) as s:
+            taken = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value,
+                                                Job.sent_at.is_(None) if sent_at is None else Job.sent_at == sent_at)
+                              .values(sent_at=now))
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+        jobs.send(settings, job_id, JobKind(kind))
+        done.resent.append(job_id)
+
+
+def _idle_queues(workers: Sequence[Worker], settings: Settings, now: datetime) -> set[str]:
+    """Queues served by a live worker that runs nothing now."""
+    queues: set[str] = set()
+    for w in workers:
+        if w.current_job_id is None and not is_stale(w.last_heartbeat, settings.worker_timeout_s, now):
+            queues |= {q.strip() for q in w.queues.split(",") if q.strip()}
+    return queues
