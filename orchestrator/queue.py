@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from time import monotonic
 
 from celery import Celery
@@ -177,9 +178,22 @@ def celery_config(settings: Settings) -> dict[str, object]:
     )
 
 
+def broker_url(url: str) -> str:
+    """The URL Celery is given: a Redis password written as `?password=` moves into the URL's
+    user part, where kombu expects it (kombu fails on the query form)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    password = [v for k, v in query if k == "password"]
+    if not password or "@" in parts.netloc:
+        return url
+    rest = urlencode([(k, v) for k, v in query if k != "password"])
+    netloc = f":{quote(password[-1], safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
-    broker = f"{EMBEDDED_SCHEME}://" if settings.embedded else settings.queue_url
+    broker = f"{EMBEDDED_SCHEME}://" if settings.embedded else broker_url(settings.queue_url)
     app = Celery("rodin", broker=broker)
     app.conf.update(celery_config(settings))
     return app

@@ -31,7 +31,9 @@ class RodinGroup(TyperGroup):
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
-            if _is_usage_error(exc) or os.environ.get("RODIN_DEBUG"):
+            if _is_usage_error(exc):
+                usage_error(exc)
+            if os.environ.get("RODIN_DEBUG"):
                 raise
             fail(f"{_describe(exc)} (set RODIN_DEBUG=1 for the traceback)", 1)
 
@@ -67,6 +69,14 @@ def _is_usage_error(exc: Exception) -> bool:
     Typer >= 0.29 raises those of the click it bundles, so match by class name and module."""
     return any(cls.__name__ == "ClickException" and "click" in cls.__module__
                for cls in type(exc).__mro__)
+
+
+def usage_error(exc: Exception) -> None:
+    """A bad option or value (`--model abc`, an unknown option): one line, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "rodin"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    fail(f"{' '.join(message.split())} (see `{where} --help`)", 2)
 
 
 def _describe(exc: Exception) -> str:

@@ -115,6 +115,8 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
+    make_engine(url).dispose()  # creates the SQLite file's folder on a fresh RODIN_HOME
+
     command.upgrade(alembic_config(url), revision)
 
 
