@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from time import monotonic
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
