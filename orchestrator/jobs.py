@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from orchestrator.errors import RegistryInvariantError, RodinError
 from orchestrator.registry.db import as_utc, session_scope, with_retries
@@ -46,20 +46,71 @@ def _job(session: Any, job_id: int) -> Job:
 
 
 def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any],
-           dataset_id: int | None = None, input_model_id: int | None = None) -> int:
+           dataset_id: int | None = None, input_model_id: int | None = None,
+           depends_on: int | None = None) -> int:
     """Register a queued job and send its message; returns the job id.
 
+    With `depends_on`, the job is registered `waiting` and sent only when that job succeeds
+    (`settle_dependents`); its `input_model_id` is then that job's final model.
     If the broker cannot take the message, the job is marked failed (so that it does not sit
     `queued` for ever) and a RodinError says where the broker was (without its password).
     """
     with session_scope(settings) as s:
         job = Job(kind=kind.value, dataset_id=dataset_id, input_model_id=input_model_id,
-                  params=params)
+                  params=params, depends_on_job_id=depends_on,
+                  status=(JobStatus.waiting if depends_on else JobStatus.queued).value)
         s.add(job)
         s.flush()
         job_id = job.id
-    send(settings, job_id, kind)
+    if depends_on is None:
+        send(settings, job_id, kind)
+    else:
+        settle_dependents(settings, depends_on)  # it may have ended already
     return job_id
+
+
+def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
+    """Once a job has ended, move the jobs waiting for it: queued (with its final model as their
+    input) if it succeeded, failed with the reason if not. Safe to call again or concurrently:
+    each change is conditional on the job still waiting. Returns the ids sent to the queue."""
+    sent: list[int] = []
+    ended: list[int] = []
+    with session_scope(settings) as s:
+        parent = s.get(Job, parent_id)
+        if parent is None or not JobStatus(parent.status).finished:
+            return sent
+        final = s.scalar(select(func.max(ModelCheckpoint.id)).where(
+            ModelCheckpoint.job_id == parent_id, ModelCheckpoint.final.is_(True)))
+        waiting = s.execute(select(Job.id, Job.kind, Job.cancel_requested).where(
+            Job.depends_on_job_id == parent_id, Job.status == JobStatus.waiting.value)).all()
+        for job_id, _kind, cancelled in waiting:
+            if cancelled:
+                values: dict[str, Any] = dict(status=JobStatus.cancelled.value, finished_at=now())
+            elif parent.status == JobStatus.succeeded.value and (final is not None or parent.kind != "train"):
+                values = dict(status=JobStatus.queued.value, input_model_id=final)
+            else:
+                what = (f"{parent.status}: {parent.error}" if parent.error else parent.status) \
+                    if parent.status != JobStatus.succeeded.value else "succeeded without a final model"
+                values = dict(status=JobStatus.failed.value, finished_at=now(),
+                              error=f"job {parent_id}, which this job waited for, {what}")
+            moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.waiting.value)
+                              .values(**values))
+            if moved.rowcount == 1:  # type: ignore[attr-defined]
+                (sent if values["status"] == JobStatus.queued.value else ended).append(job_id)
+        kinds = {job_id: kind for job_id, kind, _ in waiting}
+    for job_id in sent:
+        send(settings, job_id, JobKind(kinds[job_id]))
+    for job_id in ended:
+        settle_dependents(settings, job_id)  # a chain fails all the way down
+    return sent
+
+
+def _settle_quietly(settings: Settings, job_id: int) -> None:
+    """Settle a finished job's dependents; a failure here is retried by the reaper."""
+    try:
+        settle_dependents(settings, job_id)
+    except Exception:  # noqa: BLE001 - the job itself has ended; its dependents can wait a pass
+        log.warning("could not settle the jobs waiting for job %s", job_id, exc_info=True)
 
 
 def send(settings: Settings, job_id: int, kind: JobKind) -> None:
@@ -81,9 +132,10 @@ def send(settings: Settings, job_id: int, kind: JobKind) -> None:
 
 
 def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
-    """Ask a job to stop; returns (status, message). A queued job is cancelled at once, and so
-    is a running one whose worker has gone silent; a live one stops at its next epoch boundary
-    (the task body reads the flag) and keeps its checkpoints."""
+    """Ask a job to stop; returns (status, message). A queued or waiting job is cancelled at
+    once, and so is a running one whose worker has gone silent; a live one stops at its next
+    epoch boundary (the task body reads the flag) and keeps its checkpoints. Jobs waiting for
+    a cancelled job fail with the reason."""
     from orchestrator.registry.queries import get_job, is_stale
 
     with session_scope(settings) as s:
@@ -91,15 +143,17 @@ def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
         if JobStatus(job.status).finished:
             return job.status, f"job {job_id} already {job.status}; nothing to cancel"
         job.cancel_requested = True
-        if job.status == JobStatus.queued.value:
-            job.status, job.finished_at = JobStatus.cancelled.value, now()
-            return job.status, f"job {job_id} cancelled before it started"
-        if is_stale(job.heartbeat_at, settings.stale_after_s):
+        if job.status in (JobStatus.queued.value, JobStatus.waiting.value):
+            message = f"job {job_id} cancelled before it started"
+        elif is_stale(job.heartbeat_at, settings.stale_after_s):
             # Its worker is gone: nobody would read the flag. The lease goes with it, so a
             # worker that was only cut off stops at its next registry write.
-            job.status, job.finished_at, job.lease_token = JobStatus.cancelled.value, now(), None
-            return job.status, f"job {job_id} cancelled (its worker {job.worker} stopped answering)"
-        return job.status, f"job {job_id} will stop after its current epoch"
+            message = f"job {job_id} cancelled (its worker {job.worker} stopped answering)"
+        else:
+            return job.status, f"job {job_id} will stop after its current epoch"
+        job.status, job.finished_at, job.lease_token = JobStatus.cancelled.value, now(), None
+    _settle_quietly(settings, job_id)
+    return JobStatus.cancelled.value, message
 
 
 def summary(settings: Settings, job_id: int) -> dict[str, Any]:
@@ -151,41 +205,46 @@ def claim(settings: Settings, job_id: int, worker: str, device: str) -> Lease | 
     left alone (the message is a duplicate; if that worker is dead, the reaper requeues the job).
     The claim is a conditional update, so of two workers handed the same job one wins.
     """
-    return with_retries(settings, f"claim job {job_id}", lambda: _claim(settings, job_id, worker, device))
+    lease, ended = with_retries(settings, f"claim job {job_id}",
+                                lambda: _claim(settings, job_id, worker, device))
+    if ended:
+        _settle_quietly(settings, job_id)
+    return lease
 
 
-def _claim(settings: Settings, job_id: int, worker: str, device: str) -> Lease | None:
+def _claim(settings: Settings, job_id: int, worker: str, device: str) -> tuple[Lease | None, bool]:
+    """(the lease, or None; whether the job ended here: cancelled, or lost too often)."""
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
         if job is None:
             log.warning("job %s is not in the registry; dropping its message", job_id)
-            return None
+            return None, False
         seen = JobStatus(job.status)
-        if seen.finished:
-            log.info("job %s already %s; dropping a repeated delivery", job_id, job.status)
-            return None
+        if seen not in (JobStatus.queued, JobStatus.running):
+            log.info("job %s is %s; dropping a delivery", job_id, job.status)
+            return None, False
         if seen is JobStatus.running and job.worker != worker:
             log.info("job %s is running on %s; dropping a repeated delivery", job_id, job.worker)
-            return None
+            return None, False
         # Read before the updates below: an ORM update refreshes `job` in this session.
         attempts, started = job.attempts, job.started_at
         lost = job.lost + (1 if seen is JobStatus.running else 0)
         guard = (Job.id == job_id, Job.attempts == attempts, Job.status == seen.value)
         if job.cancel_requested or lost >= settings.max_attempts:
             cancelled = job.cancel_requested
-            s.execute(update(Job).where(*guard).values(
+            ended = s.execute(update(Job).where(*guard).values(
                 status=(JobStatus.cancelled if cancelled else JobStatus.failed).value,
                 finished_at=now(), lost=lost, lease_token=None,
                 error=None if cancelled else lost_reason(lost, job.worker, job.heartbeat_at)))
-            return None
+            return None, ended.rowcount == 1  # type: ignore[attr-defined]
         token = secrets.token_hex(16)
         taken = s.execute(update(Job).where(*guard).values(
             status=JobStatus.running.value, attempts=attempts + 1, lost=lost, lease_token=token,
             worker=worker, device=device, error=None, started_at=started or now(), heartbeat_at=now()))
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             log.info("job %s was claimed by another worker first", job_id)
-            return None
-        return Lease(job_id, token, attempts + 1)
+            return None, False
+        return Lease(job_id, token, attempts + 1), False
 
 
 def lost_reason(lost: int, worker: str | None, last_seen: datetime | None) -> str:
@@ -269,6 +328,7 @@ def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease |
             job.error = error
 
     with_retries(settings, f"finish job {job_id}", write)
+    _settle_quietly(settings, job_id)
 
 
 def release(settings: Settings, worker: str) -> list[int]:

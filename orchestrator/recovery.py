@@ -8,6 +8,8 @@ at once, because each change is a conditional update that only one of them can m
   or fails once its attempts have been lost RODIN_MAX_ATTEMPTS times, or is `cancelled` if that
   was asked. Its old attempt, should it still be alive somewhere, holds a lease that is no longer
   current and stops at its next registry write (orchestrator.jobs.LeaseLost).
+- a job `waiting` for a job that has ended is moved on (`jobs.settle_dependents`), should the
+  worker that ended it have died before doing so;
 - a `queued` job whose message has sat unclaimed for RODIN_RESEND_AFTER_S while a worker of its
   queue is idle has lost its message (a broker restarted without its data, a deleted file): it
   is sent again. A repeated message is harmless: `jobs.claim` runs a job once.
@@ -40,6 +42,7 @@ class Reaped:
     failed: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     resent: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)  # dependents sent once their job ended
 
 
 def reap(settings: Settings, now: datetime | None = None) -> Reaped:
@@ -48,8 +51,10 @@ def reap(settings: Settings, now: datetime | None = None) -> Reaped:
     done = Reaped()
     _take_back_stale(settings, now, done)
     _resend_lost(settings, now, done)
+    _settle_waiting(settings, done)
     for what, ids in (("requeued", done.requeued), ("failed", done.failed),
-                      ("cancelled", done.cancelled), ("resent", done.resent)):
+                      ("cancelled", done.cancelled), ("resent", done.resent),
+                      ("released", done.released)):
         if ids:
             log.warning("reaper %s job(s) %s", what, ", ".join(map(str, ids)))
     return done
@@ -83,6 +88,19 @@ def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
         bucket.append(job_id)
         if bucket is done.requeued:
             jobs.send(settings, job_id, JobKind(kind))
+        else:
+            jobs.settle_dependents(settings, job_id)
+
+
+def _settle_waiting(settings: Settings, done: Reaped) -> None:
+    """Jobs still waiting for a job that has ended (their settling was interrupted)."""
+    with session_scope(settings) as s:
+        parents = s.scalars(select(Job.depends_on_job_id).distinct().where(
+            Job.status == JobStatus.waiting.value, Job.depends_on_job_id.is_not(None))).all()
+        ended = [p for p in parents if p is not None and (parent := s.get(Job, p)) is not None
+                 and JobStatus(parent.status).finished]
+    for parent_id in ended:
+        done.released += jobs.settle_dependents(settings, parent_id)
 
 
 def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:

@@ -22,7 +22,7 @@ PACKAGES = ("atlas_core", "orchestrator", "workers", "migrations")
 SERVICES = {"celery", "kombu", "redis", "sqlalchemy", "alembic", "typer", "rich", "fsspec"}
 #: atlas_core modules that a client (ingestion, config validation) uses: no torch in them.
 TORCH_FREE = {"atlas_core", "atlas_core.config", "atlas_core.mesh_io", "atlas_core.swords",
-              "atlas_core.data"}
+              "atlas_core.data", "atlas_core.families"}
 
 
 @dataclass(frozen=True)

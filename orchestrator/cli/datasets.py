@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.cli.context import mesh_limits, registry, store
+from orchestrator.cli.context import mesh_limits, registry, settings, store
 from orchestrator.cli.output import Json, age, console, emit_json, err
 from orchestrator.errors import UserInputError
 
@@ -33,21 +33,9 @@ def _progress() -> Progress:
 
 def _register(name: str, data: PointCloudSet, source: str,
               skipped: list[dict[str, str]]) -> dict[str, object]:
-    """Store the clouds, then the row: a failure before the commit registers nothing."""
-    from orchestrator.registry.models import Dataset
-    from orchestrator.registry.queries import dataset_summary, next_dataset_version
+    from orchestrator.datasets import register_dataset
 
-    blob = store().put_bytes(data.to_bytes(), ".npz")
-    with registry() as s:
-        row = Dataset(
-            name=name, version=next_dataset_version(s, name),
-            content_sha256=data.content_sha256(), shape_count=len(data),
-            points_per_shape=data.points_per_shape, source=source, skipped=skipped,
-            artifact_uri=blob.uri, artifact_sha256=blob.sha256,
-        )
-        s.add(row)
-        s.flush()
-        return dataset_summary(row)
+    return register_dataset(settings(), store(), name, data, source, skipped)
 
 
 #: The registry's column width for dataset names.
@@ -88,26 +76,21 @@ def make(
     as_json: Json = False,
 ) -> None:
     """Generate procedural shapes and register them as a new version of NAME."""
-    if kind != "swords":
-        raise UserInputError(f"cannot generate {kind!r}: the procedural generator is `swords`")
+    from atlas_core.families import family_names, family_source, generate_family
+
+    if kind not in family_names():
+        raise UserInputError(f"cannot generate {kind!r}: the procedural families are "
+                             f"{', '.join(family_names())}")
     name = name or kind
     _check_name(name)
-    from atlas_core.data import PointCloudSet
-    from atlas_core.mesh_io import shape_from_mesh
-    from atlas_core.swords import generate_swords
-
-    shapes = []
     with _progress() as bar:
-        task = bar.add_task(f"Generating {count} swords", total=count)
-        for i, (sword_name, mesh, _params) in enumerate(generate_swords(count, seed)):
-            shapes.append(shape_from_mesh(mesh, sword_name, points, seed=seed * 100003 + i))
-            bar.advance(task)
-    source = f"procedural swords (count={count}, seed={seed})"
-    summary = _register(name, PointCloudSet.from_shapes(shapes), source, [])
+        task = bar.add_task(f"Generating {count} {kind}", total=count)
+        data = generate_family(kind, count, seed, points, on_shape=lambda: bar.advance(task))
+    summary = _register(name, data, family_source(kind, count, seed), [])
     if as_json:
         emit_json({"dataset": summary})
     else:
-        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {count} swords, "
+        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {count} {kind}, "
                   f"{points} points each (dataset id {summary['id']}).")
 
 

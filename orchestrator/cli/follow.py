@@ -23,9 +23,10 @@ from orchestrator.registry.models import JobKind
 Summary = dict[str, Any]
 
 
-def queue_job(kind: JobKind, *, quiet: bool, params: dict[str, Any],
-              dataset_id: int | None = None, input_model_id: int | None = None) -> int:
-    """Register and send a job whose inputs have been checked; returns its id."""
+def queue_job(kind: JobKind, *, quiet: bool, params: dict[str, Any], dataset_id: int | None = None,
+              input_model_id: int | None = None, depends_on: int | None = None) -> int:
+    """Register and send a job whose inputs have been checked (or, with `depends_on`, register
+    it to be sent when that job succeeds); returns its id."""
     from workers.supervisor import ensure_local_worker
 
     started = ensure_local_worker(settings())
@@ -33,7 +34,7 @@ def queue_job(kind: JobKind, *, quiet: bool, params: dict[str, Any],
         err.print(f"No worker was running: started one in the background (pid {started.pid}, "
                   f"log {escape(str(started.log))}); stop it with `rodin down`.")
     return jobs.submit(settings(), kind, params=params, dataset_id=dataset_id,
-                       input_model_id=input_model_id)
+                       input_model_id=input_model_id, depends_on=depends_on)
 
 
 def follow(job_id: int, *, wait: bool, as_json: bool, queued: dict[str, Any] | None = None,
@@ -86,6 +87,8 @@ def _update_bar(progress: Progress, task: TaskID, summary: Summary) -> None:
     p, status = summary["progress"] or {}, summary["status"]
     if status == "queued":
         progress.update(task, info="queued: waiting for a worker")
+    elif status == "waiting":
+        progress.update(task, info=f"waiting for job {summary['depends_on_job_id']}")
     elif "epochs" in p:
         info = f"loss {p['train_loss']:.5f}  val {p['val_chamfer']:.5f}  ({summary['worker']})"
         progress.update(task, total=p["epochs"], completed=p["epoch"], info=info,

@@ -104,6 +104,8 @@ def _jobs_table(rows: list[Summary]) -> Table:
         target = r["dataset"] or ""
         if r["input_model_id"]:
             target += f" model {r['input_model_id']}" if target else f"model {r['input_model_id']}"
+        if r["status"] == "waiting":
+            target += f" (after job {r['depends_on_job_id']})"
         table.add_row(str(r["id"]), escape(r["kind"]), escape(target), styled_status(r["status"]) + stale_note(r),
                       _progress_text(r["progress"] or {}), escape(r["worker"] or "-"), age(r["created_at"]))
     return table

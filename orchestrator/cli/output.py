@@ -61,6 +61,7 @@ def age(iso: str | None) -> str:
 
 
 STATUS_STYLE = {
+    "waiting": "dim yellow",
     "queued": "yellow",
     "running": "cyan",
     "succeeded": "green",

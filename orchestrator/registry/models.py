@@ -45,6 +45,8 @@ class JobKind(str, enum.Enum):
 
 
 class JobStatus(str, enum.Enum):
+    #: Registered, but not sent: it waits for the job it depends on (`depends_on_job_id`).
+    waiting = "waiting"
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -96,6 +98,9 @@ class Job(Base):
     input_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("models.id", use_alter=True), index=True
     )
+    #: The job this one waits for (a fine-tune for its pre-training): sent to the queue when that
+    #: job succeeds, failed with the reason when it fails or is cancelled.
+    depends_on_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))

@@ -145,6 +145,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "status": job.status,
         "dataset": job.dataset.ref if job.dataset else None,
         "input_model_id": job.input_model_id,
+        "depends_on_job_id": job.depends_on_job_id,
         "params": job.params,
         "progress": job.progress,
         "worker": job.worker,

@@ -182,3 +182,27 @@ def test_cli_never_shows_a_traceback_on_bad_flags(slice_home: Rodin) -> None:
     result = slice_home.cli("submit", "train", "--dataset", "swords", "--template", "cube")
     assert result.returncode == 2 and "template must be square or sphere" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pretrain_then_fine_tune_and_the_base_is_reused(slice_home: Rodin) -> None:
+    tiny = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "32", "--layers", "1",
+            "--batch-size", "4", "--epochs", "2", "--checkpoint-every", "1"]
+    flags = ["--pretrain", "swords", "--pretrain-shapes", "6", "--pretrain-epochs", "2", *tiny]
+    first = slice_home.json("submit", "train", "--dataset", "swords", *flags, "--wait")
+    assert first["status"] == "succeeded", first
+    assert first["pretrain_job_id"] is not None and first["base_model_id"] is not None
+    pretrain = slice_home.json("status", str(first["pretrain_job_id"]))
+    assert pretrain["status"] == "succeeded" and pretrain["final_model_id"] == first["base_model_id"]
+    shown = slice_home.json("models", "show", str(first["model_id"]))
+    assert first["base_model_id"] in shown["lineage"]  # the base is the fine-tune's ancestor
+    assert shown["config"]["lr"] == 1e-4 and shown["config"]["augment"]["scale"] == 0.1  # the recipe
+    again = slice_home.json("submit", "train", "--dataset", "swords", *flags, "--lr", "3e-4", "--wait")
+    assert again["status"] == "succeeded" and again["pretrain_job_id"] is None
+    assert again["base_model_id"] == first["base_model_id"]  # reused, not retrained
+    assert slice_home.json("models", "show", str(again["model_id"]))["config"]["lr"] == 3e-4
+
+
+def test_training_from_scratch_on_few_shapes_says_so(slice_home: Rodin) -> None:
+    out = slice_home.json("submit", "train", "--dataset", "swords", *TINY)
+    assert any("--pretrain swords" in w for w in out["warnings"])
+    slice_home.json("cancel", str(out["job_id"]))

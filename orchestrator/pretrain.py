@@ -1,0 +1,102 @@
+"""`--pretrain FAMILY`: find a base model pre-trained on a procedural family, or queue its
+pre-training, so that a fine-tune on a user's few shapes starts from it.
+
+Nothing is implicit: the base is a registered model whose id is printed and recorded as the
+fine-tune's parent; a base is reused only when the family, the pre-training recipe and the
+architecture all match (`PretrainRecipe.key`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from atlas_core.config import TrainConfig
+from atlas_core.families import PretrainRecipe, architecture_of, family_source
+from orchestrator import jobs
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
+from orchestrator.settings import Settings
+
+
+@dataclass(frozen=True)
+class Base:
+    """Where a fine-tune starts: a registered base model, or the pre-training job that will
+    make one (exactly one of the two ids is set)."""
+
+    family: str
+    key: str
+    model_id: int | None = None
+    pretrain_job_id: int | None = None
+    queued_now: bool = False  # the pre-training job was queued by this call
+
+    def as_params(self) -> dict[str, Any]:
+        return {"family": self.family, "key": self.key, "model_id": self.model_id,
+                "pretrain_job_id": self.pretrain_job_id}
+
+
+def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: PretrainRecipe,
+                       finetune: TrainConfig, on_generate: Any = None) -> Base:
+    """The newest matching base model; else a matching pre-training job already queued or
+    running; else a new pre-training job (generating its family set first if needed)."""
+    architecture = architecture_of(finetune)
+    key = recipe.key(architecture)
+    with session_scope(settings) as s:
+        model_id = _base_model(s, key)
+        running = None if model_id is not None else _pretraining_in_progress(s, key)
+    if model_id is not None:
+        return Base(recipe.family, key, model_id=model_id)
+    if running is not None:
+        return Base(recipe.family, key, pretrain_job_id=running)
+    dataset_id, ref = _family_dataset(settings, store, recipe, on_generate)
+    config = recipe.pretrain_config(architecture, TrainConfig.cpu())
+    config.validate()
+    job_id = jobs.submit(settings, JobKind.train, dataset_id=dataset_id, params={
+        "config": config.to_dict(), "dataset": ref,
+        "pretrain": {"family": recipe.family, "key": key, "recipe": recipe.as_dict()}})
+    return Base(recipe.family, key, pretrain_job_id=job_id, queued_now=True)
+
+
+def _pretrain_jobs(session: Any, key: str, statuses: tuple[JobStatus, ...]) -> list[Job]:
+    # The key lives in the job's JSON params; JSON queries differ between SQLite and
+    # PostgreSQL, and pre-training jobs are few, so the match is made here.
+    rows = session.scalars(select(Job).where(Job.kind == JobKind.train.value,
+                                             Job.status.in_([st.value for st in statuses]))
+                           .order_by(Job.id.desc())).all()
+    return [j for j in rows if (j.params or {}).get("pretrain", {}).get("key") == key]
+
+
+def _base_model(session: Any, key: str) -> int | None:
+    for job in _pretrain_jobs(session, key, (JobStatus.succeeded,)):
+        final = session.scalar(select(func.max(ModelCheckpoint.id)).where(
+            ModelCheckpoint.job_id == job.id, ModelCheckpoint.final.is_(True)))
+        if final is not None:
+            return int(final)
+    return None
+
+
+def _pretraining_in_progress(session: Any, key: str) -> int | None:
+    active = _pretrain_jobs(session, key, (JobStatus.queued, JobStatus.running))
+    return active[0].id if active else None
+
+
+def _family_dataset(settings: Settings, store: ArtifactStore, recipe: PretrainRecipe,
+                    on_generate: Any) -> tuple[int, str]:
+    """The registered pre-training set of the recipe, generated and registered if absent."""
+    from atlas_core.families import generate_family
+    from orchestrator.datasets import register_dataset
+
+    name, source = f"{recipe.family}-pretrain", family_source(recipe.family, recipe.count, recipe.seed)
+    with session_scope(settings) as s:
+        found = s.scalars(select(Dataset).where(Dataset.name == name, Dataset.source == source,
+                                                Dataset.points_per_shape == recipe.points_per_shape)
+                          .order_by(Dataset.version.desc())).first()
+        if found is not None:
+            return found.id, found.ref
+    data = generate_family(recipe.family, recipe.count, recipe.seed, recipe.points_per_shape,
+                           on_shape=on_generate)
+    summary = register_dataset(settings, store, name, data, source, [])
+    return int(summary["id"]), str(summary["ref"])

@@ -1,0 +1,125 @@
+"""Jobs that wait for another job, and base models found or queued for `--pretrain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from atlas_core.config import TrainConfig
+from atlas_core.families import PretrainRecipe
+from orchestrator import jobs, recovery
+from orchestrator.artifacts import open_store
+from orchestrator.pretrain import find_or_queue_base
+from orchestrator.registry.db import session_scope
+from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
+from orchestrator.settings import Settings, load_settings
+
+CHECKPOINT = dict(config={}, metrics={}, artifact_uri="file:///x", size_bytes=1, code_version="t",
+                  torch_version="t", sha256="0" * 64)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings({"RODIN_HOME": str(tmp_path / "home")})
+
+
+@pytest.fixture
+def dataset_id(settings: Settings) -> int:
+    with session_scope(settings) as s:
+        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
+                     source="t", skipped=[], artifact_uri="file:///x", artifact_sha256="0" * 64)
+        s.add(ds)
+        s.flush()
+        return ds.id
+
+
+def _run_to_end(settings: Settings, job_id: int, dataset_id: int, status: JobStatus) -> int | None:
+    """As a worker would: claim, register a final checkpoint (on success), finish."""
+    lease = jobs.claim(settings, job_id, "w", "cpu")
+    assert lease is not None
+    final = None
+    if status is JobStatus.succeeded:
+        final = jobs.register_checkpoint(settings, lease, dataset_id=dataset_id, epoch=1, final=False, **CHECKPOINT)
+    jobs.finish(settings, job_id, status, lease=lease, final_model_id=final,
+                error="out of memory" if status is JobStatus.failed else None)
+    return final
+
+
+def _job(settings: Settings, job_id: int) -> Job:
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _messages(settings: Settings) -> int:
+    return len(list((settings.broker_folder / "queue").glob("*.msg")))
+
+
+def test_a_dependent_job_is_sent_only_when_its_job_succeeds(settings: Settings, dataset_id: int) -> None:
+    parent = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    child = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id, depends_on=parent)
+    assert _job(settings, child).status == "waiting" and _messages(settings) == 1
+    assert jobs.claim(settings, child, "w", "cpu") is None  # a stray message cannot start it
+    final = _run_to_end(settings, parent, dataset_id, JobStatus.succeeded)
+    child_row = _job(settings, child)
+    assert (child_row.status, child_row.input_model_id) == ("queued", final)
+    assert _messages(settings) == 2
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+def test_a_dependent_job_fails_with_the_reason(settings: Settings, dataset_id: int, how: str) -> None:
+    parent = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    child = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id, depends_on=parent)
+    grandchild = jobs.submit(settings, JobKind.reconstruct, params={}, depends_on=child)
+    if how == "failed":
+        _run_to_end(settings, parent, dataset_id, JobStatus.failed)
+    else:
+        jobs.cancel(settings, parent)
+    row = _job(settings, child)
+    assert row.status == "failed" and f"job {parent}, which this job waited for, {how}" in (row.error or "")
+    if how == "failed":
+        assert "out of memory" in (row.error or "")
+    assert _job(settings, grandchild).status == "failed"  # down the chain
+
+
+def test_a_job_submitted_after_its_job_ended_is_settled_at_once(settings: Settings, dataset_id: int) -> None:
+    parent = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    final = _run_to_end(settings, parent, dataset_id, JobStatus.succeeded)
+    child = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id, depends_on=parent)
+    assert (_job(settings, child).status, _job(settings, child).input_model_id) == ("queued", final)
+
+
+def test_cancel_a_waiting_job_and_the_reaper_settles_stragglers(settings: Settings, dataset_id: int) -> None:
+    parent = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    waiting = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id, depends_on=parent)
+    assert jobs.cancel(settings, waiting)[0] == "cancelled"
+    straggler = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id, depends_on=parent)
+    with session_scope(settings) as s:  # as if the worker died between finishing and settling
+        s.execute(update(Job).where(Job.id == parent).values(status="failed", error="boom"))
+    assert recovery.reap(settings).released == []
+    assert _job(settings, straggler).status == "failed"
+
+
+def test_a_base_model_is_reused_and_not_retrained(settings: Settings) -> None:
+    recipe = PretrainRecipe(count=3, points_per_shape=200, epochs=1)
+    config = TrainConfig.cpu().with_overrides(n_patches=4, bottleneck=32, hidden=32)
+    store = open_store(settings)
+    first = find_or_queue_base(settings, store, recipe, config)
+    assert first.queued_now and first.pretrain_job_id is not None and first.model_id is None
+    # While it runs, a second fine-tune waits for the same pre-training.
+    again = find_or_queue_base(settings, store, recipe, config)
+    assert (again.pretrain_job_id, again.queued_now) == (first.pretrain_job_id, False)
+    job = _job(settings, first.pretrain_job_id)
+    assert job.params["pretrain"]["family"] == "swords" and job.dataset_id is not None
+    final = _run_to_end(settings, first.pretrain_job_id, job.dataset_id, JobStatus.succeeded)
+    reused = find_or_queue_base(settings, store, recipe, config)
+    assert (reused.model_id, reused.pretrain_job_id) == (final, None)
+    # Another architecture or another recipe is another base; the generated set is reused.
+    other = find_or_queue_base(settings, store, recipe, config.with_overrides(n_patches=5))
+    assert other.queued_now and other.pretrain_job_id != first.pretrain_job_id
+    assert _job(settings, other.pretrain_job_id).dataset_id == job.dataset_id
+    with session_scope(settings) as s:
+        assert s.query(Dataset).count() == 1 and s.query(ModelCheckpoint).count() == 1
