@@ -125,10 +125,24 @@ def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
         done.resent.append(job_id)
 
 
+#: worker name -> when this process's reaper first saw it idle (and live) without a break.
+_idle_since: dict[str, datetime] = {}
+#: A worker counts as idle once seen idle this long: one between two jobs, or just started,
+#: has not missed a waiting message.
+IDLE_FOR_S = 10.0
+
+
 def _idle_queues(workers: Sequence[Worker], settings: Settings, now: datetime) -> set[str]:
-    """Queues served by a live worker that runs nothing now."""
+    """Queues served by a live worker that has run nothing for a while."""
     queues: set[str] = set()
+    seen = set()
     for w in workers:
-        if w.current_job_id is None and not is_stale(w.last_heartbeat, settings.worker_timeout_s, now):
+        if w.current_job_id is not None or is_stale(w.last_heartbeat, settings.worker_timeout_s, now):
+            continue
+        seen.add(w.hostname)
+        since = _idle_since.setdefault(w.hostname, now)
+        if (now - since).total_seconds() >= min(IDLE_FOR_S, settings.resend_after_s):
             queues |= {q.strip() for q in w.queues.split(",") if q.strip()}
+    for name in set(_idle_since) - seen:
+        del _idle_since[name]
     return queues

@@ -33,6 +33,8 @@ REAP_EVERY_S = 5.0
 class Heartbeat:
     def __init__(self, settings: Settings, name: str, queues: str, device: str):
         self.settings, self.name, self.queues, self.device = settings, name, queues, device
+        # Well inside the time after which the reaper presumes a silent job's worker dead.
+        self.interval = min(INTERVAL_S, settings.stale_after_s / 3)
         self.pid = os.getpid()  # the worker's main process: forked job processes inherit atexit
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -73,7 +75,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         last_job: int | None = None
-        next_beat = time.monotonic() + INTERVAL_S
+        next_beat = time.monotonic() + self.interval
         while True:
             poked = self._wake.wait(WATCH_S)
             self._wake.clear()
@@ -90,7 +92,7 @@ class Heartbeat:
                 last_job, next_beat = job_id, time.monotonic() + INTERVAL_S
             except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
                 log.warning("heartbeat failed", exc_info=True)
-                next_beat = time.monotonic() + INTERVAL_S
+                next_beat = time.monotonic() + self.interval
             self._maybe_reap()
 
     def _maybe_reap(self) -> None:
@@ -106,7 +108,7 @@ class Heartbeat:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=INTERVAL_S)
+            self._thread.join(timeout=self.interval + 1)
         released = jobs.release(self.settings, self.name)
         if released:
             log.info("gave back job(s) %s to the queue", ", ".join(map(str, released)))

@@ -21,7 +21,8 @@ from tests.servers import REDIS_PASSWORD, free_port, redis_binary
 
 TRAIN = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "32", "--layers", "1",
          "--batch-size", "4", "--checkpoint-every", "1", "--val-fraction", "0.25", "--keep-last"]
-FAST_RECOVERY = {"RODIN_STALE_AFTER_S": "4", "OMP_NUM_THREADS": "1"}
+# Heartbeats come every stale/3 s (workers/heartbeat.py): 6 s leaves room on a loaded machine.
+FAST_RECOVERY = {"RODIN_STALE_AFTER_S": "6", "OMP_NUM_THREADS": "1"}
 
 
 def _until(predicate, timeout: float = 180, what: str = "") -> Any:  # type: ignore[no-untyped-def]

@@ -150,6 +150,7 @@ def test_a_lost_message_is_sent_again_when_a_worker_waits_idle(settings: Setting
     with session_scope(settings) as s:
         s.execute(update(Job).where(Job.id == job_id).values(
             sent_at=datetime.now(timezone.utc) - timedelta(seconds=120)))
+    recovery._idle_since.clear()
     assert recovery.reap(settings).resent == []  # no idle worker: it may just be waiting its turn
     with session_scope(settings) as s:
         s.add(Worker(hostname="busy", pid=1, queues="train", device="cpu", current_job_id=999))
@@ -157,8 +158,11 @@ def test_a_lost_message_is_sent_again_when_a_worker_waits_idle(settings: Setting
     assert recovery.reap(settings).resent == []
     with session_scope(settings) as s:
         s.add(Worker(hostname="idle", pid=3, queues="train,infer", device="cpu"))
-    assert recovery.reap(settings).resent == [job_id]
-    assert recovery.reap(settings).resent == []  # just sent: not again at once
+    now = datetime.now(timezone.utc)
+    assert recovery.reap(settings, now).resent == []  # idle for a moment: maybe between two jobs
+    later = now + timedelta(seconds=recovery.IDLE_FOR_S + 1)
+    assert recovery.reap(settings, later).resent == [job_id]
+    assert recovery.reap(settings, later).resent == []  # just sent: not again at once
     assert len(list((settings.broker_folder / "queue").glob("*.msg"))) == 1
 
 
