@@ -111,20 +111,32 @@ def _score_batch(meshes: list[PatchMesh], first: int, names: list[str], gt: np.n
 def _reconstruct_and_score(model: AtlasNet, shapes: PointCloudSet, gt: np.ndarray,
                            gt_normals: np.ndarray, eval_points: int, mesh_vertices: int,
                            batch: int, on_progress: ProgressCallback | None,
-                           ) -> tuple[list[Row], list[PatchMesh]]:
+                           refine: dict[str, Any] | None = None) -> tuple[list[Row], list[PatchMesh]]:
     """Per-shape rows and a few meshes for patch health; gt, gt_normals: (S, M, 3)."""
     device = next(model.parameters()).device
     net_in, _ = subsample(shapes, model.config.n_points, seed=2)  # (S, n_points, 3)
     per_shape: list[Row] = []
     kept: list[PatchMesh] = []
     for start in range(0, len(shapes), batch):
-        x = torch.from_numpy(net_in[start:start + batch]).to(device)
-        meshes = reconstruct(model, x, mesh_vertices)
+        if refine is None:
+            x = torch.from_numpy(net_in[start:start + batch]).to(device)
+            meshes = reconstruct(model, x, mesh_vertices)
+        else:
+            meshes = _refined(model, shapes.points[start:start + batch], mesh_vertices, refine, device)
         kept.extend(meshes[:HEALTH_PER_BATCH] if len(kept) < HEALTH_MESHES else [])
         per_shape.extend(_score_batch(meshes, start, shapes.names, gt, gt_normals, eval_points))
         if on_progress is not None:
             on_progress(min(start + batch, len(shapes)), len(shapes), "reconstruct")
     return per_shape, kept
+
+
+def _refined(model: AtlasNet, clouds: np.ndarray, mesh_vertices: int, options: dict[str, Any],
+             device: torch.device) -> list[PatchMesh]:
+    """Each cloud (B, P, 3) reconstructed, then fitted to its own points (atlas_core.refine)."""
+    from atlas_core.refine import refine
+
+    return [refine(model, torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32)).to(device),
+                   **options).mesh(mesh_vertices) for cloud in clouds]
 
 
 def _add_retrieval(per_shape: list[Row], gt: np.ndarray, library: PointCloudSet,
@@ -165,7 +177,8 @@ def _report(per_shape: list[Row], meshes: list[PatchMesh], n_patches: int, libra
 
 def evaluate(model: AtlasNet, shapes: PointCloudSet, library: PointCloudSet, *,
              eval_points: int = EVAL_POINTS, mesh_vertices: int = MESH_VERTICES,
-             batch: int = BATCH, on_progress: ProgressCallback | None = None) -> EvaluationReport:
+             batch: int = BATCH, on_progress: ProgressCallback | None = None,
+             refine: dict[str, Any] | None = None) -> EvaluationReport:
     """Scores `model` on `shapes` and compares it with retrieval from `library`.
 
     shapes: S evaluated clouds (points (S, P, 3) in the unit ball); library: T clouds, usually
@@ -174,14 +187,16 @@ def evaluate(model: AtlasNet, shapes: PointCloudSet, library: PointCloudSet, *,
     scored on `eval_points` points sampled from the mesh against as many of its own; the model
     runs on whichever device its weights are on. Subsampling is seeded, so repeated calls agree.
     `on_progress(done, total, stage)` is called after every batch ("reconstruct") and once
-    before retrieval ("retrieval").
+    before retrieval ("retrieval"). With `refine` (keyword arguments of
+    `atlas_core.refine.refine`), each reconstruction is first fitted to the shape's own points,
+    as `rodin reconstruct` does by default: the scores are then those of what a user gets.
     """
     if len(shapes) == 0 or len(library) == 0:
         raise ValueError(f"evaluation needs shapes and a library, got {len(shapes)} shapes and "
                          f"{len(library)} library shapes")
     gt, gt_normals = subsample(shapes, eval_points, seed=1)  # (S, M, 3) each
     per_shape, meshes = _reconstruct_and_score(model, shapes, gt, gt_normals, eval_points,
-                                               mesh_vertices, batch, on_progress)
+                                               mesh_vertices, batch, on_progress, refine)
     if on_progress is not None:
         on_progress(len(shapes), len(shapes), "retrieval")
     _add_retrieval(per_shape, gt, library, eval_points)

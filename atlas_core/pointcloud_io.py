@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas_core.mesh_io import MeshError, Shape, ingest_file, normalise_points
+from atlas_core.mesh_io import Limits, MeshError, Shape, ingest_file, normalise_points
 
 __all__ = [
     "PointCloudError",
@@ -275,7 +275,8 @@ def ingest_point_cloud(path: str | os.PathLike, n_points: int = 10000, seed: int
         raise PointCloudError(exc.reason, path) from None
 
 
-def ingest_input(path: str | os.PathLike, n_points: int = 10000, seed: int = 0) -> Shape:
+def ingest_input(path: str | os.PathLike, n_points: int = 10000, seed: int = 0,
+                 limits: Limits | None = None) -> Shape:
     """A reconstruction input: a mesh (`mesh_io.ingest_file`), or, for a .ply/.obj/.xyz file
     without faces, its points. Raises MeshError (a PointCloudError for point-cloud files) only.
 
@@ -284,7 +285,7 @@ def ingest_input(path: str | os.PathLike, n_points: int = 10000, seed: int = 0) 
     if Path(path).suffix.lower() == ".xyz":
         return ingest_point_cloud(path, n_points, seed)
     try:
-        return ingest_file(path, n_points=n_points, seed=seed)
+        return ingest_file(path, n_points=n_points, seed=seed, limits=limits)
     except MeshError as mesh_error:
         if not is_point_cloud_file(path):
             raise

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +110,14 @@ class Settings:
             "max_inflated_bytes": str(self.max_inflated_bytes),
             "max_faces": str(self.max_faces),
         }
+
+
+def mesh_limits(settings: Settings) -> Any:
+    """The ingestion limits as atlas_core.mesh_io.Limits (which cannot read settings)."""
+    from atlas_core.mesh_io import Limits
+
+    return Limits(max_file_bytes=settings.max_file_bytes, max_inflated_bytes=settings.max_inflated_bytes,
+                  max_faces=settings.max_faces)
 
 
 def _number(name: str, value: object, kind: type[float] | type[int]) -> float | int:

@@ -32,6 +32,7 @@ class _Inputs:
     own: Blob  # the model's own dataset: its training split is the retrieval library
     evaluated: Blob | None  # None: the model's validation split
     eval_ref: str
+    refine: dict[str, int] | None = None  # atlas_core.refine.refine's phases; None: none
 
 
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
@@ -41,11 +42,12 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
             raise RegistryInvariantError(f"job {job_id} is not in the registry or has no model "
                                          "to evaluate")
         m = job.input_model
+        refine = job.params.get("refine")
         if job.dataset is None or job.dataset_id == m.dataset_id:
             return _Inputs(Blob.of_model(m), Blob.of_dataset(m.dataset), None,
-                           f"{m.dataset.ref} (validation split)")
+                           f"{m.dataset.ref} (validation split)", refine)
         return _Inputs(Blob.of_model(m), Blob.of_dataset(m.dataset),
-                       Blob.of_dataset(job.dataset), job.dataset.ref)
+                       Blob.of_dataset(job.dataset), job.dataset.ref, refine)
 
 
 def _store_outputs(store: ArtifactStore, result: dict[str, Any],
@@ -69,12 +71,16 @@ def run_evaluate(settings: Settings, store: ArtifactStore, lease: jobs.Lease, de
         evaluated = validation
     else:
         evaluated = PointCloudSet.from_bytes(inputs.evaluated.read(store))
+        # Scored on other shapes, the model competes with copying the nearest of every shape
+        # it was given, its validation ones included.
+        library = own
 
     def on_progress(done: int, total: int, stage: str) -> None:
         jobs.report_progress(settings, lease, {"done": done, "total": total, "stage": stage})
 
-    report = evaluate(model, evaluated, library, on_progress=on_progress)
+    report = evaluate(model, evaluated, library, on_progress=on_progress, refine=inputs.refine)
     # The registry's names for the model and the data are added here: atlas_core knows neither.
-    result = {"model_id": inputs.model.id, "dataset": inputs.eval_ref, **report.as_dict()}
+    result = {"model_id": inputs.model.id, "dataset": inputs.eval_ref, **report.as_dict(),
+              "refine": inputs.refine}
     outputs = _store_outputs(store, result, f"model {inputs.model.id} on {inputs.eval_ref}")
     jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs, result=result)

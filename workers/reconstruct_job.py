@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from atlas_core.chamfer import chamfer_distance
 from atlas_core.checkpoint import load_model
 from atlas_core.data import PointCloudSet, split_indices
-from atlas_core.mesh_io import Shape, ingest_file
-from atlas_core.meshing import reconstruct, to_ply_bytes
+from atlas_core.mesh_io import Limits, Shape
+from atlas_core.meshing import PatchMesh, to_ply_bytes
+from atlas_core.model import AtlasNet
+from atlas_core.pointcloud_io import ingest_input
+from atlas_core.refine import encode, fit_chamfer, mesh_latent, refine
 from atlas_core.render import render_reconstruction
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, mesh_limits
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ class _Inputs:
     model: Blob
     files: list[dict[str, str]]  # uploaded inputs: name, uri, sha256
     dataset: Blob  # the model's own: its validation shapes when no files are given
+    refine: dict[str, int] | None  # atlas_core.refine.refine's phases; None: no refinement
+    ood: dict[str, object] | None  # the model's in-distribution statistics (atlas_core.ood)
 
 
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
@@ -43,8 +48,10 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
         if job is None or job.input_model is None:
             raise RegistryInvariantError(f"reconstruction job {job_id} has no registered model")
         m = job.input_model
+        # Jobs queued before refinement existed have no "refine" key: they ran without it.
         return _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
-                       Blob.of_dataset(m.dataset))
+                       Blob.of_dataset(m.dataset), job.params.get("refine"),
+                       (m.metrics or {}).get("ood"))
 
 
 def _input_name(f: dict[str, str]) -> str:
@@ -56,13 +63,15 @@ def _input_name(f: dict[str, str]) -> str:
         raise ArtifactError(f"job input {f.get('uri', '?')}: {exc}") from None
 
 
-def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int) -> list[Shape]:
+def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int,
+                     limits: Limits) -> list[Shape]:
+    """The uploaded inputs: meshes (sampled over their area) or point clouds (their points)."""
     shapes = []
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             path = Path(tmp) / _input_name(f)
             path.write_bytes(store.get_bytes(f["uri"], f["sha256"]))
-            shapes.append(ingest_file(path, n_points=n, seed=0))
+            shapes.append(ingest_input(path, n_points=n, seed=0, limits=limits))
     return shapes
 
 
@@ -93,33 +102,69 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     inputs = _load_inputs(settings, job_id)
     # Weights come only from the registry's record, checked against its sha256.
     model, config, _ = load_model(inputs.model.read(store), device)
-    n_points = config.model.n_points
     if inputs.files:
-        shapes = _uploaded_shapes(store, inputs.files, max(n_points, 10000))
+        shapes = _uploaded_shapes(store, inputs.files, max(config.model.n_points, 10000), mesh_limits(settings))
     else:
         shapes = _validation_shapes(store, inputs, config.val_fraction, config.seed)
 
-    generator = torch.Generator().manual_seed(0)
     outputs: list[dict[str, object]] = []
+    results: list[dict[str, object]] = []
     used: set[str] = set()
     for i, shape in enumerate(shapes):
         stem = _unique(shape.name, used)
-        dense = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))
-        pick = torch.randperm(len(dense), generator=generator)[:n_points]
-        x = dense[pick].unsqueeze(0).to(device)
-        mesh = reconstruct(model, x, MESH_VERTICES)[0]
-        with torch.no_grad():
-            score = float(chamfer_distance(model(x, generator=generator), x))
-        original = mesh.transformed(shape.center, shape.scale)
+        fit = _fit(model, shape, inputs.refine, inputs.ood, device, seed=i)
+        original = fit.mesh.transformed(shape.center, shape.scale)
         ply = store.put_bytes(to_ply_bytes(original), ".ply")
-        picture = render_reconstruction(
-            shape.points * shape.scale + shape.center, original,
-            title=f"{stem}: model {inputs.model.id}, Chamfer {score:.5f}",
-        )
+        picture = render_reconstruction(shape.points * shape.scale + shape.center, original,
+                                        title=f"{stem}: model {inputs.model.id}, {fit.caption}")
         png = store.put_bytes(picture, ".png")
-        outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name,
-                        "chamfer": score, **ply.as_dict()})
-        outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name,
-                        **png.as_dict()})
+        scores = {"chamfer": fit.after, "chamfer_before": fit.before, "chamfer_after": fit.after,
+                  "warnings": fit.warnings}
+        outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name, **scores, **ply.as_dict()})
+        outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name, **png.as_dict()})
+        results.append({"input": shape.name, "output": f"{stem}.ply", **scores, "seconds": fit.seconds})
         jobs.report_progress(settings, lease, {"done": i + 1, "total": len(shapes)})
-    jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs)
+    result = {"refine": inputs.refine, "inputs": results,
+              "warnings": [f"{r['input']}: {w}" for r in results for w in r["warnings"]]}  # type: ignore[attr-defined]
+    jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs, result=result)
+
+
+@dataclass
+class _Fit:
+    mesh: PatchMesh
+    before: float  # Chamfer of the encoder's reconstruction (chamfer_distance units)
+    after: float  # after refinement (= before without it)
+    warnings: list[str]
+    seconds: float
+
+    @property
+    def caption(self) -> str:
+        if self.after == self.before:
+            return f"Chamfer {self.after:.5f}"
+        return f"Chamfer {self.before:.5f} -> {self.after:.5f} refined"
+
+
+def _fit(model: AtlasNet, shape: Shape, refine_options: dict[str, int] | None,
+         ood: dict[str, object] | None, device: str, seed: int) -> _Fit:
+    """One input's reconstruction: encoded, then (by default) refined to the input's points."""
+    started = time.perf_counter()
+    points = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None].to(device)  # (1, N, 3)
+    if refine_options:
+        refined = refine(model, points, generator=torch.Generator().manual_seed(seed), **refine_options)
+        mesh, encoded = refined.mesh(MESH_VERTICES), refined.encoded
+        before, after = refined.chamfer_before, refined.chamfer_after
+    else:
+        encoded = encode(model, points)
+        before = after = fit_chamfer(model, encoded, points)
+        mesh = mesh_latent(model, encoded, MESH_VERTICES)[0]
+    return _Fit(mesh, before, after, _ood_warnings(ood, before, encoded), time.perf_counter() - started)
+
+
+def _ood_warnings(ood: dict[str, object] | None, chamfer_before: float, encoded: torch.Tensor) -> list[str]:
+    """Warnings when the input is unlike the model's training shapes (statistics stored with
+    the model at the end of its training; none for models trained before they were)."""
+    if not ood:
+        return []
+    from atlas_core.ood import OodStats, ood_warnings
+
+    return ood_warnings(OodStats.from_dict(ood), chamfer_before, encoded)

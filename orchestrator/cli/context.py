@@ -43,11 +43,9 @@ def store():
 
 def mesh_limits() -> Limits:
     """The settings' ingestion limits, for atlas_core.mesh_io (which cannot read settings)."""
-    from atlas_core.mesh_io import Limits
+    from orchestrator.settings import mesh_limits as limits_of
 
-    s = settings()
-    return Limits(max_file_bytes=s.max_file_bytes, max_inflated_bytes=s.max_inflated_bytes,
-                  max_faces=s.max_faces)
+    return limits_of(settings())  # type: ignore[no-any-return]
 
 
 def download_outputs(outputs: list[dict[str, Any]], folder: Path,

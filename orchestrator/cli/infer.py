@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from atlas_core.config import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.cli.context import ID_MAX, ID_MIN, mesh_limits, registry, store
-from orchestrator.cli.follow import follow, queue_job
+from orchestrator.cli.follow import follow, queue_job, report_end
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
 from orchestrator.registry.models import JobKind
@@ -20,32 +21,55 @@ app = typer.Typer()
 Model = Annotated[int, typer.Option("--model", "-m", help="Registered model id (see `rodin models list`).",
                                     min=ID_MIN, max=ID_MAX, show_default=False)]
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")]
+Refine = Annotated[int, typer.Option(
+    "--refine", metavar="STEPS", min=0,
+    help="Fit each reconstruction to its input: STEPS of optimisation, first of the shape's code, "
+         "then also of a private copy of the decoders (the registered model never changes); "
+         "0 turns it off.")]
 
 
 @app.command("reconstruct")
 def reconstruct(
     model: Model,
     inputs: Annotated[list[Path] | None, typer.Argument(
-        help="Mesh files; none: the model's validation shapes.", show_default=False)] = None,
+        help="Mesh files, or point clouds (PLY/OBJ/XYZ with points only, normals optional); "
+             "none: the model's validation shapes.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where --wait puts the outputs (default: ./reconstructions/job-ID).",
         show_default=False)] = None,
+    refine: Refine = DEFAULT_REFINE_STEPS,
     wait: Wait = False,
     as_json: Json = False,
 ) -> None:
-    """Reconstruct meshes with a registered model: a coloured-patch PLY and a PNG per input."""
+    """Reconstruct meshes with a registered model: a coloured-patch PLY and a PNG per input,
+    fitted to the input by default, with a warning when an input looks unlike the model's
+    training shapes."""
     from orchestrator.registry.queries import get_model
 
     with registry() as s:
         get_model(s, model)  # an unknown id fails here, before anything is written
     uploaded = _upload_inputs(inputs or [])
     job_id = queue_job(JobKind.reconstruct, quiet=as_json, input_model_id=model,
-                       params={"inputs": uploaded})
+                       params={"inputs": uploaded, "refine": refine_steps(refine)})
     if not as_json:
         what = f"{len(uploaded)} file(s)" if uploaded else "its validation shapes"
         err.print(f"Queued reconstruction job [bold]{job_id}[/]: model {model} on {what}.")
     follow(job_id, wait=wait, as_json=as_json, queued={"status": "queued", "outputs": []},
-           download_to=out or Path("reconstructions") / f"job-{job_id}")
+           download_to=out or Path("reconstructions") / f"job-{job_id}",
+           extra=lambda summary: {"results": (summary["result"] or {}).get("inputs", []),
+                                  "warnings": (summary["result"] or {}).get("warnings", [])},
+           show=_print_reconstruction)
+
+
+def _print_reconstruction(summary: dict[str, Any]) -> None:
+    """One line per input: the Chamfer before and after refinement, and any warning."""
+    report_end(summary)
+    for r in (summary["result"] or {}).get("inputs", []):
+        gain = (f"Chamfer {r['chamfer_before']:.5f} -> {r['chamfer_after']:.5f}"
+                if r["chamfer_after"] != r["chamfer_before"] else f"Chamfer {r['chamfer_after']:.5f}")
+        err.print(f"  {escape(r['input'])}: {gain} ({r['seconds']:.1f} s)", highlight=False)
+        for warning in r["warnings"]:
+            err.print(f"    [yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @app.command("evaluate")
@@ -57,6 +81,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where --wait puts the report and plot (default: ./evaluations/job-ID).",
         show_default=False)] = None,
+    refine: Refine = DEFAULT_REFINE_STEPS,
     wait: Wait = False,
     as_json: Json = False,
 ) -> None:
@@ -72,7 +97,7 @@ def evaluate(
         ds = resolve_dataset(s, dataset) if dataset else None
         dataset_id, ref = (ds.id, ds.ref) if ds else (None, None)
     job_id = queue_job(JobKind.evaluate, quiet=as_json, input_model_id=model, dataset_id=dataset_id,
-                       params={"dataset": ref})
+                       params={"dataset": ref, "refine": refine_steps(refine)})
     if not as_json:
         err.print(f"Queued evaluation job [bold]{job_id}[/]: model {model} on "
                   f"{escape(dataset or 'its validation shapes')}.")
@@ -104,15 +129,17 @@ def print_evaluation(r: dict[str, Any]) -> None:
 
 
 def _upload_inputs(paths: list[Path]) -> list[dict[str, str]]:
-    """Check every input loads as a mesh, then store it; a bad file stops before any job exists."""
-    from atlas_core.mesh_io import MeshError, load_mesh
+    """Check every input loads as a mesh or a point cloud, then store it; a bad file stops
+    before any job exists."""
+    from atlas_core.mesh_io import MeshError
+    from atlas_core.pointcloud_io import ingest_input
 
     limits = mesh_limits()
     for path in paths:
         if not path.is_file():
-            raise UserInputError(f"{path} is not a file: give mesh files to reconstruct")
+            raise UserInputError(f"{path} is not a file: give mesh or point-cloud files to reconstruct")
         try:
-            load_mesh(path, limits)
+            ingest_input(path, n_points=100, seed=0, limits=limits)
         except MeshError as exc:
             raise UserInputError(f"{path}: {exc}") from None
     artifacts = store()

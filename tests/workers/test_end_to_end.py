@@ -206,3 +206,27 @@ def test_training_from_scratch_on_few_shapes_says_so(slice_home: Rodin) -> None:
     out = slice_home.json("submit", "train", "--dataset", "swords", *TINY)
     assert any("--pretrain swords" in w for w in out["warnings"])
     slice_home.json("cancel", str(out["job_id"]))
+
+
+def test_reconstruct_refines_a_point_cloud_and_leaves_the_model_alone(
+        slice_home: Rodin, trained: dict, tmp_path: Path) -> None:
+    shown = slice_home.json("models", "show", str(trained["model_id"]))
+    blob = Path(shown["artifact_uri"].removeprefix("file://"))
+    weights_before = blob.read_bytes()
+    sword = trimesh.creation.box(extents=(0.1, 1.0, 0.05))
+    scan = tmp_path / "scan.xyz"  # points only, no normals
+    points = sword.sample(800)
+    scan.write_text("\n".join(" ".join(f"{v:.5f}" for v in p) for p in points))
+    out = slice_home.json("reconstruct", "--model", str(trained["model_id"]), str(scan), "--refine", "20",
+                          "--wait", "--out", str(tmp_path / "rec"))
+    assert out["status"] == "succeeded", out
+    [result] = out["results"]
+    assert result["input"] == "scan" and result["chamfer_after"] <= result["chamfer_before"]
+    assert any(p.endswith("scan.ply") for p in out["outputs"])
+    job = slice_home.json("status", str(out["job_id"]))
+    assert job["params"]["refine"] == {"latent_steps": 8, "decoder_steps": 12}  # recorded
+    assert blob.read_bytes() == weights_before  # the registered model is never changed
+    plain = slice_home.json("reconstruct", "--model", str(trained["model_id"]), str(scan), "--refine", "0",
+                            "--wait", "--out", str(tmp_path / "plain"))
+    [unrefined] = plain["results"]
+    assert unrefined["chamfer_after"] == unrefined["chamfer_before"] == result["chamfer_before"]
