@@ -1,11 +1,17 @@
-"""Small-data study: does AtlasNet trained on 30 swords beat copying the nearest training sword?
+"""Small-data study: thirty swords in, are the reconstructions better than copying the nearest?
 
-Runs everything through the real `rodin` CLI and queue, in its own RODIN_HOME:
-  (a)  trained from scratch on 30 generated swords (plain, and with augmentation);
-  (b)  pre-trained on 1,000 generated swords, then fine-tuned on the same 30;
-all evaluated on 100 held-out generated swords against retrieval from the 30.
+Runs everything through the real `rodin` CLI and queue, in its own fresh RODIN_HOME, on three
+disjoint sets of generated swords (the 30 to train on, 100 held out, and the pre-training
+family that `--pretrain swords` generates with its own seed):
 
-    python -m benchmarks.small_data --home /tmp/rodin-study [--quick]
+  (b)  `rodin submit train --dataset swords-30 --pretrain swords` from an empty registry
+       (the pre-training is queued first), then the same with the base already registered;
+  (a)  trained from scratch on the 30 (for comparison);
+each evaluated on the 100 held-out swords with default refinement (and without), against
+retrieval from the 30; then the time to reconstruct one mesh on a warm worker, and the
+out-of-distribution warning on the model's own held-out swords and on ../shared/meshes/objects.
+
+    python -m benchmarks.small_data --home /tmp/rodin-study [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -13,87 +19,149 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ARCH = ["--patches", "10", "--points", "1000", "--bottleneck", "256", "--hidden", "128",
-        "--layers", "2", "--batch-size", "16"]
-AUGMENT = ["--augment-rotate", "--augment-scale", "0.15", "--augment-jitter", "0.003"]
+OBJECTS = Path(__file__).resolve().parents[2] / "shared" / "meshes" / "objects"
+SCORES = ("chamfer", "retrieval_chamfer", "fscore", "coverage", "normal_consistency",
+          "shapes_beating_retrieval", "shapes", "collapsed_patches")
 
 
-def rodin(home: Path, *args: str) -> dict:
+def rodin(home: Path, *args: str) -> dict[str, Any]:
     env = {**os.environ, "RODIN_HOME": str(home)}
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args, "--json"], env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"rodin {' '.join(args)} failed: {out.stdout} {out.stderr}")
-    return json.loads(out.stdout)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def timed(home: Path, *args: str) -> tuple[dict, float]:
+def timed(home: Path, *args: str) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     result = rodin(home, *args)
     return result, time.perf_counter() - start
 
 
+def evaluate(home: Path, model: int, *extra: str) -> tuple[dict[str, Any], float]:
+    ev, seconds = timed(home, "evaluate", "--model", str(model), "--dataset", "swords-test", "--wait",
+                        "--out", str(home / f"eval-{model}{''.join(extra)}"), *extra)
+    row = {k: ev[k] for k in SCORES}
+    row["chamfer_margin"] = 1 - ev["chamfer"] / ev["retrieval_chamfer"]  # > 0: better than retrieval
+    return row, seconds
+
+
+def sword_files(folder: Path, count: int, seed: int) -> list[Path]:
+    """Held-out swords as OBJ files (the generator's meshes), for `rodin reconstruct`."""
+    from atlas_core.swords import generate_swords
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, mesh, _ in generate_swords(count, seed):
+        path = folder / f"{name}.obj"
+        mesh.export(path)
+        paths.append(path)
+    return paths
+
+
+def warned(out: dict[str, Any]) -> int:
+    return sum(1 for r in out["results"] if r["warnings"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=Path("/tmp/rodin-study"))
-    parser.add_argument("--pretrain-epochs", type=int, default=25)
-    parser.add_argument("--small-epochs", type=int, default=300)
-    parser.add_argument("--finetune-epochs", type=int, default=40)
-    parser.add_argument("--quick", action="store_true", help="a smoke run with few shapes and epochs")
+    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "rodin-study")
+    parser.add_argument("--scratch-epochs", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few shapes and epochs")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
-    n_big, n_small, n_test = (1000, 30, 100) if not args.quick else (60, 10, 10)
-    if args.quick:
-        args.pretrain_epochs, args.small_epochs, args.finetune_epochs = 2, 4, 2
-    home = args.home
-    home.mkdir(parents=True, exist_ok=True)
+    n_small, n_test = (30, 100) if not args.quick else (8, 6)
+    quick = ["--pretrain-shapes", "12", "--pretrain-epochs", "2", "--epochs", "2"] if args.quick else []
+    home: Path = args.home
+    shutil.rmtree(home, ignore_errors=True)  # "from an empty registry"
+    home.mkdir(parents=True)
+    figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
     rodin(home, "up")
     try:
-        for name, count, seed in (("swords-big", n_big, 1), ("swords-30", n_small, 2),
-                                  ("swords-test", n_test, 3)):
-            rodin(home, "datasets", "make", "swords", "--name", name, "--count", str(count),
-                  "--seed", str(seed))
-        rows = []
+        rodin(home, "datasets", "make", "swords", "--name", "swords-30", "--count", str(n_small), "--seed", "2")
+        rodin(home, "datasets", "make", "swords", "--name", "swords-test", "--count", str(n_test), "--seed", "3")
 
-        def run(label: str, *train_args: str) -> int:
-            out, seconds = timed(home, "submit", "train", *train_args, "--wait")
-            if out["status"] != "succeeded":
-                raise SystemExit(f"{label}: {out}")
-            ev = rodin(home, "evaluate", "--model", str(out["model_id"]), "--dataset",
-                       "swords-test", "--wait")
-            rows.append({"row": label, "model_id": out["model_id"], "train_s": round(seconds),
-                         **{k: ev[k] for k in ("chamfer", "fscore", "normal_consistency",
-                                               "coverage", "retrieval_chamfer",
-                                               "beats_retrieval", "shapes_beating_retrieval")},
-                         "warnings": ev["warnings"]})
-            print(json.dumps(rows[-1]), flush=True)
-            return out["model_id"]
+        out, train_s = timed(home, "submit", "train", "--dataset", "swords-30", "--pretrain", "swords",
+                             *quick, "--wait")
+        model = out["model_id"]
+        refined, eval_s = evaluate(home, model)
+        plain, _ = evaluate(home, model, "--refine", "0")
+        figures["pretrained"] = {"model_id": model, "base_model_id": out["base_model_id"],
+                                 "pretrain_job_id": out["pretrain_job_id"], "train_s": train_s,
+                                 "evaluate_100_s": eval_s, "refined": refined, "unrefined": plain}
+        report(figures["pretrained"], "pretrained", args.json)
 
-        small = ["--dataset", "swords-30", *ARCH, "--checkpoint-every", "50"]
-        run("(a) scratch on 30", *small, "--epochs", str(args.small_epochs))
-        run("(a+aug) scratch on 30, augmented", *small, "--epochs", str(args.small_epochs), *AUGMENT)
-        big = run(f"(p) pre-trained on {n_big}", "--dataset", "swords-big", *ARCH,
-                  "--epochs", str(args.pretrain_epochs), "--checkpoint-every", "5")
-        # Gently: at lr 3e-4 for 150 epochs with rotation, fine-tuning forgot what pre-training
-        # taught (held-out Chamfer 0.48, worse than retrieval); at 1e-4 for 40 it keeps it.
-        run(f"(b) pre-trained on {n_big}, fine-tuned on 30", "--dataset", "swords-30",
-            "--from-model", str(big), "--points", "1000", "--batch-size", "16", "--lr", "1e-4",
-            "--epochs", str(args.finetune_epochs), "--checkpoint-every", "10", "--augment-scale", "0.1")
+        again, again_s = timed(home, "submit", "train", "--dataset", "swords-30", "--pretrain", "swords",
+                               "--seed", "1", *quick, "--wait")
+        figures["base_registered"] = {"model_id": again["model_id"], "reused_base": again["pretrain_job_id"] is None,
+                                      "train_s": again_s}
+        report(figures["base_registered"], "base registered", args.json)
+
+        held_out = sword_files(home / "held-out", 10 if not args.quick else 3, seed=3)
+        one, one_s = timed(home, "reconstruct", "--model", str(model), str(held_out[0]), "--wait",
+                           "--out", str(home / "one"))
+        figures["one_mesh"] = {"job_wall_s": one_s, "refine_s": one["results"][0]["seconds"],
+                               **{k: one["results"][0][k] for k in ("chamfer_before", "chamfer_after")}}
+        report(figures["one_mesh"], "one mesh", args.json)
+
+        own = rodin(home, "reconstruct", "--model", str(model), *map(str, held_out), "--wait",
+                    "--out", str(home / "own"))
+        foreign = sorted(p for p in OBJECTS.glob("*") if p.is_file()) if OBJECTS.is_dir() else []
+        others = rodin(home, "reconstruct", "--model", str(model), *map(str, foreign), "--wait",
+                       "--out", str(home / "foreign")) if foreign else {"results": []}
+        figures["ood"] = {"false_positives": f"{warned(own)}/{len(own['results'])} held-out swords warned",
+                          "true_positives": f"{warned(others)}/{len(others['results'])} objects warned"}
+        report(figures["ood"], "out of distribution", args.json)
+
+        scratch, scratch_train_s = timed(home, "submit", "train", "--dataset", "swords-30", "--epochs",
+                                         str(args.scratch_epochs if not args.quick else 2), "--wait")
+        s_refined, _ = evaluate(home, scratch["model_id"])
+        figures["scratch"] = {"model_id": scratch["model_id"], "train_s": scratch_train_s, "refined": s_refined}
+        report(figures["scratch"], "from scratch", args.json)
     finally:
         rodin(home, "down")
+    figures["load_average_end"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        table(figures, n_test)
 
-    # Retrieval for the models trained on 30 is from those 30; for (p) from its own training set.
-    print("\n| model | Chamfer x1e3 | F-score@0.02 | normal cons. | coverage | retrieval Chamfer | beats retrieval | train wall time |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['row']} (model {r['model_id']}) | {r['chamfer']:.3f} | {r['fscore']:.3f} | "
-              f"{r['normal_consistency']:.3f} | {r['coverage']:.3f} | {r['retrieval_chamfer']:.3f} | "
-              f"{'yes' if r['beats_retrieval'] else 'no'} ({r['shapes_beating_retrieval']}/{n_test}) | "
-              f"{r['train_s']} s |")
+
+def report(row: dict[str, Any], label: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"{label}: {json.dumps(row)}", file=sys.stderr, flush=True)
+
+
+def table(f: dict[str, Any], n_test: int) -> None:
+    print(f"load average: {f['load_average_start'][0]:.2f} at start, {f['load_average_end'][0]:.2f} at end")
+    print("| model (evaluated on the held-out swords) | Chamfer x1e3 | retrieval from the 30 | beats retrieval on"
+          " | margin | F-score@1% | coverage | normal cons. | collapsed patches |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [("--pretrain swords, refined", f["pretrained"]["refined"]),
+            ("--pretrain swords, no refinement", f["pretrained"]["unrefined"]),
+            ("from scratch on the 30, refined", f["scratch"]["refined"])]
+    for label, r in rows:
+        print(f"| {label} | {r['chamfer']:.3f} | {r['retrieval_chamfer']:.3f} | "
+              f"{r['shapes_beating_retrieval']}/{n_test} | {100 * r['chamfer_margin']:.0f}% | "
+              f"{r['fscore']:.3f} | {r['coverage']:.3f} | {r['normal_consistency']:.3f} | "
+              f"{len(r['collapsed_patches'])} |")
+    p, b, one = f["pretrained"], f["base_registered"], f["one_mesh"]
+    print(f"wall time from an empty registry: {p['train_s']:.0f} s pre-train + fine-tune, "
+          f"{p['evaluate_100_s']:.0f} s to reconstruct and score the {n_test} held out (refined)")
+    print(f"with the base registered: {b['train_s']:.0f} s fine-tune (base reused: {b['reused_base']})")
+    print(f"one mesh on a warm worker: {one['refine_s']:.1f} s reconstruct + refine "
+          f"({one['job_wall_s']:.1f} s job wall), Chamfer {one['chamfer_before']:.5f} -> {one['chamfer_after']:.5f}")
+    print(f"out-of-distribution warning: {f['ood']['false_positives']}; {f['ood']['true_positives']}")
+    print(f"from scratch: {f['scratch']['train_s']:.0f} s training")
 
 
 if __name__ == "__main__":
