@@ -303,9 +303,11 @@ def register_checkpoint(settings: Settings, lease: Lease, **fields: Any) -> int:
 
 def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease | None = None,
            outputs: list[dict[str, Any]] | None = None, error: str | None = None,
-           result: dict[str, Any] | None = None, final_model_id: int | None = None) -> None:
+           result: dict[str, Any] | None = None, final_model_id: int | None = None,
+           final_metrics: dict[str, Any] | None = None) -> None:
     """End a job of any kind, in one transaction: status, outputs, result, and for a training
-    job the checkpoint chosen as its final model. With a lease, only if it is still current."""
+    job the checkpoint chosen as its final model (with `final_metrics` added to its metrics,
+    e.g. its out-of-distribution statistics). With a lease, only if it is still current."""
     if not status.finished:
         raise ValueError(f"finish() needs a final status, not {status.value}")
 
@@ -318,6 +320,8 @@ def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease |
                     raise RegistryInvariantError(
                         f"model {final_model_id} is not a checkpoint of job {job_id}")
                 model.final = True
+            if final_metrics:
+                model.metrics = {**(model.metrics or {}), **final_metrics}
             job.status = status.value
             job.finished_at = now()
             job.lease_token = None

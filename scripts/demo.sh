@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: everything on the embedded default (no server to start).
 # Swords are generated, AtlasNet trains through the queue on a background worker, and the
-# registered model reconstructs the held-out swords by its id.
+# registered model reconstructs the held-out swords by its id, each fitted to its input
+# (test-time refinement), and is scored against retrieval.
 set -euo pipefail
 COUNT=${DEMO_SWORDS:-120}
 EPOCHS=${DEMO_EPOCHS:-40}
@@ -24,6 +25,9 @@ fi
 
 echo; echo "== rodin reconstruct --model $model --wait"
 rodin reconstruct --model "$model" --wait --out "reconstructions/demo-model-$model"
+
+echo; echo "== rodin evaluate --model $model --wait   (the held-out swords, against copying the nearest training sword)"
+rodin evaluate --model "$model" --wait --out "reconstructions/demo-model-$model"
 
 echo; echo "== rodin models show $model"
 rodin models show "$model" --plots "reconstructions/demo-model-$model"

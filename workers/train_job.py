@@ -114,8 +114,36 @@ def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devic
     if result.final_epoch not in recorder.ids:
         raise RegistryInvariantError(f"job {job_id}: the chosen epoch {result.final_epoch} has no "
                                      "registered checkpoint")
+    final_id = recorder.ids[result.final_epoch]
+    ood = _ood_stats(store, _blob_of(settings, final_id), data, plan.config, device, job_id)
     jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs,
-                final_model_id=recorder.ids[result.final_epoch],
+                final_model_id=final_id, final_metrics={"ood": ood} if ood else None,
                 result={"final_model_id": recorder.ids[result.final_epoch],
                         "final_epoch": result.final_epoch, "last_epoch": result.last_epoch,
                         "stopped_early": result.stopped_early})
+
+
+def _blob_of(settings: Settings, model_id: int) -> Blob:
+    with session_scope(settings) as s:
+        model = s.get(ModelCheckpoint, model_id)
+        if model is None:
+            raise RegistryInvariantError(f"model {model_id} vanished from the registry")
+        return Blob.of_model(model)
+
+
+def _ood_stats(store: ArtifactStore, final: Blob, data: PointCloudSet, config: TrainConfig,
+               device: str, job_id: int) -> dict[str, object] | None:
+    """What "in distribution" means for the final model (atlas_core.ood), from its validation
+    shapes (its training shapes if it has none); stored with the final checkpoint."""
+    from atlas_core.checkpoint import load_model
+    from atlas_core.data import split_indices
+    from atlas_core.ood import collect
+
+    try:
+        model, _, _ = load_model(final.read(store), device)
+        train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+        held_out = data.points[val_idx] if len(val_idx) >= 2 else data.points[train_idx]
+        return collect(model, held_out, data.points[train_idx]).as_dict()
+    except Exception:  # noqa: BLE001 - a model without statistics still reconstructs; say so in the log
+        log.warning("job %s: could not collect out-of-distribution statistics", job_id, exc_info=True)
+        return None

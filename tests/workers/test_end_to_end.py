@@ -230,3 +230,8 @@ def test_reconstruct_refines_a_point_cloud_and_leaves_the_model_alone(
                             "--wait", "--out", str(tmp_path / "plain"))
     [unrefined] = plain["results"]
     assert unrefined["chamfer_after"] == unrefined["chamfer_before"] == result["chamfer_before"]
+
+
+def test_the_final_model_carries_its_out_of_distribution_statistics(slice_home: Rodin, trained: dict) -> None:
+    ood = slice_home.json("models", "show", str(trained["model_id"]))["metrics"]["ood"]
+    assert ood["shapes"] == 2 and ood["chamfer_q95"] > 0 and len(ood["latent_mean"]) == 32
