@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from atlas_core.config import DEFAULT_REFINE_STEPS, refine_steps
-from orchestrator.cli.context import ID_MAX, ID_MIN, mesh_limits, registry, store
+from orchestrator.cli.context import mesh_limits, registry, store
 from orchestrator.cli.follow import follow, queue_job, report_end
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
@@ -18,8 +18,8 @@ from orchestrator.registry.models import JobKind
 
 app = typer.Typer()
 
-Model = Annotated[int, typer.Option("--model", "-m", help="Registered model id (see `rodin models list`).",
-                                    min=ID_MIN, max=ID_MAX, show_default=False)]
+Model = Annotated[str, typer.Option("--model", "-m", metavar="ID|ALIAS", show_default=False,
+                                    help="Registered model id or alias (see `rodin models list`).")]
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")]
 Refine = Annotated[int, typer.Option(
     "--refine", metavar="STEPS", min=0,
@@ -44,16 +44,16 @@ def reconstruct(
     """Reconstruct meshes with a registered model: a coloured-patch PLY and a PNG per input,
     fitted to the input by default, with a warning when an input looks unlike the model's
     training shapes."""
-    from orchestrator.registry.queries import get_model
+    from orchestrator.aliases import resolve_model
 
     with registry() as s:
-        get_model(s, model)  # an unknown id fails here, before anything is written
+        model_id = resolve_model(s, model).id  # an unknown one fails here, before anything is written
     uploaded = _upload_inputs(inputs or [])
-    job_id = queue_job(JobKind.reconstruct, quiet=as_json, input_model_id=model,
+    job_id = queue_job(JobKind.reconstruct, quiet=as_json, input_model_id=model_id,
                        params={"inputs": uploaded, "refine": refine_steps(refine)})
     if not as_json:
         what = f"{len(uploaded)} file(s)" if uploaded else "its validation shapes"
-        err.print(f"Queued reconstruction job [bold]{job_id}[/]: model {model} on {what}.")
+        err.print(f"Queued reconstruction job [bold]{job_id}[/]: model {model_id} on {what}.")
     follow(job_id, wait=wait, as_json=as_json, queued={"status": "queued", "outputs": []},
            download_to=out or Path("reconstructions") / f"job-{job_id}",
            extra=lambda summary: {"results": (summary["result"] or {}).get("inputs", []),
@@ -90,16 +90,17 @@ def evaluate(
     Retrieval copies the nearest shape of the model's own training set: a model that does
     not beat it has learned a lookup table, not shapes.
     """
-    from orchestrator.registry.queries import get_model, resolve_dataset
+    from orchestrator.aliases import resolve_model
+    from orchestrator.registry.queries import resolve_dataset
 
     with registry() as s:
-        get_model(s, model)
+        model_id = resolve_model(s, model).id
         ds = resolve_dataset(s, dataset) if dataset else None
         dataset_id, ref = (ds.id, ds.ref) if ds else (None, None)
-    job_id = queue_job(JobKind.evaluate, quiet=as_json, input_model_id=model, dataset_id=dataset_id,
+    job_id = queue_job(JobKind.evaluate, quiet=as_json, input_model_id=model_id, dataset_id=dataset_id,
                        params={"dataset": ref, "refine": refine_steps(refine)})
     if not as_json:
-        err.print(f"Queued evaluation job [bold]{job_id}[/]: model {model} on "
+        err.print(f"Queued evaluation job [bold]{job_id}[/]: model {model_id} on "
                   f"{escape(dataset or 'its validation shapes')}.")
     follow(job_id, wait=wait, as_json=as_json, queued={"status": "queued"},
            download_to=out or Path("evaluations") / f"job-{job_id}",

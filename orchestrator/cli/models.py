@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from orchestrator.cli.context import ID_MAX, ID_MIN, download_outputs, registry
+from orchestrator.cli.context import download_outputs, registry
 from orchestrator.cli.output import Json, age, console, emit_json, err
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
@@ -61,28 +61,39 @@ def list_(
 
 @app.command("show")
 def show(
-    model_id: Annotated[int, typer.Argument(help="Model id.", min=ID_MIN, max=ID_MAX, show_default=False)],
+    model_ref: Annotated[str, typer.Argument(metavar="ID|ALIAS", help="Model id or alias.", show_default=False)],
     plots: Annotated[Path | None, typer.Option(
         "--plots", help="Write the model's pictures (loss curves) into DIR.", show_default=False)] = None,
     as_json: Json = False,
 ) -> None:
-    """A model: job, dataset@version, epoch, metrics, sha256, and its lineage back to the data."""
+    """A model: job, dataset@version, epoch, metrics, sha256, aliases, and its lineage back to
+    the data, one line per checkpoint, with the models fine-tuned from it."""
+    from sqlalchemy import select
+
+    from orchestrator.aliases import aliases_of, resolve_model
+    from orchestrator.registry.models import ModelCheckpoint
     from orchestrator.registry.queries import get_model, lineage, model_summary
 
     with registry() as s:
-        model = get_model(s, model_id)
+        model = resolve_model(s, model_ref)
         summary = model_summary(s, model)
         chain = lineage(s, model)
         summary["lineage"] = chain
+        summary["aliases"] = aliases_of(s, model.id)
         ancestors = [model_summary(s, get_model(s, i)) for i in chain]
+        children = [model_summary(s, c) for c in s.scalars(select(ModelCheckpoint).where(
+            ModelCheckpoint.parent_id == model.id, ModelCheckpoint.job_id != model.job_id))]
         outputs = list(model.job.outputs)
+    summary["tree"] = lineage_tree([*reversed(ancestors), summary], children)
     written = download_outputs(outputs, plots, kinds={"plot"}) if plots else []
     if as_json:
         emit_json({**summary, "plots": written})
         return
-    for key in ("id", "job_id", "dataset", "epoch", "final", "parent_id", "sha256", "size_bytes",
+    for key in ("id", "aliases", "job_id", "dataset", "epoch", "final", "parent_id", "sha256", "size_bytes",
                 "artifact_uri", "code_version", "torch_version", "created_at"):
-        console.print(f"[bold]{key:14}[/] {escape(str(summary[key]))}", highlight=False)
+        value = ", ".join(summary[key]) if key == "aliases" else summary[key]
+        if key != "aliases" or value:
+            console.print(f"[bold]{key:14}[/] {escape(str(value))}", highlight=False)
     metrics = summary["metrics"]
     console.print(f"[bold]{'metrics':14}[/] " + escape(", ".join(
         f"{k} {v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))
@@ -95,20 +106,104 @@ def show(
         f"K={m['n_patches']} {m['template']}, {m['n_points']} points, "
         f"bottleneck {m['bottleneck']}, hidden {m['hidden']}x{m['layers']}, "
         f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']}"), highlight=False)
-    console.print(_lineage_tree(summary, ancestors))
+    console.print(_as_rich(summary["tree"], model.id))
     for path in written:
         err.print(f"wrote {path}", markup=False, highlight=False)
 
 
-def _lineage_tree(summary: dict[str, Any], ancestors: list[dict[str, Any]]) -> Tree:
-    """From the data, through every ancestor checkpoint, to this model."""
-    root = Tree(f"dataset [bold]{escape((ancestors[-1] if ancestors else summary)['dataset'])}[/]")
-    node = root
-    for m in [*reversed(ancestors), summary]:
-        val = m["metrics"].get("val_chamfer")
-        label = f"model [bold]{m['id']}[/] (job {m['job_id']}, epoch {m['epoch']}" + \
-            (f", val {val:.5f}" if val is not None else "") + ")"
-        if m is not summary and m["dataset"] != summary["dataset"]:
-            label += f" on {escape(m['dataset'])}"
-        node = node.add(label)
+def lineage_tree(chain: list[dict[str, Any]], children: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lineage as nested objects: dataset -> job -> its checkpoints (a list, one per line),
+    and under the checkpoint a later job started from, that job (a fine-tune across datasets).
+
+    chain: the model's ancestors, oldest first, then the model itself; children: checkpoints of
+    other jobs whose parent is the model."""
+    def checkpoint(m: dict[str, Any]) -> dict[str, Any]:
+        return {"model_id": m["id"], "epoch": m["epoch"], "final": m["final"],
+                "val_chamfer": m["metrics"].get("val_chamfer")}
+
+    root: dict[str, Any] = {"dataset": chain[0]["dataset"], "jobs": []}
+    jobs_here = root["jobs"]
+    job: dict[str, Any] | None = None
+    for m in chain:
+        if job is None or m["job_id"] != job["job_id"]:
+            if job is not None:  # a new job continued from the previous job's last checkpoint
+                jobs_here = job["checkpoints"][-1].setdefault("continued_by", [])
+            job = {"job_id": m["job_id"], "dataset": m["dataset"], "checkpoints": []}
+            jobs_here.append(job)
+        job["checkpoints"].append(checkpoint(m))
+    if job is not None and children:
+        job["checkpoints"][-1]["continued_by"] = [
+            {"job_id": c["job_id"], "dataset": c["dataset"], "checkpoints": [checkpoint(c)]} for c in children]
     return root
+
+
+def _as_rich(tree: dict[str, Any], this: int) -> Tree:
+    root = Tree(f"dataset [bold]{escape(tree['dataset'])}[/]")
+
+    def add_jobs(node: Tree, jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            branch = node.add(f"job [bold]{job['job_id']}[/] on {escape(job['dataset'])}")
+            for c in job["checkpoints"]:
+                val = f", val {c['val_chamfer']:.5f}" if c["val_chamfer"] is not None else ""
+                marks = (" [green]final[/]" if c["final"] else "") + (" [bold cyan]<- this model[/]" if c["model_id"] == this else "")
+                leaf = branch.add(f"model [bold]{c['model_id']}[/] (epoch {c['epoch']}{val}){marks}")
+                add_jobs(leaf, c.get("continued_by", []))
+
+    add_jobs(root, tree["jobs"])
+    return root
+
+
+@app.command("tag")
+def tag(
+    model_ref: Annotated[str, typer.Argument(metavar="ID|ALIAS", help="The model to name.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="The alias, e.g. swords-best (set, or moved here).", show_default=False)],
+    as_json: Json = False,
+) -> None:
+    """Name a model: `--model NAME` then means it. Moving a name keeps its history."""
+    from orchestrator import aliases
+
+    with registry() as s:
+        model_id = aliases.resolve_model(s, model_ref).id
+        before = aliases.tag(s, model_id, name)
+    if as_json:
+        emit_json({"alias": name, "model_id": model_id, "previous_model_id": before})
+    else:
+        moved = f" (moved from model {before})" if before not in (None, model_id) else ""
+        err.print(f"{escape(name)} -> model {model_id}{moved}.")
+
+
+@app.command("untag")
+def untag(name: Annotated[str, typer.Argument(help="The alias to remove.", show_default=False)],
+          as_json: Json = False) -> None:
+    """Remove an alias (its history stays)."""
+    from orchestrator import aliases
+
+    with registry() as s:
+        model_id = aliases.untag(s, name)
+    if as_json:
+        emit_json({"alias": name, "model_id": model_id})
+    else:
+        err.print(f"Removed {escape(name)} (it named model {model_id}).")
+
+
+@app.command("tags")
+def tags(name: Annotated[str | None, typer.Argument(help="One alias's history.", show_default=False)] = None,
+         as_json: Json = False) -> None:
+    """Aliases and the models they name, with the history of every change."""
+    from orchestrator import aliases
+
+    with registry() as s:
+        now, changes = aliases.current(s), aliases.history(s, name)
+        if name is not None and name not in now and not changes:
+            aliases.resolve_model(s, name)  # the one-line error for an unknown alias
+    if name is not None:
+        now = {k: v for k, v in now.items() if k == name}
+    if as_json:
+        emit_json({"aliases": now, "history": changes})
+        return
+    table = Table("alias", "model", "history (oldest first)")
+    for alias in sorted({*now, *(c["name"] for c in changes)}):
+        steps = [f"{age(c['at'])} ago: {c['from_model_id'] or '-'} -> {c['to_model_id'] or 'removed'}"
+                 for c in changes if c["name"] == alias]
+        table.add_row(escape(alias), str(now.get(alias, "-")), escape("; ".join(steps)))
+    console.print(table)

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from atlas_core.config import TrainConfig
 from atlas_core.families import PretrainRecipe
-from orchestrator.cli.context import ID_MAX, ID_MIN, registry, settings, store
+from orchestrator.cli.context import registry, settings, store
 from orchestrator.cli.follow import follow, queue_job, report_end, wait_with_progress
 from orchestrator.cli.output import Json, err
 from orchestrator.errors import UserInputError
@@ -71,8 +71,9 @@ def train(
         "--keep-best/--keep-last")] = None,
     patience: Annotated[int | None, _setting(
         "Stop after P epochs without a better validation Chamfer, 0: never", "patience")] = None,
-    from_model: Annotated[int | None, typer.Option(
-        "--from-model", help="Fine-tune from this registered model id.", min=ID_MIN, max=ID_MAX)] = None,
+    from_model: Annotated[str | None, typer.Option(
+        "--from-model", metavar="ID|ALIAS", show_default=False,
+        help="Fine-tune from this registered model (id or alias).")] = None,
     pretrain: Annotated[str | None, typer.Option(
         "--pretrain", metavar="FAMILY", show_default=False,
         help="Fine-tune from a base model pre-trained on this procedural family (swords): the "
@@ -92,13 +93,15 @@ def train(
 ) -> None:
     """Queue AtlasNet training on a registered dataset; prints the job id."""
     given = {k: v for k, v in locals().items() if k not in NOT_SETTINGS and v is not None}
-    from orchestrator.registry.queries import get_model, resolve_dataset
+    from orchestrator.aliases import resolve_model
+    from orchestrator.registry.queries import resolve_dataset
 
     if pretrain is not None and from_model is not None:
         raise UserInputError("--pretrain and --from-model both name where training starts; give one")
     with registry() as s:
         ds = resolve_dataset(s, dataset)
-        parent = get_model(s, from_model).config if from_model is not None else None
+        start = resolve_model(s, from_model) if from_model is not None else None
+        parent, start_id = (start.config, start.id) if start is not None else (None, None)
         dataset_id, ref, shapes = ds.id, ds.ref, ds.shape_count
     if pretrain is not None:
         recipe = PretrainRecipe(family=pretrain)
@@ -111,13 +114,13 @@ def train(
         warnings.append(f"{ref} has {shapes} shapes: trained from scratch on so few, AtlasNet usually "
                         "loses to retrieval (copying the nearest training shape); `--pretrain swords` "
                         "fine-tunes a pre-trained base instead")
-    job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id, input_model_id=from_model,
+    job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id, input_model_id=start_id,
                        params={"config": config.to_dict(), "dataset": ref})
     if not as_json:
         for warning in warnings:
             err.print(f"[yellow]note:[/] {escape(warning)}")
         err.print(f"Queued training job [bold]{job_id}[/] on {escape(ref)}"
-                  + (f", fine-tuning model {from_model}" if from_model else "") + ".")
+                  + (f", fine-tuning model {start_id}" if start_id else "") + ".")
     follow(job_id, wait=wait, as_json=as_json, queued={"warnings": warnings},
            extra=lambda summary: {"model_id": summary["final_model_id"], "warnings": warnings})
 

@@ -164,6 +164,29 @@ class ModelCheckpoint(Base):
     parent: Mapped[ModelCheckpoint | None] = relationship(remote_side=[id])
 
 
+class ModelAlias(Base):
+    """A name for a model (`swords-best`), usable wherever a model id is (`--model swords-best`)."""
+
+    __tablename__ = "model_aliases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelAliasEvent(Base):
+    """An alias set, moved or removed: its history (`rodin models tags NAME`)."""
+
+    __tablename__ = "model_alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    from_model_id: Mapped[int | None] = mapped_column(Integer)  # None: newly set
+    to_model_id: Mapped[int | None] = mapped_column(Integer)  # None: removed
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Worker(Base):
     """A live (or recently live) worker process, kept fresh by its heartbeat."""
 

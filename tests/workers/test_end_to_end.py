@@ -235,3 +235,33 @@ def test_reconstruct_refines_a_point_cloud_and_leaves_the_model_alone(
 def test_the_final_model_carries_its_out_of_distribution_statistics(slice_home: Rodin, trained: dict) -> None:
     ood = slice_home.json("models", "show", str(trained["model_id"]))["metrics"]["ood"]
     assert ood["shapes"] == 2 and ood["chamfer_q95"] > 0 and len(ood["latent_mean"]) == 32
+
+
+def test_aliases_name_models_everywhere_and_keep_their_history(slice_home: Rodin, trained: dict) -> None:
+    ids = slice_home.json("status", str(trained["job_id"]))["model_ids"]
+    first, last = ids[0], ids[-1]
+    assert slice_home.json("models", "tag", str(first), "swords-best")["previous_model_id"] is None
+    assert slice_home.json("models", "tag", str(last), "swords-best")["previous_model_id"] == first
+    shown = slice_home.json("models", "show", "swords-best")
+    assert shown["id"] == last and shown["aliases"] == ["swords-best"]
+    out = slice_home.json("reconstruct", "--model", "swords-best", "--refine", "0", "--wait")
+    assert out["status"] == "succeeded"
+    assert slice_home.json("status", str(out["job_id"]))["input_model_id"] == last
+    history = slice_home.json("models", "tags", "swords-best")["history"]
+    assert [(h["from_model_id"], h["to_model_id"]) for h in history] == [(None, first), (first, last)]
+    slice_home.json("models", "untag", "swords-best")
+    refused = slice_home.cli("reconstruct", "--model", "swords-best")
+    assert refused.returncode == 2 and "model alias 'swords-best' does not exist" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert slice_home.cli("models", "tag", str(first), "42").returncode == 2  # a name is never an id
+
+
+def test_models_show_draws_a_compact_lineage(slice_home: Rodin, trained: dict) -> None:
+    tree = slice_home.json("models", "show", str(trained["model_id"]))["tree"]
+    [job] = tree["jobs"]
+    assert tree["dataset"] == "swords@1" and job["job_id"] == trained["job_id"]
+    # One level for the job's checkpoints, however many epochs (not one level per checkpoint).
+    assert [c["epoch"] for c in job["checkpoints"]][-1] == slice_home.json(
+        "models", "show", str(trained["model_id"]))["epoch"]
+    text = slice_home.cli("models", "show", str(trained["model_id"])).stdout
+    assert "<- this model" in text and "final" in text
