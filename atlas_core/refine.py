@@ -260,28 +260,54 @@ def _schedule(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, steps - ramp)))
 
 
+class _Adam:
+    """Adam (Kingma and Ba, 2015) on parameter groups [(tensors, lr)], with the learning rates
+    scaled by a factor at each step.
+
+    Not torch.optim.Adam: an Optimizer's constructor imports torch._dynamo, which takes seconds
+    once per process, the largest cost of refining the first input in a fresh worker process.
+    """
+
+    def __init__(self, groups: list[tuple[list[Tensor], float]], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.groups, self.betas, self.eps, self.t = groups, betas, eps, 0
+        self.m = [[torch.zeros_like(p) for p in params] for params, _ in groups]
+        self.v = [[torch.zeros_like(p) for p in params] for params, _ in groups]
+
+    @torch.no_grad()
+    def step(self, factor: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        correction1, correction2 = 1 - b1**self.t, 1 - b2**self.t
+        for (params, lr), ms, vs in zip(self.groups, self.m, self.v):
+            for p, m, v in zip(params, ms, vs):
+                if p.grad is None:
+                    continue
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.addcdiv_(m, (v / correction2).sqrt_().add_(self.eps), value=-lr * factor / correction1)
+                p.grad = None
+
+
 def _phase(net: StackedDecoders, template: Template, latent: Tensor, target: Tensor,
-           groups: list[dict], steps: int, points: tuple[int, int], warmup: float, patience: int,
-           generator: torch.Generator, losses: list[float]) -> int:
-    """Adam on the parameter groups against the Chamfer to the input; returns the steps taken.
+           groups: list[tuple[list[Tensor], float]], steps: int, points: tuple[int, int], warmup: float,
+           patience: int, generator: torch.Generator, losses: list[float]) -> int:
+    """Adam on the parameter groups [(tensors, lr)] against the Chamfer to the input; returns
+    the steps taken.
 
     latent: (1, D) (a leaf with gradients when it is optimised), target: (1, N, 3).
     points: (generated, input) points per step; the input points are a fresh random subset
     each step and the template points a fresh random sample, as in training.
     """
     K = net.weights[0].shape[0]
-    optimizer = torch.optim.Adam(groups, foreach=True)  # foreach: one kernel per op for all tensors
-    lrs = [g["lr"] for g in groups]
+    optimizer = _Adam(groups)
     stop = _Plateau(patience)
     for step in range(steps):
-        for g, lr in zip(optimizer.param_groups, lrs):
-            g["lr"] = lr * _schedule(step, steps, warmup)
         template_points = template.sample(K, max(1, points[0] // K), generator=generator).to(latent)
         seed = int(torch.randint(2**31, (1,), generator=generator))
         loss = chamfer_distance(net(template_points, latent), _subset(target, points[1], seed))
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizer.step(_schedule(step, steps, warmup))
         losses.append(loss.item())
         if stop(step, losses[-1]):
             return step + 1
@@ -340,8 +366,8 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = 60, decoder_s
         losses: list[float] = []
 
         latent = encoded.clone().requires_grad_(True)
-        taken_latent = _phase(net, work.template, latent, points, [{"params": [latent], "lr": latent_lr}],
-                              latent_steps, latent_points, 0.0, patience, generator, losses)
+        taken_latent = _phase(net, work.template, latent, points, [([latent], latent_lr)], latent_steps,
+                              latent_points, 0.0, patience, generator, losses)
         best_latent, best = encoded, before
         if taken_latent:
             after_latent = fit_chamfer(work, latent.detach(), points)
@@ -352,8 +378,8 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = 60, decoder_s
         if decoder_steps > 0:
             net.requires_grad_(True)
             latent = best_latent.clone().requires_grad_(True)
-            groups = [{"params": [latent], "lr": decoder_latent_lr},
-                      {"params": list(net.parameters()), "lr": decoder_lr}]
+            groups: list[tuple[list[Tensor], float]] = [([latent], decoder_latent_lr),
+                                                        (list(net.parameters()), decoder_lr)]
             _phase(net, work.template, latent, points, groups, decoder_steps, decoder_points, warmup, 0,
                    generator, losses)
             candidate = copy.deepcopy(work)

@@ -86,4 +86,9 @@ def history(session: Session, name: str | None = None) -> list[dict[str, Any]]:
     if name is not None:
         query = query.where(ModelAliasEvent.name == name)
     return [{"name": e.name, "from_model_id": e.from_model_id, "to_model_id": e.to_model_id,
-             "at": as_utc(e.at).isoformat() if e.at else None} for e in session.scalars(query)]
+             "at": _iso(e.at)} for e in session.scalars(query)]
+
+
+def _iso(moment: Any) -> str | None:
+    moment = as_utc(moment)
+    return moment.isoformat() if moment is not None else None

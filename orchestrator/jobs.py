@@ -320,8 +320,8 @@ def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease |
                     raise RegistryInvariantError(
                         f"model {final_model_id} is not a checkpoint of job {job_id}")
                 model.final = True
-            if final_metrics:
-                model.metrics = {**(model.metrics or {}), **final_metrics}
+                if final_metrics:
+                    model.metrics = {**(model.metrics or {}), **final_metrics}
             job.status = status.value
             job.finished_at = now()
             job.lease_token = None

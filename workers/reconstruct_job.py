@@ -150,7 +150,9 @@ def _fit(model: AtlasNet, shape: Shape, refine_options: dict[str, int] | None,
     started = time.perf_counter()
     points = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None].to(device)  # (1, N, 3)
     if refine_options:
-        refined = refine(model, points, generator=torch.Generator().manual_seed(seed), **refine_options)
+        refined = refine(model, points, generator=torch.Generator().manual_seed(seed),
+                         latent_steps=refine_options["latent_steps"],
+                         decoder_steps=refine_options["decoder_steps"])
         mesh, encoded = refined.mesh(MESH_VERTICES), refined.encoded
         before, after = refined.chamfer_before, refined.chamfer_after
     else:

@@ -45,7 +45,7 @@ def mesh_limits() -> Limits:
     """The settings' ingestion limits, for atlas_core.mesh_io (which cannot read settings)."""
     from orchestrator.settings import mesh_limits as limits_of
 
-    return limits_of(settings())  # type: ignore[no-any-return]
+    return limits_of(settings())
 
 
 def download_outputs(outputs: list[dict[str, Any]], folder: Path,
