@@ -32,7 +32,7 @@ def status(
         summary = jobs.summary(settings(), job_id)
         if as_json:
             emit_json(summary)
-        elif watch and not JobStatus(summary["status"]).finished:
+        elif watch and not JobStatus(summary["status"]).finished:  # follow it to its end
             report_end(wait_with_progress(job_id))
         else:
             _job_detail(summary)
@@ -40,7 +40,7 @@ def status(
     if as_json:
         emit_json({"jobs": _recent(limit)})
         return
-    if not watch:
+    if not watch or not console.is_terminal:  # without a terminal, --watch prints one snapshot
         rows = _recent(limit)
         console.print(_jobs_table(rows) if rows else "No jobs yet: `rodin submit train --dataset NAME`.")
         return

@@ -99,3 +99,8 @@ def test_client_commands_do_not_import_torch(rodin: Rodin) -> None:
         out = subprocess.run([sys.executable, "-c", probe, *args], env=rodin.env,
                              capture_output=True, text=True, timeout=60)
         assert "HEAVY []" in out.stderr, (args, out.stderr[-500:])
+
+
+def test_status_watch_without_a_terminal_prints_one_snapshot(rodin: Rodin) -> None:
+    result = rodin.cli("status", "--watch")  # CliRunner: no terminal; returns instead of looping
+    assert result.returncode == 0 and "No jobs yet" in result.stdout
