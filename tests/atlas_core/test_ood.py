@@ -2,38 +2,80 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import torch
 import trimesh
 
 from atlas_core.config import ModelConfig, TrainConfig
 from atlas_core.data import PointCloudSet
-from atlas_core.families import generate_family
 from atlas_core.mesh_io import shape_from_mesh
+from atlas_core.model import AtlasNet
 from atlas_core.ood import OodStats, collect, ood_warnings
 from atlas_core.refine import encode, fit_chamfer
-from atlas_core.train import TrainCallbacks, train
+from atlas_core.swords import generate_swords
+from atlas_core.train import train
+
+POINTS = 300
 
 
-def _verdict(model, stats: OodStats, cloud: np.ndarray) -> list[str]:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def swords() -> PointCloudSet:
+    return PointCloudSet.from_shapes(
+        shape_from_mesh(mesh, name, POINTS, seed=i) for i, (name, mesh, _) in enumerate(generate_swords(8, seed=5)))
+
+
+@pytest.fixture(scope="module")
+def model(swords: PointCloudSet) -> AtlasNet:
+    """A tiny sword model, trained briefly (a few seconds)."""
+    config = TrainConfig(model=ModelConfig(n_patches=2, n_points=128, bottleneck=16, hidden=16, layers=1),
+                         epochs=12, batch_size=4, val_fraction=0.0, checkpoint_every=100)
+    # One thread: tiny operations on two threads of a busy machine run ~10x slower, not faster.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(config, swords).model.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _warnings(model: AtlasNet, stats: OodStats, cloud: np.ndarray) -> list[str]:
     points = torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32))
     latent = encode(model, points)
     return ood_warnings(stats, fit_chamfer(model, latent, points), latent)
 
 
-def test_a_cube_warns_for_a_sword_model_and_its_own_swords_do_not() -> None:
-    torch.manual_seed(0)
-    swords = generate_family("swords", 8, seed=5, points_per_shape=400)
-    config = TrainConfig(model=ModelConfig(n_patches=4, n_points=256, bottleneck=32, hidden=32, layers=1),
-                         epochs=15, batch_size=4, val_fraction=0.0, checkpoint_every=100)
-    result = train(config, swords, TrainCallbacks())
-    model = result.model.eval()
+def test_a_cube_warns_for_a_sword_model_and_its_own_swords_do_not(model: AtlasNet, swords: PointCloudSet) -> None:
     stats = collect(model, swords.points, swords.points)
-    assert OodStats.from_dict(stats.as_dict()) == stats  # stored as JSON with the model
-    assert all(_verdict(model, stats, cloud) == [] for cloud in swords.points)
-    cube = PointCloudSet.from_shapes([shape_from_mesh(trimesh.creation.box(), "cube", 600, seed=0)])
-    sphere = PointCloudSet.from_shapes([shape_from_mesh(trimesh.creation.icosphere(), "ball", 600, seed=0)])
-    for foreign in (cube, sphere):
-        warnings = _verdict(model, stats, foreign.points[0])
-        assert warnings and "unlike the model's training shapes" in " ".join(warnings) or \
-            "out of the model's distribution" in " ".join(warnings)
+    assert stats.reference == "training" and stats.shapes == stats.latent_shapes == 8
+    assert all(_warnings(model, stats, cloud) == [] for cloud in swords.points)
+    for mesh in (trimesh.creation.box(), trimesh.creation.icosphere(2)):
+        foreign = shape_from_mesh(mesh, "foreign", POINTS, seed=0).points
+        warnings = _warnings(model, stats, foreign)
+        assert warnings and all(w.startswith("input looks unlike the model's training shapes") for w in warnings)
+        assert all("\n" not in w for w in warnings)
+
+
+def test_statistics_travel_as_json(model: AtlasNet, swords: PointCloudSet) -> None:
+    stats = collect(model, swords.points[:3], swords.points[3:])
+    assert stats.reference == "validation" and stats.shapes == 3 and stats.latent_shapes == 5
+    assert len(stats.latent_mean) == len(stats.latent_scale) == 16
+    again = OodStats.from_dict(json.loads(json.dumps(stats.as_dict())))
+    assert again == stats
+    with pytest.raises(ValueError, match="unknown OOD statistics key"):
+        OodStats.from_dict({**stats.as_dict(), "surprise": 1})
+
+
+def test_the_warning_names_the_ratio_and_its_reference() -> None:
+    stats = OodStats(reference="validation", shapes=3, chamfer_q50=1e-3, chamfer_q95=2e-3, chamfer_max=2e-3,
+                     latent_shapes=27, latent_mean=[0.0, 0.0], latent_scale=[1.0, 1.0],
+                     latent_q50=1.0, latent_q95=1.5, latent_max=1.6)
+    assert ood_warnings(stats, 0.1, np.array([1.0, 1.0])) == []  # 50x, code at distance 1
+    (chamfer,) = ood_warnings(stats, 0.5, torch.tensor([[1.0, 1.0]]))
+    assert "250x the 95th percentile of its 3 validation shapes" in chamfer
+    (code,) = ood_warnings(stats, 1e-3, np.array([6.0, 6.0]))
+    assert "its code is 4.0x farther" in code
+    with pytest.raises(ValueError, match="code of size 3"):
+        ood_warnings(stats, 1e-3, np.zeros(3))
