@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import update
 
@@ -14,25 +12,10 @@ from orchestrator.artifacts import open_store
 from orchestrator.pretrain import find_or_queue_base
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import Settings
 
 CHECKPOINT = dict(config={}, metrics={}, artifact_uri="file:///x", size_bytes=1, code_version="t",
                   torch_version="t", sha256="0" * 64)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({"RODIN_HOME": str(tmp_path / "home")})
-
-
-@pytest.fixture
-def dataset_id(settings: Settings) -> int:
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="t", skipped=[], artifact_uri="file:///x", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        return ds.id
 
 
 def _run_to_end(settings: Settings, job_id: int, dataset_id: int, status: JobStatus) -> int | None:

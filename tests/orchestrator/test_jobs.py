@@ -9,22 +9,8 @@ import pytest
 from orchestrator import jobs
 from orchestrator.errors import RegistryInvariantError, UserInputError
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
+from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, load_settings, redact
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({"RODIN_HOME": str(tmp_path / "home")})
-
-
-def _dataset(settings: Settings) -> int:
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="test", skipped=[], artifact_uri="file:///nowhere", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        return ds.id
 
 
 def _checkpoint(settings: Settings, job_id: int, dataset_id: int, epoch: int) -> int:
@@ -37,8 +23,8 @@ def _checkpoint(settings: Settings, job_id: int, dataset_id: int, epoch: int) ->
         return m.id
 
 
-def test_submit_queues_a_message_and_the_lifecycle_runs(settings: Settings) -> None:
-    job_id = jobs.submit(settings, JobKind.train, params={"config": {}}, dataset_id=_dataset(settings))
+def test_submit_queues_a_message_and_the_lifecycle_runs(settings: Settings, dataset_id: int) -> None:
+    job_id = jobs.submit(settings, JobKind.train, params={"config": {}}, dataset_id=dataset_id)
     assert list((settings.broker_folder / "queue").glob("*.msg"))  # the message is on the queue
     assert jobs.summary(settings, job_id)["status"] == "queued"
     lease = jobs.claim(settings, job_id, "w", "cpu")
@@ -51,8 +37,8 @@ def test_submit_queues_a_message_and_the_lifecycle_runs(settings: Settings) -> N
     assert jobs.wait(settings, job_id)["status"] == "succeeded"
 
 
-def test_finish_marks_the_final_checkpoint_of_its_own_job_only(settings: Settings) -> None:
-    ds = _dataset(settings)
+def test_finish_marks_the_final_checkpoint_of_its_own_job_only(settings: Settings, dataset_id: int) -> None:
+    ds = dataset_id
     a = jobs.submit(settings, JobKind.train, params={}, dataset_id=ds)
     b = jobs.submit(settings, JobKind.train, params={}, dataset_id=ds)
     other = _checkpoint(settings, b, ds, 1)

@@ -8,7 +8,6 @@ be cancelled, and nothing took back a job whose worker was gone.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -16,27 +15,11 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator import jobs, recovery
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint, Worker
-from orchestrator.settings import Settings, load_settings
+from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint, Worker
+from orchestrator.settings import Settings
 
 CHECKPOINT = dict(final=False, config={}, metrics={}, artifact_uri="file:///x", size_bytes=1,
                   code_version="t", torch_version="t")
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({"RODIN_HOME": str(tmp_path / "home"), "RODIN_MAX_ATTEMPTS": "3",
-                          "RODIN_STALE_AFTER_S": "20", "RODIN_RESEND_AFTER_S": "30"})
-
-
-@pytest.fixture
-def dataset_id(settings: Settings) -> int:
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="t", skipped=[], artifact_uri="file:///x", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        return ds.id
 
 
 def _train_job(settings: Settings, dataset_id: int) -> int:
