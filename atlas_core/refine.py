@@ -191,6 +191,8 @@ class Refinement:
     chamfer_before / chamfer_after: `fit_chamfer` (`chamfer_distance` units) of the encoder's
         code with the original decoders, and of the result; after <= before always holds, as a
         phase whose result is worse on this fixed sample is undone.
+    chamfer_latent: the same after the code phase alone (the best the model's learned shape
+        space does for this input; what `atlas_core.ood` compares with its reference shapes).
     latent_steps, decoder_steps: the steps each phase took (an undone phase still counts);
         decoders_refined: whether the result uses refined decoders (phase 2 ran and was kept).
     seconds: wall time of the whole call.
@@ -200,6 +202,7 @@ class Refinement:
     latent: Tensor
     encoded: Tensor
     chamfer_before: float
+    chamfer_latent: float
     chamfer_after: float
     latent_steps: int
     decoder_steps: int
@@ -213,7 +216,8 @@ class Refinement:
 
     def as_dict(self) -> dict[str, float | int | bool]:
         """The figures worth storing with an output (JSON-ready)."""
-        return {"chamfer_before": self.chamfer_before, "chamfer_after": self.chamfer_after,
+        return {"chamfer_before": self.chamfer_before, "chamfer_latent": self.chamfer_latent,
+                "chamfer_after": self.chamfer_after,
                 "latent_steps": self.latent_steps, "decoder_steps": self.decoder_steps,
                 "decoders_refined": self.decoders_refined, "seconds": round(self.seconds, 3)}
 
@@ -377,6 +381,7 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = 60, decoder_s
             after_latent = fit_chamfer(work, latent.detach(), points)
             if after_latent <= best:
                 best_latent, best = latent.detach().clone(), after_latent
+        chamfer_latent = best
 
         refined = False
         if decoder_steps > 0:
@@ -392,5 +397,5 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = 60, decoder_s
             if after_decoders <= best:
                 work, best_latent, best, refined = candidate, latent.detach(), after_decoders, True
     return Refinement(model=work, latent=best_latent, encoded=encoded, chamfer_before=before,
-                      chamfer_after=best, latent_steps=taken_latent, decoder_steps=decoder_steps,
+                      chamfer_latent=chamfer_latent, chamfer_after=best, latent_steps=taken_latent, decoder_steps=decoder_steps,
                       decoders_refined=refined, seconds=time.perf_counter() - started, losses=losses)

@@ -14,7 +14,7 @@ from atlas_core.data import PointCloudSet
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.model import AtlasNet
 from atlas_core.ood import OodStats, collect, ood_warnings
-from atlas_core.refine import encode, fit_chamfer
+from atlas_core.refine import encode, fit_chamfer, refine
 from atlas_core.swords import generate_swords
 from atlas_core.train import train
 
@@ -41,21 +41,26 @@ def model(swords: PointCloudSet) -> AtlasNet:
         torch.set_num_threads(threads)
 
 
-def _warnings(model: AtlasNet, stats: OodStats, cloud: np.ndarray) -> list[str]:
+def _warnings(model: AtlasNet, stats: OodStats, cloud: np.ndarray, refined: bool = True) -> list[str]:
     points = torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32))
-    latent = encode(model, points)
-    return ood_warnings(stats, fit_chamfer(model, latent, points), latent)
+    if not refined:
+        latent = encode(model, points)
+        return ood_warnings(stats, fit_chamfer(model, latent, points), latent)
+    r = refine(model, points, decoder_steps=0)
+    return ood_warnings(stats, r.chamfer_before, r.encoded, r.chamfer_latent)
 
 
 def test_a_cube_warns_for_a_sword_model_and_its_own_swords_do_not(model: AtlasNet, swords: PointCloudSet) -> None:
     stats = collect(model, swords.points, swords.points)
-    assert stats.reference == "training" and stats.shapes == stats.latent_shapes == 8
-    assert all(_warnings(model, stats, cloud) == [] for cloud in swords.points)
-    for mesh in (trimesh.creation.box(), trimesh.creation.icosphere(2)):
-        foreign = shape_from_mesh(mesh, "foreign", POINTS, seed=0).points
-        warnings = _warnings(model, stats, foreign)
-        assert warnings and all(w.startswith("input looks unlike the model's training shapes") for w in warnings)
-        assert all("\n" not in w for w in warnings)
+    assert stats.reference == "training" and stats.shapes == stats.latent_shapes == stats.fit_shapes == 8
+    for refined in (True, False):  # with the fit signal, and without it (no refinement ran)
+        own = swords.points[:4] if refined else swords.points  # a refinement each: a few suffice
+        assert all(_warnings(model, stats, cloud, refined) == [] for cloud in own)
+        for mesh in (trimesh.creation.box(), trimesh.creation.icosphere(2)):
+            foreign = shape_from_mesh(mesh, "foreign", POINTS, seed=0).points
+            warnings = _warnings(model, stats, foreign, refined)
+            assert warnings and all(w.startswith("input looks unlike the model's training shapes") for w in warnings)
+            assert all("\n" not in w for w in warnings)
 
 
 def test_statistics_travel_as_json(model: AtlasNet, swords: PointCloudSet) -> None:
@@ -66,6 +71,10 @@ def test_statistics_travel_as_json(model: AtlasNet, swords: PointCloudSet) -> No
     assert again == stats
     with pytest.raises(ValueError, match="unknown OOD statistics key"):
         OodStats.from_dict({**stats.as_dict(), "surprise": 1})
+    # Statistics stored before the fit signal existed still load, and warn without it.
+    older = {k: v for k, v in stats.as_dict().items() if not k.startswith("fit_")}
+    assert OodStats.from_dict(older).ratios(1.0, np.zeros(16), chamfer_latent=1.0).keys() == {
+        "chamfer_ratio", "latent_ratio"}
 
 
 def test_the_warning_names_the_ratio_and_its_reference() -> None:
@@ -77,5 +86,9 @@ def test_the_warning_names_the_ratio_and_its_reference() -> None:
     assert "250x the 95th percentile of its 3 validation shapes" in chamfer
     (code,) = ood_warnings(stats, 1e-3, np.array([6.0, 6.0]))
     assert "its code is 4.0x farther" in code
+    stats.fit_shapes, stats.fit_q95 = 30, 1e-3
+    assert ood_warnings(stats, 1e-3, np.array([1.0, 1.0]), chamfer_latent=2.9e-3) == []
+    (fit,) = ood_warnings(stats, 1e-3, np.array([1.0, 1.0]), chamfer_latent=5e-3)
+    assert "5.0x the 95th percentile of 30 of its own shapes" in fit
     with pytest.raises(ValueError, match="code of size 3"):
         ood_warnings(stats, 1e-3, np.zeros(3))
