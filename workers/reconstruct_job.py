@@ -64,7 +64,7 @@ def _input_name(f: dict[str, str]) -> str:
 
 
 def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int,
-                     limits: Limits) -> list[Shape]:
+                     limits: Limits | None = None) -> list[Shape]:
     """The uploaded inputs: meshes (sampled over their area) or point clouds (their points)."""
     shapes = []
     with tempfile.TemporaryDirectory() as tmp:
