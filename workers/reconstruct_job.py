@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from atlas_core.checkpoint import load_model
+from atlas_core.config import DEFAULT_REFINE_STEPS, refine_steps
 from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
@@ -28,6 +29,8 @@ from orchestrator.settings import Settings, mesh_limits
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
+#: The code phase of the default refinement (`--refine` left alone).
+DEFAULT_CODE_STEPS = (refine_steps(DEFAULT_REFINE_STEPS) or {})["latent_steps"]
 
 #: Vertices per reconstructed mesh (over all patches).
 MESH_VERTICES = 10000
@@ -155,18 +158,22 @@ def _fit(model: AtlasNet, shape: Shape, refine_options: dict[str, int] | None,
                          decoder_steps=refine_options["decoder_steps"])
         mesh, encoded = refined.mesh(MESH_VERTICES), refined.encoded
         before, after = refined.chamfer_before, refined.chamfer_after
+        # The fit after the code phase is the OOD statistics' yardstick only at its default length.
+        fitted = refined.chamfer_latent if refine_options["latent_steps"] == DEFAULT_CODE_STEPS else None
     else:
         encoded = encode(model, points)
         before = after = fit_chamfer(model, encoded, points)
+        fitted = None
         mesh = mesh_latent(model, encoded, MESH_VERTICES)[0]
-    return _Fit(mesh, before, after, _ood_warnings(ood, before, encoded), time.perf_counter() - started)
+    return _Fit(mesh, before, after, _ood_warnings(ood, before, encoded, fitted), time.perf_counter() - started)
 
 
-def _ood_warnings(ood: dict[str, object] | None, chamfer_before: float, encoded: torch.Tensor) -> list[str]:
+def _ood_warnings(ood: dict[str, object] | None, chamfer_before: float, encoded: torch.Tensor,
+                  chamfer_latent: float | None) -> list[str]:
     """Warnings when the input is unlike the model's training shapes (statistics stored with
     the model at the end of its training; none for models trained before they were)."""
     if not ood:
         return []
     from atlas_core.ood import OodStats, ood_warnings
 
-    return ood_warnings(OodStats.from_dict(ood), chamfer_before, encoded)
+    return ood_warnings(OodStats.from_dict(ood), chamfer_before, encoded, chamfer_latent)
