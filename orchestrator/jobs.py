@@ -31,6 +31,20 @@ from orchestrator.settings import Settings, redact
 log = logging.getLogger(__name__)
 
 
+#: Test-time refinement steps per input by default (`rodin reconstruct --refine STEPS`).
+DEFAULT_REFINE_STEPS = 160
+
+
+def refine_steps(steps: int) -> dict[str, int] | None:
+    """`--refine STEPS` as a job parameter: the phases of atlas_core.refine.refine, 3/8 of the
+    steps on the code alone, the rest on the code and a private copy of the decoders; None for
+    0 (no refinement)."""
+    if steps <= 0:
+        return None
+    latent = max(1, round(steps * 3 / 8))
+    return {"latent_steps": latent, "decoder_steps": steps - latent}
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 

@@ -9,17 +9,19 @@ architecture all match (`PretrainRecipe.key`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from atlas_core.config import TrainConfig
-from atlas_core.families import PretrainRecipe, architecture_of, family_source
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from atlas_core.config import TrainConfig
+    from atlas_core.families import PretrainRecipe
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: Pretrai
                        finetune: TrainConfig, on_generate: Any = None) -> Base:
     """The newest matching base model; else a matching pre-training job already queued or
     running; else a new pre-training job (generating its family set first if needed)."""
+    from atlas_core.config import TrainConfig
+    from atlas_core.families import architecture_of
+
     architecture = architecture_of(finetune)
     key = recipe.key(architecture)
     with session_scope(settings) as s:
@@ -86,7 +91,7 @@ def _pretraining_in_progress(session: Any, key: str) -> int | None:
 def _family_dataset(settings: Settings, store: ArtifactStore, recipe: PretrainRecipe,
                     on_generate: Any) -> tuple[int, str]:
     """The registered pre-training set of the recipe, generated and registered if absent."""
-    from atlas_core.families import generate_family
+    from atlas_core.families import family_source, generate_family
     from orchestrator.datasets import register_dataset
 
     name, source = f"{recipe.family}-pretrain", family_source(recipe.family, recipe.count, recipe.seed)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from atlas_core.checkpoint import load_model
-from atlas_core.config import DEFAULT_REFINE_STEPS, refine_steps
 from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
@@ -23,6 +22,7 @@ from atlas_core.render import render_reconstruction
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RegistryInvariantError
+from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings, mesh_limits

@@ -9,11 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from atlas_core.config import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.cli.context import mesh_limits, registry, store
 from orchestrator.cli.follow import follow, queue_job, report_end
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
+from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.registry.models import JobKind
 
 app = typer.Typer()

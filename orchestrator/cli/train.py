@@ -9,22 +9,23 @@ hyper-parameter is a field of TrainConfig (or ModelConfig/AugmentConfig) and a p
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from atlas_core.config import TrainConfig
-from atlas_core.families import PretrainRecipe
 from orchestrator.cli.context import registry, settings, store
 from orchestrator.cli.follow import follow, queue_job, report_end, wait_with_progress
 from orchestrator.cli.output import Json, err
 from orchestrator.errors import UserInputError
 from orchestrator.registry.models import JobKind
 
-app = typer.Typer(help="Queue work for the workers.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from atlas_core.config import TrainConfig
+    from atlas_core.families import PretrainRecipe
 
-CPU, REFERENCE = TrainConfig.cpu().flat(), TrainConfig.reference().flat()
+app = typer.Typer(help="Queue work for the workers.", no_args_is_help=True)
 #: Fine-tuning keeps the model being fine-tuned's architecture: these flags may not change it.
 ARCHITECTURE = ("n_patches", "template", "bottleneck", "hidden", "layers")
 #: Parameters of `train` that are not training settings.
@@ -34,9 +35,20 @@ NOT_SETTINGS = ("dataset", "from_model", "pretrain", "pretrain_shapes", "pretrai
 SMALL_DATASET = 200
 
 
+@lru_cache(maxsize=1)
+def _presets() -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The CPU and reference presets (flat) and the pre-training recipe's defaults, for the help
+    text. atlas_core.config and .families are plain dataclasses (no torch, no trimesh)."""
+    from atlas_core.config import TrainConfig
+    from atlas_core.families import PretrainRecipe
+
+    return TrainConfig.cpu().flat(), TrainConfig.reference().flat(), PretrainRecipe()
+
+
 def _help(text: str, name: str) -> str:
     """Help text with the default read from the presets."""
-    cpu, ref = CPU[name], REFERENCE[name]
+    cpu_preset, reference_preset, _ = _presets()
+    cpu, ref = cpu_preset[name], reference_preset[name]
     shown = (lambda v: "on" if v else "off") if isinstance(cpu, bool) else str
     default = f"default: {shown(cpu)}" + (f"; --reference: {shown(ref)}" if ref != cpu else "")
     return f"{text} ({default})."
@@ -82,10 +94,10 @@ def train(
              "scaling 0.1), each value overridable by its flag.")] = None,
     pretrain_shapes: Annotated[int | None, typer.Option(
         "--pretrain-shapes", min=2, show_default=False,
-        help=f"Generated shapes to pre-train on (default: {PretrainRecipe().count}).")] = None,
+        help=f"Generated shapes to pre-train on (default: {_presets()[2].count}).")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(
         "--pretrain-epochs", min=1, show_default=False,
-        help=f"Pre-training epochs (default: {PretrainRecipe().epochs}).")] = None,
+        help=f"Pre-training epochs (default: {_presets()[2].epochs}).")] = None,
     reference: Annotated[bool, typer.Option(
         "--reference", help="Start from the paper's configuration (150 epochs, K=25, 2500 points, 1024/512).")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends; non-zero exit if it fails.")] = False,
@@ -104,6 +116,8 @@ def train(
         parent, start_id = (start.config, start.id) if start is not None else (None, None)
         dataset_id, ref, shapes = ds.id, ds.ref, ds.shape_count
     if pretrain is not None:
+        from atlas_core.families import PretrainRecipe
+
         recipe = PretrainRecipe(family=pretrain)
         recipe = replace(recipe, count=pretrain_shapes or recipe.count, epochs=pretrain_epochs or recipe.epochs)
         _finetune_pretrained(recipe, given, reference, dataset_id, ref, wait, as_json)
@@ -169,6 +183,8 @@ def _finetune_pretrained(recipe: PretrainRecipe, given: dict[str, Any], referenc
 
 def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None) -> TrainConfig:
     """The preset, the fine-tuned model's architecture, then the flags given; validated."""
+    from atlas_core.config import TrainConfig
+
     config = TrainConfig.reference() if reference else TrainConfig.cpu()
     if parent is not None:
         model = TrainConfig.from_dict(parent).model
