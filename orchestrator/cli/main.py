@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from orchestrator.cli import admin, datasets, gc, infer, jobs, models, train, workers
+from orchestrator.cli import admin, datasets, gc, infer, jobs, models, report, train, workers
 from orchestrator.cli.context import settings
 from orchestrator.cli.output import emit_json, err, json_requested
 from orchestrator.errors import RodinError
@@ -57,6 +57,7 @@ app.add_typer(jobs.app)
 app.add_typer(infer.app)
 app.add_typer(workers.app)
 app.add_typer(gc.app)
+app.add_typer(report.app)
 
 
 def main() -> None:

@@ -207,3 +207,14 @@ def tags(name: Annotated[str | None, typer.Argument(help="One alias's history.",
                  for c in changes if c["name"] == alias]
         table.add_row(escape(alias), str(now.get(alias, "-")), escape("; ".join(steps)))
     console.print(table)
+
+
+def _add_subcommands() -> None:
+    # Each group of subcommands lives in its own module; their commands join `rodin models`.
+    from orchestrator.cli import model_bundles, model_compare, model_tree
+
+    for module in (model_tree, model_compare, model_bundles):
+        app.add_typer(module.app)
+
+
+_add_subcommands()

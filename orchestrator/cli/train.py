@@ -201,3 +201,12 @@ def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] 
     except ValueError as exc:
         raise UserInputError(f"invalid training settings: {exc}") from None
     return config
+
+
+def _add_sweep() -> None:
+    from orchestrator.cli import sweep
+
+    app.add_typer(sweep.app)  # `rodin submit sweep`
+
+
+_add_sweep()

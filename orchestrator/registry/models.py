@@ -101,6 +101,8 @@ class Job(Base):
     #: The job this one waits for (a fine-tune for its pre-training): sent to the queue when that
     #: job succeeds, failed with the reason when it fails or is cancelled.
     depends_on_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    #: The sweep this job is one combination of (`rodin submit sweep`), if any.
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
@@ -162,6 +164,41 @@ class ModelCheckpoint(Base):
     job: Mapped[Job] = relationship(back_populates="checkpoints", foreign_keys=[job_id])
     dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
     parent: Mapped[ModelCheckpoint | None] = relationship(remote_side=[id])
+
+
+class Sweep(Base):
+    """A grid of training settings on one dataset: one job per combination (`rodin submit sweep`)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    #: The settings that vary, as given: {"n_patches": [1, 5, 25], "template": ["square", "sphere"]}.
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The settings shared by every combination (the other flags), by TrainConfig field name.
+    fixed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelImport(Base):
+    """Where an imported model came from (`rodin models import`): its ids, registry and sha256
+    in the registry that exported it."""
+
+    __tablename__ = "model_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The model as registered here.
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), unique=True)
+    source_registry: Mapped[str] = mapped_column(Text)
+    source_model_id: Mapped[int] = mapped_column(Integer)
+    source_job_id: Mapped[int] = mapped_column(Integer)
+    source_dataset_id: Mapped[int] = mapped_column(Integer)
+    #: The weights' sha256 (the same here and there: content-addressed).
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: The archive it came in, and when it was exported and imported.
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ModelAlias(Base):
