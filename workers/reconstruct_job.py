@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session
 
 from atlas_core.checkpoint import load_model
+from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
@@ -24,7 +26,7 @@ from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Job, JobStatus
+from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, mesh_limits
 from workers.blobs import Blob
 
@@ -40,9 +42,11 @@ MESH_VERTICES = 10000
 class _Inputs:
     model: Blob
     files: list[dict[str, str]]  # uploaded inputs: name, uri, sha256
-    dataset: Blob  # the model's own: its validation shapes when no files are given
+    dataset: Blob  # whose validation shapes are reconstructed when no files are given
     refine: dict[str, int] | None  # atlas_core.refine.refine's phases; None: no refinement
     ood: dict[str, object] | None  # the model's in-distribution statistics (atlas_core.ood)
+    # (val_fraction, seed) of another model's split (`validation_of`); None: the model's own.
+    split: tuple[float, int] | None = None
 
 
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
@@ -52,9 +56,23 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
             raise RegistryInvariantError(f"reconstruction job {job_id} has no registered model")
         m = job.input_model
         # Jobs queued before refinement existed have no "refine" key: they ran without it.
-        return _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
-                       Blob.of_dataset(m.dataset), job.params.get("refine"),
-                       (m.metrics or {}).get("ood"))
+        inputs = _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
+                         Blob.of_dataset(m.dataset), job.params.get("refine"),
+                         (m.metrics or {}).get("ood"))
+        if job.params.get("validation_of") is not None:
+            _use_validation_of(s, inputs, int(job.params["validation_of"]))
+        return inputs
+
+
+def _use_validation_of(session: Session, inputs: _Inputs, model_id: int) -> None:
+    """Reconstruct another model's validation shapes (its dataset version, its split), so that
+    several models are shown the same inputs (`rodin models compare`)."""
+    other = session.get(ModelCheckpoint, model_id)
+    if other is None:
+        raise RegistryInvariantError(f"model {model_id}, whose validation shapes this job "
+                                     "reconstructs, is not in the registry")
+    config = TrainConfig.from_dict(other.config)
+    inputs.dataset, inputs.split = Blob.of_dataset(other.dataset), (config.val_fraction, config.seed)
 
 
 def _input_name(f: dict[str, str]) -> str:
@@ -108,7 +126,7 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     if inputs.files:
         shapes = _uploaded_shapes(store, inputs.files, max(config.model.n_points, 10000), mesh_limits(settings))
     else:
-        shapes = _validation_shapes(store, inputs, config.val_fraction, config.seed)
+        shapes = _validation_shapes(store, inputs, *(inputs.split or (config.val_fraction, config.seed)))
 
     outputs: list[dict[str, object]] = []
     results: list[dict[str, object]] = []

@@ -48,7 +48,7 @@ def reconstruct(
 
     with registry() as s:
         model_id = resolve_model(s, model).id  # an unknown one fails here, before anything is written
-    uploaded = _upload_inputs(inputs or [])
+    uploaded = upload_inputs(inputs or [])
     job_id = queue_job(JobKind.reconstruct, quiet=as_json, input_model_id=model_id,
                        params={"inputs": uploaded, "refine": refine_steps(refine)})
     if not as_json:
@@ -129,7 +129,7 @@ def print_evaluation(r: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
-def _upload_inputs(paths: list[Path]) -> list[dict[str, str]]:
+def upload_inputs(paths: list[Path]) -> list[dict[str, str]]:
     """Check every input loads as a mesh or a point cloud, then store it; a bad file stops
     before any job exists."""
     from atlas_core.mesh_io import MeshError
