@@ -7,8 +7,8 @@ transaction here, so the CLI, the task bodies and the tests all move jobs the sa
     queued --claim--> running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled
 
-Clients call `submit`, `cancel`, `summary` and `wait`; workers call `claim`, `report_progress`
-and `finish`. No torch here.
+Clients call `submit` (`submit_sweep` for a grid), `cancel`, `summary` and `wait` (`wait_sweep`);
+workers call `claim`, `report_progress` and `finish`. No torch here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 
 from orchestrator.errors import RegistryInvariantError, RodinError
 from orchestrator.registry.db import as_utc, session_scope, with_retries
-from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
+from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint, Sweep
 from orchestrator.settings import Settings, redact
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,44 @@ def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any],
     else:
         settle_dependents(settings, depends_on)  # it may have ended already
     return job_id
+
+
+def submit_sweep(settings: Settings, *, dataset_id: int, grid: dict[str, list[Any]],
+                 fixed: dict[str, Any], params: list[dict[str, Any]],
+                 input_model_id: int | None = None) -> tuple[int, list[int]]:
+    """Register a sweep and one queued training job per combination (`params`, in order), then
+    send their messages; returns (the sweep id, the job ids).
+
+    The sweep and all its jobs are one transaction: a sweep is never half registered. If the
+    broker refuses a message, that job and the ones not sent yet are marked failed and a
+    RodinError says so (as `submit` does for one job).
+    """
+    with session_scope(settings) as s:
+        sweep = Sweep(dataset_id=dataset_id, grid=grid, fixed=fixed)
+        s.add(sweep)
+        s.flush()
+        rows = [Job(kind=JobKind.train.value, dataset_id=dataset_id, input_model_id=input_model_id,
+                    params=p, sweep_id=sweep.id, status=JobStatus.queued.value) for p in params]
+        s.add_all(rows)
+        s.flush()
+        sweep_id, job_ids = sweep.id, [job.id for job in rows]
+    for i, job_id in enumerate(job_ids):
+        try:
+            send(settings, job_id, JobKind.train)
+        except RodinError as exc:
+            _fail_unsent(settings, job_ids[i + 1:], f"could not queue: job {job_id} of its sweep "
+                                                    "could not be queued either")
+            raise RodinError(f"sweep {sweep_id}: {exc}; its {len(job_ids) - i} unsent jobs are "
+                             "marked failed") from None
+    return sweep_id, job_ids
+
+
+def _fail_unsent(settings: Settings, job_ids: list[int], reason: str) -> None:
+    if not job_ids:
+        return
+    with session_scope(settings) as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.queued.value)
+                  .values(status=JobStatus.failed.value, error=reason, finished_at=now()))
 
 
 def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
@@ -191,6 +229,55 @@ def wait(settings: Settings, job_id: int, on_update: Callable[[dict[str, Any]], 
         if JobStatus(current["status"]).finished:
             return current
         time.sleep(poll_s)
+
+
+def sweep_summary(settings: Settings, sweep_id: int) -> dict[str, Any]:
+    """The sweep and its jobs (see registry.queries.sweep_summary); unknown id: exit 2."""
+    from orchestrator.registry.queries import get_sweep
+    from orchestrator.registry.queries import sweep_summary as summarise
+
+    with session_scope(settings) as s:
+        return summarise(s, get_sweep(s, sweep_id))
+
+
+def wait_sweep(settings: Settings, sweep_id: int,
+               on_update: Callable[[dict[str, Any]], None] | None = None,
+               poll_s: float = 0.5) -> dict[str, Any]:
+    """Poll the registry until every job of the sweep has finished; returns its final summary.
+    `on_update` sees every summary on the way."""
+    while True:
+        current = sweep_summary(settings, sweep_id)
+        if on_update is not None:
+            on_update(current)
+        if all(JobStatus(job["status"]).finished for job in current["jobs"]):
+            return current
+        time.sleep(poll_s)
+
+
+def eta_s(summary: dict[str, Any], at: datetime | None = None) -> float | None:
+    """Seconds a running job has left, from its elapsed time per epoch (or per shape) so far;
+    None when it is not running or has not reported progress yet.
+
+    The time per step is (last progress report - start) / steps done, so that the job's
+    start-up counts; the seconds since that report are taken off, so the ETA counts down
+    between two reports.
+    """
+    from orchestrator.registry.queries import silent_for_s
+
+    progress = summary.get("progress") or {}
+    done, total = (progress.get("epoch"), progress.get("epochs")) if "epochs" in progress \
+        else (progress.get("done"), progress.get("total"))
+    if summary.get("status") != JobStatus.running.value or not done or not total:
+        return None
+    started, beat = summary.get("started_at"), summary.get("heartbeat_at")
+    since_beat = max(0.0, silent_for_s(beat, at)) if beat else 0.0
+    if started and beat:
+        per_step = (silent_for_s(started, at) - since_beat) / done
+    elif "seconds" in progress:  # no start time: the last epoch's own duration
+        per_step = float(progress["seconds"])
+    else:
+        return None
+    return max(0.0, per_step * (total - done) - since_beat)
 
 
 # ---------------------------------------------------------------------------------- workers

@@ -3,18 +3,109 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from orchestrator.cli import admin, datasets, gc, infer, jobs, models, report, train, workers
 from orchestrator.cli.context import settings
 from orchestrator.cli.output import emit_json, err, json_requested
 from orchestrator.errors import RodinError
 from orchestrator.settings import redact
+
+
+def _readable_help() -> None:
+    """Make every command's help read like Typer's own docs (installed once, on import).
+
+    Typer 0.29's rich help draws an option's type from `display_type_rich`, which gives a flag
+    the type `<bool>` (its plain-text help skips flags), and builds the options panel as a table
+    whose columns rich may all shrink alike, so at 80 columns `--no-augment-rotate` became
+    `--no-augment-rota…`. Here flags have no type, and the option-name columns never shrink (the
+    help text wraps instead). Typer's rich module is patched only when help is drawn, so that
+    commands which print no help do not pay for importing it.
+    """
+    show_type = getattr(TyperOption, "display_type_rich", None)  # Typer < 0.29 has none
+    if show_type is not None and not getattr(show_type, "rodin_patched", False):
+        def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+            return None if self.is_flag else show_type(self, ctx)
+
+        display_type_rich.rodin_patched = True  # type: ignore[attr-defined]
+        TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    for cls in (TyperCommand, TyperGroup):
+        draw: Callable[..., None] = cls.format_help
+        if getattr(draw, "rodin_patched", False):
+            continue
+
+        def format_help(self: Any, ctx: Any, formatter: Any, _draw: Callable[..., None] = draw) -> None:
+            _keep_option_names_whole()
+            _draw(self, ctx, formatter)
+
+        format_help.rodin_patched = True  # type: ignore[attr-defined]
+        cls.format_help = format_help  # type: ignore[method-assign]
+
+
+def _keep_option_names_whole() -> None:
+    """Typer's options panel, with its option-name columns (all but the type and the help) kept
+    whole: rich then wraps the help column rather than cutting a name with an ellipsis."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from typer import rich_utils
+
+    draw_panel = rich_utils._print_options_panel
+    if getattr(draw_panel, "rodin_patched", False):
+        return
+
+    class NamesWhole:
+        """The console the panel is printed on, fixing the table's columns first."""
+
+        def __init__(self, console: Any) -> None:
+            self._console = console
+
+        def print(self, renderable: Any, *args: Any, **kwargs: Any) -> None:
+            table = renderable.renderable if isinstance(renderable, Panel) else None
+            if isinstance(table, Table) and table.columns:
+                _fit_options_table(table)
+            self._console.print(renderable, *args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._console, name)
+
+    def print_options_panel(**kwargs: Any) -> None:
+        if "console" in kwargs:
+            kwargs["console"] = NamesWhole(kwargs["console"])
+        draw_panel(**kwargs)
+
+    print_options_panel.rodin_patched = True  # type: ignore[attr-defined]
+    rich_utils._print_options_panel = print_options_panel
+
+
+def _fit_options_table(table: Any) -> None:
+    """Columns of Typer's options table: [required], names (long, short, negative long,
+    negative short), type, help. Names are never shrunk, a word too long for the help column
+    folds instead of losing its end, and a column empty in every row (no short negative names)
+    gives its padding to the help."""
+    *names, _type, help_column = table.columns
+    for column in names:
+        column.no_wrap = True
+        # no_wrap (or a minimum width) alone still lets rich cut the column when the help
+        # column's cells (Columns, which do not measure themselves) claim the whole width; a
+        # fixed width is never collapsed.
+        column.width = max((len(getattr(cell, "plain", "")) for cell in column.cells), default=0) or None
+    help_column.overflow = "fold"
+    table.columns[:] = [c for c in table.columns if any(_shows_something(cell) for cell in c.cells)]
+    for index, column in enumerate(table.columns):  # rich pads and measures a column by its index
+        column._index = index
+
+
+def _shows_something(cell: Any) -> bool:
+    text = getattr(cell, "plain", cell)
+    return not isinstance(text, str) or bool(text.strip())
+
+
+_readable_help()
 
 
 class RodinGroup(TyperGroup):

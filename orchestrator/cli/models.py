@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,11 @@ from rich.tree import Tree
 
 from orchestrator.cli.context import download_outputs, registry
 from orchestrator.cli.output import Json, age, console, emit_json, err
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from orchestrator.registry.models import ModelCheckpoint
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
                   no_args_is_help=True)
@@ -68,23 +73,17 @@ def show(
 ) -> None:
     """A model: job, dataset@version, epoch, metrics, sha256, aliases, and its lineage back to
     the data, one line per checkpoint, with the models fine-tuned from it."""
-    from sqlalchemy import select
-
     from orchestrator.aliases import aliases_of, resolve_model
-    from orchestrator.registry.models import ModelCheckpoint
-    from orchestrator.registry.queries import get_model, lineage, model_summary
+    from orchestrator.bundles import describe_import, import_record
+    from orchestrator.registry.queries import model_summary
 
     with registry() as s:
         model = resolve_model(s, model_ref)
         summary = model_summary(s, model)
-        chain = lineage(s, model)
-        summary["lineage"] = chain
+        summary["lineage"], summary["tree"] = model_lineage(s, model)
         summary["aliases"] = aliases_of(s, model.id)
-        ancestors = [model_summary(s, get_model(s, i)) for i in chain]
-        children = [model_summary(s, c) for c in s.scalars(select(ModelCheckpoint).where(
-            ModelCheckpoint.parent_id == model.id, ModelCheckpoint.job_id != model.job_id))]
+        summary["imported_from"] = import_record(s, model.id)
         outputs = list(model.job.outputs)
-    summary["tree"] = lineage_tree([*reversed(ancestors), summary], children)
     written = download_outputs(outputs, plots, kinds={"plot"}) if plots else []
     if as_json:
         emit_json({**summary, "plots": written})
@@ -94,6 +93,10 @@ def show(
         value = ", ".join(summary[key]) if key == "aliases" else summary[key]
         if key != "aliases" or value:
             console.print(f"[bold]{key:14}[/] {escape(str(value))}", highlight=False)
+    if summary["imported_from"]:
+        # soft_wrap: a registry URL is one word to copy, not text to fold at 80 columns.
+        console.print(f"[bold]{'origin':14}[/] {escape(describe_import(summary['imported_from']))}",
+                      highlight=False, soft_wrap=True)
     metrics = summary["metrics"]
     console.print(f"[bold]{'metrics':14}[/] " + escape(", ".join(
         f"{k} {v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))
@@ -111,12 +114,36 @@ def show(
         err.print(f"wrote {path}", markup=False, highlight=False)
 
 
-def lineage_tree(chain: list[dict[str, Any]], children: list[dict[str, Any]]) -> dict[str, Any]:
+def model_lineage(session: Session, model: ModelCheckpoint) -> tuple[list[int], dict[str, Any]]:
+    """(the ancestor ids, newest first; the lineage as nested objects, see `lineage_tree`).
+
+    Besides the ancestors, the tree holds the checkpoints its own job registered after it (a
+    keep-best model is seldom the job's last epoch: the user sees what was chosen among) and the
+    first checkpoint of every other job fine-tuned from it. Each is one query, not one per
+    checkpoint: a lineage may be hundreds long."""
+    from sqlalchemy import select
+
+    from orchestrator.registry.models import ModelCheckpoint
+    from orchestrator.registry.queries import get_model, lineage, model_summary
+
+    chain = lineage(session, model)
+    loaded = {m.id: m for m in session.scalars(select(ModelCheckpoint).where(ModelCheckpoint.id.in_(chain)))}
+    ancestors = [model_summary(session, loaded.get(i) or get_model(session, i)) for i in chain]
+    later = [model_summary(session, m) for m in session.scalars(select(ModelCheckpoint).where(
+        ModelCheckpoint.job_id == model.job_id, ModelCheckpoint.epoch > model.epoch,
+        ModelCheckpoint.id != model.id).order_by(ModelCheckpoint.epoch, ModelCheckpoint.id))]
+    children = [model_summary(session, c) for c in session.scalars(select(ModelCheckpoint).where(
+        ModelCheckpoint.parent_id == model.id, ModelCheckpoint.job_id != model.job_id))]
+    return chain, lineage_tree([*reversed(ancestors), model_summary(session, model)], children, later)
+
+
+def lineage_tree(chain: list[dict[str, Any]], children: list[dict[str, Any]],
+                 later: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The lineage as nested objects: dataset -> job -> its checkpoints (a list, one per line),
     and under the checkpoint a later job started from, that job (a fine-tune across datasets).
 
     chain: the model's ancestors, oldest first, then the model itself; children: checkpoints of
-    other jobs whose parent is the model."""
+    other jobs whose parent is the model; later: checkpoints of the model's own job after it."""
     def checkpoint(m: dict[str, Any]) -> dict[str, Any]:
         return {"model_id": m["id"], "epoch": m["epoch"], "final": m["final"],
                 "val_chamfer": m["metrics"].get("val_chamfer")}
@@ -131,9 +158,12 @@ def lineage_tree(chain: list[dict[str, Any]], children: list[dict[str, Any]]) ->
             job = {"job_id": m["job_id"], "dataset": m["dataset"], "checkpoints": []}
             jobs_here.append(job)
         job["checkpoints"].append(checkpoint(m))
-    if job is not None and children:
-        job["checkpoints"][-1]["continued_by"] = [
-            {"job_id": c["job_id"], "dataset": c["dataset"], "checkpoints": [checkpoint(c)]} for c in children]
+    if job is not None:
+        this = job["checkpoints"][-1]
+        if children:
+            this["continued_by"] = [
+                {"job_id": c["job_id"], "dataset": c["dataset"], "checkpoints": [checkpoint(c)]} for c in children]
+        job["checkpoints"].extend(checkpoint(m) for m in later or [])
     return root
 
 

@@ -3,17 +3,20 @@
 The defaults come from `TrainConfig.cpu()` (or `TrainConfig.reference()` with `--reference`);
 every flag that is given replaces one setting by its name in `TrainConfig.flat()`. A new
 hyper-parameter is a field of TrainConfig (or ModelConfig/AugmentConfig) and a parameter of
-`train` below with the same name; nothing else.
+`train` below with the same name; nothing else (`rodin submit sweep` takes every setting of
+`train` as a grid flag, from its signature).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import inspect
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer.models import OptionInfo
 
 from orchestrator.cli.context import registry, settings, store
 from orchestrator.cli.follow import follow, queue_job, report_end, wait_with_progress
@@ -104,17 +107,11 @@ def train(
     as_json: Json = False,
 ) -> None:
     """Queue AtlasNet training on a registered dataset; prints the job id."""
-    given = {k: v for k, v in locals().items() if k not in NOT_SETTINGS and v is not None}
-    from orchestrator.aliases import resolve_model
-    from orchestrator.registry.queries import resolve_dataset
-
+    given = settings_given(locals())
     if pretrain is not None and from_model is not None:
         raise UserInputError("--pretrain and --from-model both name where training starts; give one")
-    with registry() as s:
-        ds = resolve_dataset(s, dataset)
-        start = resolve_model(s, from_model) if from_model is not None else None
-        parent, start_id = (start.config, start.id) if start is not None else (None, None)
-        dataset_id, ref, shapes = ds.id, ds.ref, ds.shape_count
+    start = resolve_start(dataset, from_model)
+    dataset_id, ref, parent, start_id = start.dataset_id, start.ref, start.parent_config, start.model_id
     if pretrain is not None:
         from atlas_core.families import PretrainRecipe
 
@@ -123,16 +120,11 @@ def train(
         _finetune_pretrained(recipe, given, reference, dataset_id, ref, wait, as_json)
         return
     config = train_config(given, reference, parent)
-    warnings = []
-    if from_model is None and shapes < SMALL_DATASET:
-        warnings.append(f"{ref} has {shapes} shapes: trained from scratch on so few, AtlasNet usually "
-                        "loses to retrieval (copying the nearest training shape); `--pretrain swords` "
-                        "fine-tunes a pre-trained base instead")
+    warnings = scratch_warnings(start)
     job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id, input_model_id=start_id,
                        params={"config": config.to_dict(), "dataset": ref})
     if not as_json:
-        for warning in warnings:
-            err.print(f"[yellow]note:[/] {escape(warning)}")
+        print_notes(warnings)
         err.print(f"Queued training job [bold]{job_id}[/] on {escape(ref)}"
                   + (f", fine-tuning model {start_id}" if start_id else "") + ".")
     follow(job_id, wait=wait, as_json=as_json, queued={"warnings": warnings},
@@ -181,6 +173,49 @@ def _finetune_pretrained(recipe: PretrainRecipe, given: dict[str, Any], referenc
                                   "base_model_id": base_model_id()})
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where training starts: the dataset version, and the model fine-tuned from (if any)."""
+
+    dataset_id: int
+    ref: str
+    shapes: int
+    #: The fine-tuned model's stored config and id; None when training from scratch.
+    parent_config: dict[str, Any] | None
+    model_id: int | None
+
+
+def resolve_start(dataset: str, from_model: str | None) -> Start:
+    """The registered dataset version and `--from-model` (id or alias); unknown: exit 2."""
+    from orchestrator.aliases import resolve_model
+    from orchestrator.registry.queries import resolve_dataset
+
+    with registry() as s:
+        ds = resolve_dataset(s, dataset)
+        model = resolve_model(s, from_model) if from_model is not None else None
+        return Start(ds.id, ds.ref, ds.shape_count, model.config if model is not None else None,
+                     model.id if model is not None else None)
+
+
+def settings_given(values: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters that are training settings and were given (by TrainConfig name)."""
+    return {k: v for k, v in values.items() if k not in NOT_SETTINGS and v is not None}
+
+
+def scratch_warnings(start: Start) -> list[str]:
+    """What to tell someone training from scratch on a dataset too small for it."""
+    if start.model_id is not None or start.shapes >= SMALL_DATASET:
+        return []
+    return [f"{start.ref} has {start.shapes} shapes: trained from scratch on so few, AtlasNet usually "
+            "loses to retrieval (copying the nearest training shape); `--pretrain swords` "
+            "fine-tunes a pre-trained base instead"]
+
+
+def print_notes(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]note:[/] {escape(warning)}")
+
+
 def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None) -> TrainConfig:
     """The preset, the fine-tuned model's architecture, then the flags given; validated."""
     from atlas_core.config import TrainConfig
@@ -203,9 +238,34 @@ def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] 
     return config
 
 
+def setting_options() -> list[tuple[inspect.Parameter, OptionInfo]]:
+    """The parameters of `train` that are training settings, with their options, in order:
+    what `rodin submit sweep` offers as grid flags."""
+    found = []
+    for param in inspect.signature(train, eval_str=True).parameters.values():
+        infos = [m for m in getattr(param.annotation, "__metadata__", ()) if isinstance(m, OptionInfo)]
+        if param.name not in NOT_SETTINGS and infos:
+            found.append((param, infos[0]))
+    return found
+
+
+@lru_cache(maxsize=1)
+def setting_flags() -> dict[str, str]:
+    """Each training setting's flag as `train` spells it: n_patches -> --patches."""
+    flags = {}
+    for param, info in setting_options():
+        # In `Annotated[..., typer.Option("--x")]` typer keeps the first name in `default`.
+        names = [info.default, *(info.param_decls or ())] if isinstance(info.default, str) \
+            else list(info.param_decls or ())
+        long = [n.split("/")[0] for n in names if n.startswith("--")]
+        flags[param.name] = long[0] if long else "--" + param.name.replace("_", "-")
+    return flags
+
+
 def _add_sweep() -> None:
     from orchestrator.cli import sweep
 
+    sweep.add_command(setting_options())
     app.add_typer(sweep.app)  # `rodin submit sweep`
 
 

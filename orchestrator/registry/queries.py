@@ -6,11 +6,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.errors import UserInputError
 from orchestrator.registry.db import as_utc
-from orchestrator.registry.models import Dataset, Job, ModelCheckpoint, Worker
+from orchestrator.registry.models import Dataset, Job, ModelCheckpoint, Sweep, Worker
 
 
 def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
@@ -146,6 +146,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "dataset": job.dataset.ref if job.dataset else None,
         "input_model_id": job.input_model_id,
         "depends_on_job_id": job.depends_on_job_id,
+        "sweep_id": job.sweep_id,
         "params": job.params,
         "progress": job.progress,
         "worker": job.worker,
@@ -163,6 +164,35 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "heartbeat_at": _iso(job.heartbeat_at),
+    }
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        newest = session.scalar(select(func.max(Sweep.id)))
+        hint = f"newest is {newest}" if newest else "none yet: `rodin submit sweep --help`"
+        raise UserInputError(f"sweep {sweep_id} does not exist ({hint})")
+    return sweep
+
+
+def sweep_summary(session: Session, sweep: Sweep) -> dict[str, Any]:
+    """The sweep and its jobs (job_summary, plus `final_metrics`: the final model's metrics)."""
+    dataset = session.get(Dataset, sweep.dataset_id)
+    # Checkpoints and datasets in one query each, not one per job.
+    rows = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.id)
+                           .options(selectinload(Job.checkpoints), selectinload(Job.dataset))).all()
+    jobs = []
+    for job in rows:
+        final = max((m for m in job.checkpoints if m.final), key=lambda m: m.id, default=None)
+        jobs.append({**job_summary(session, job), "final_metrics": final.metrics if final else None})
+    return {
+        "sweep_id": sweep.id,
+        "dataset": dataset.ref if dataset else None,
+        "grid": sweep.grid,
+        "fixed": sweep.fixed,
+        "created_at": _iso(sweep.created_at),
+        "jobs": jobs,
     }
 
 

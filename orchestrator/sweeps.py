@@ -1,0 +1,107 @@
+"""Sweeps: a grid of training settings expanded into combinations, and their jobs ranked.
+
+Plain functions on plain values (no typer, rich or torch): `rodin submit sweep` splits each
+setting's comma list and expands the grid; `rodin status --sweep` ranks the sweep's jobs by
+validation Chamfer. The jobs themselves are registered by `orchestrator.jobs.submit_sweep`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.errors import UserInputError
+
+#: More combinations than this is almost surely a typo (one comma list too many): refused
+#: before anything is queued.
+MAX_COMBINATIONS = 256
+
+#: The order of a ranking after the succeeded jobs: what is still coming first, then the ends
+#: that have no final model.
+_PENDING_ORDER = {"running": 1, "queued": 2, "waiting": 2}
+
+
+def split_values(text: str, kind: Callable[[str], Any], flag: str) -> list[Any]:
+    """`"1,5,25"` -> [1, 5, 25]; an empty item, a value `kind` refuses or a repeated value is
+    a UserInputError naming the flag."""
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise UserInputError(f"{flag} {text!r}: an empty value in the list; give e.g. {flag} 1,5,25")
+        try:
+            value = kind(item)
+        except ValueError:
+            what = {"int": "an integer", "float": "a number"}.get(kind.__name__, kind.__name__)
+            raise UserInputError(f"{flag} {text!r}: {item!r} is not {what}") from None
+        if value in values:
+            raise UserInputError(f"{flag} {text!r}: {item!r} is given twice")
+        values.append(value)
+    return values
+
+
+def split_grid(values: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """(the grid: settings given several values, in the given order; the fixed settings)."""
+    grid = {name: vals for name, vals in values.items() if len(vals) > 1}
+    fixed = {name: vals[0] for name, vals in values.items() if len(vals) == 1}
+    return grid, fixed
+
+
+def combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first setting varying slowest; an empty
+    grid is one combination. Over MAX_COMBINATIONS: UserInputError."""
+    count = math.prod(len(vals) for vals in grid.values())
+    if count > MAX_COMBINATIONS:
+        raise UserInputError(f"the grid has {count} combinations, more than {MAX_COMBINATIONS}; "
+                             "sweep fewer values at a time")
+    names = list(grid)
+    return [dict(zip(names, chosen)) for chosen in itertools.product(*grid.values())]
+
+
+def val_chamfer(job: dict[str, Any]) -> float | None:
+    """A sweep job's score: its final model's validation Chamfer (None before it has one)."""
+    value = (job.get("final_metrics") or {}).get("val_chamfer")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def rank(sweep: dict[str, Any], eta: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
+    """The sweep's jobs, best first: succeeded ones by validation Chamfer (rank 1, 2, ...),
+    then running, then queued, then those that ended without a final model (rank None).
+
+    `sweep` is `registry.queries.sweep_summary`; `eta(job)` is the seconds a job has left
+    (`orchestrator.jobs.eta_s`). Each row carries the job's grid settings under `settings`.
+    """
+    def order(job: dict[str, Any]) -> tuple[int, float, int]:
+        score = val_chamfer(job)
+        if job["status"] == "succeeded" and score is not None:
+            return 0, score, job["id"]
+        return _PENDING_ORDER.get(job["status"], 3), 0.0, job["id"]
+
+    rows = []
+    place = 0
+    for job in sorted(sweep["jobs"], key=order):
+        score = val_chamfer(job)
+        ranked = job["status"] == "succeeded" and score is not None
+        place += ranked
+        progress = job["progress"] or {}
+        rows.append({
+            "rank": place if ranked else None,
+            "job_id": job["id"],
+            "status": job["status"],
+            "settings": {name: (job["params"].get("sweep") or {}).get(name) for name in sweep["grid"]},
+            "val_chamfer": score,
+            "final_model_id": job["final_model_id"],
+            "epoch": progress.get("epoch"),
+            "epochs": progress.get("epochs"),
+            "train_loss": progress.get("train_loss"),
+            "eta_s": eta(job),
+            "worker": job["worker"],
+            "error": job["error"],
+        })
+    return rows
+
+
+def best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ranking's first row, if it is ranked (a succeeded job with a score)."""
+    return rows[0] if rows and rows[0]["rank"] == 1 else None
