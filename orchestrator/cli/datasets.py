@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from orchestrator.cli.context import mesh_limits, registry, settings, store
 from orchestrator.cli.output import Json, age, console, emit_json, err
-from orchestrator.errors import UserInputError
+from orchestrator.errors import RodinError, UserInputError
 
 if TYPE_CHECKING:
     from atlas_core.data import PointCloudSet
@@ -102,6 +103,17 @@ def _mesh_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_mesh_file(p))
 
 
+def _shown(file: Path, root: Path) -> str:
+    """How a file found under `root` is named to the user (the skip table, the stored and
+    `--json` records): relative to the folder given, or its name when `root` is that file."""
+    if file == root:
+        return file.name
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return str(file)
+
+
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Dataset name; each add makes a new version.", show_default=False)],
@@ -132,12 +144,13 @@ def add(
             try:
                 shapes.append(ingest_file(file, n_points=points, seed=seed + i, limits=limits))
             except MeshError as exc:
-                skipped.append({"file": str(file), "reason": str(exc)})
+                skipped.append({"file": _shown(file, path), "reason": str(exc)})
             bar.advance(task)
     _dedupe_names(shapes, files)
     if skipped and not as_json:
-        table = Table("skipped file", "reason", title=f"{len(skipped)} file(s) skipped",
-                      title_justify="left", show_lines=False)
+        table = Table(title=f"{len(skipped)} file(s) skipped", title_justify="left", show_lines=False)
+        table.add_column("skipped file", overflow="fold")  # a long name wraps, never cut short
+        table.add_column("reason")
         for row in skipped:
             table.add_row(escape(row["file"]), escape(row["reason"]))
         err.print(table)
@@ -186,17 +199,59 @@ def list_(as_json: Json = False) -> None:
 
 @app.command("show")
 def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_default=False)],
+         plots: Annotated[Path | None, typer.Option(
+             "--plots", help="Write two PNGs into DIR: thumbnails of the shapes (the first "
+             "100) and a histogram of their sizes before normalisation.", show_default=False)] = None,
          as_json: Json = False) -> None:
     """One dataset version: its shapes, source, hash and skipped files."""
     from orchestrator.registry.queries import dataset_summary, resolve_dataset
 
     with registry() as s:
-        summary = dataset_summary(resolve_dataset(s, ref))
+        dataset = resolve_dataset(s, ref)
+        summary = dataset_summary(dataset)
+        blob = (dataset.artifact_uri, dataset.artifact_sha256)
+    written = _write_plots(summary, *blob, plots) if plots is not None else None
     if as_json:
-        emit_json(summary)
+        emit_json({**summary, "plots": written} if written is not None else summary)
         return
     for key in ("ref", "id", "shapes", "points_per_shape", "source", "content_sha256",
                 "artifact_uri", "created_at"):
         console.print(f"[bold]{key:17}[/] {escape(str(summary[key]))}", highlight=False)
     for row in summary["skipped"]:
         console.print(f"  skipped {escape(str(row['file']))}: {escape(str(row['reason']))}", highlight=False)
+    for what, written_path in (written or {}).items():
+        err.print(f"Wrote {what} plot {escape(written_path)}", highlight=False, soft_wrap=True)
+
+
+def _plot_stem(name: str, version: int) -> str:
+    """`<name>-v<version>` as a file name: characters a file system may refuse become '_'."""
+    safe = re.sub(r"[^\w.+-]+", "_", name).strip(".") or "dataset"
+    return f"{safe}-v{version}"
+
+
+def _write_plots(summary: dict[str, Any], uri: str, sha256: str, folder: Path) -> dict[str, str]:
+    """The dataset's thumbnail sheet and size histogram as PNGs in `folder`: {"shapes", "sizes"}
+    -> path. numpy and matplotlib only (no torch): the cached point clouds, sha256 checked."""
+    from atlas_core.data import PointCloudSet
+    from atlas_core.render import render_shape_sheet, render_size_histogram
+    from orchestrator.artifacts import ArtifactError
+
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"--plots {folder} is a file: give a folder (it is created if missing)")
+    ref = str(summary["ref"])
+    try:
+        data = PointCloudSet.from_bytes(store().get_bytes(uri, sha256))
+    except ArtifactError as exc:
+        raise RodinError(f"cannot draw dataset {ref}: {exc}") from None
+    pictures = {
+        "shapes": render_shape_sheet(data.points, data.names, ref, normals=data.normals),
+        "sizes": render_size_histogram(data.scales, ref),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = _plot_stem(str(summary["name"]), int(summary["version"]))
+    written = {}
+    for what, png in pictures.items():
+        target = folder / f"{stem}-{what}.png"
+        target.write_bytes(png)
+        written[what] = str(target)
+    return written

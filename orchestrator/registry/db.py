@@ -16,7 +16,8 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.settings import Settings, load_settings
+from orchestrator.errors import UserInputError
+from orchestrator.settings import Settings, load_settings, redact
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -31,7 +32,42 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+#: Driver modules that a `pip install` of rodin's extras provides, and what to tell the user.
+_DRIVER_FIXES = {
+    "psycopg": "pip install 'rodin[postgres]'",
+    "psycopg2": "use postgresql+psycopg:// with pip install 'rodin[postgres]' "
+                "(or pip install psycopg2-binary)",
+    "pg8000": "pip install pg8000",
+    "asyncpg": "pip install asyncpg",
+    "pymysql": "pip install pymysql",
+    "MySQLdb": "pip install mysqlclient",
+}
+
+
 def make_engine(url: str) -> Engine:
+    """The SQLAlchemy engine for `url`; a driver that is not installed is one UserInputError
+    naming the module, the URL's scheme and the fix (never the URL: it may hold a password)."""
+    try:
+        return _make_engine(url)
+    except ImportError as exc:
+        raise _missing_driver(url, exc) from None
+
+
+def _missing_driver(url: str, exc: ImportError) -> UserInputError:
+    scheme = url.split("://", 1)[0] if "://" in url else url.split(":", 1)[0]
+    module = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if module:
+        fix = _DRIVER_FIXES.get(module, f"install the Python package that provides {module!r}")
+        return UserInputError(f"the registry URL {scheme}:// needs the database driver {module!r}, "
+                              f"which is not installed: {fix}")
+    detail = redact(" ".join(str(exc).split()))[:200]
+    fix = ("; reinstall it with pip install 'rodin[postgres]'" if scheme.startswith("postgresql")
+           else "")
+    return UserInputError(f"the database driver for the registry URL {scheme}:// cannot be "
+                          f"imported ({detail}){fix}")
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
