@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import typer
+from rich.cells import cell_len
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
@@ -20,7 +21,8 @@ from orchestrator.settings import redact
 def _readable_help() -> None:
     """Make every command's help read like Typer's own docs (installed once, on import).
 
-    Typer 0.29's rich help draws an option's type from `display_type_rich`, which gives a flag
+    (pyproject pins Typer below 0.29 for start-up time; the first patch keeps help readable if
+    that bound is lifted.) Typer 0.29's rich help draws an option's type from `display_type_rich`, which gives a flag
     the type `<bool>` (its plain-text help skips flags), and builds the options panel as a table
     whose columns rich may all shrink alike, so at 80 columns `--no-augment-rotate` became
     `--no-augment-rota…`. Here flags have no type, and the option-name columns never shrink (the
@@ -33,7 +35,7 @@ def _readable_help() -> None:
             return None if self.is_flag else show_type(self, ctx)
 
         display_type_rich.rodin_patched = True  # type: ignore[attr-defined]
-        TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+        setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010 (absent before 0.29)
     for cls in (TyperCommand, TyperGroup):
         draw: Callable[..., None] = cls.format_help
         if getattr(draw, "rodin_patched", False):
@@ -84,20 +86,42 @@ def _keep_option_names_whole() -> None:
 
 def _fit_options_table(table: Any) -> None:
     """Columns of Typer's options table: [required], names (long, short, negative long,
-    negative short), type, help. Names are never shrunk, a word too long for the help column
-    folds instead of losing its end, and a column empty in every row (no short negative names)
-    gives its padding to the help."""
-    *names, _type, help_column = table.columns
+    negative short), type, help. A flag's negative name goes under its positive one (one
+    column of names, not two mostly empty ones: the help keeps its width at 80 columns), names
+    are never shrunk, a word too long for the help column folds instead of losing its end, and
+    a column empty in every row gives its padding to the help."""
+    *names, type_column, help_column = table.columns
+    if len(names) >= 4:
+        long, short, negative_long, negative_short = names[-4:]
+        _stack(long, negative_long)
+        _stack(short, negative_short)
     for column in names:
         column.no_wrap = True
         # no_wrap (or a minimum width) alone still lets rich cut the column when the help
         # column's cells (Columns, which do not measure themselves) claim the whole width; a
         # fixed width is never collapsed.
-        column.width = max((len(getattr(cell, "plain", "")) for cell in column.cells), default=0) or None
+        column.width = max((cell_len(line) for cell in column.cells
+                            for line in getattr(cell, "plain", "").splitlines()), default=0) or None
+    # A range goes under its type (`<int range>` then `[x>=2]`), not beside it.
+    type_column.max_width = max((cell_len(getattr(cell, "plain", "").split(" [")[0])
+                                 for cell in type_column.cells), default=0) or None
     help_column.overflow = "fold"
     table.columns[:] = [c for c in table.columns if any(_shows_something(cell) for cell in c.cells)]
     for index, column in enumerate(table.columns):  # rich pads and measures a column by its index
         column._index = index
+
+
+def _stack(upper: Any, lower: Any) -> None:
+    """Move each non-empty cell of column `lower` under the cell of `upper` in its row."""
+    from rich.text import Text
+
+    for row, (top, bottom) in enumerate(zip(upper._cells, lower._cells)):
+        if isinstance(top, Text) and isinstance(bottom, Text) and bottom.plain.strip():
+            both = top.copy()
+            if both.plain:
+                both.append("\n")
+            both.append_text(bottom)
+            upper._cells[row], lower._cells[row] = both, Text("")
 
 
 def _shows_something(cell: Any) -> bool:
@@ -119,7 +143,7 @@ class RodinGroup(TyperGroup):
             fail(str(exc), exc.exit_code, exc.json_fields)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, BrokenPipeError):  # `rodin ... | head`: click exits quietly
             raise
         except Exception as exc:
             if _is_usage_error(exc):

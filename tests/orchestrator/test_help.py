@@ -72,3 +72,14 @@ def test_help_of_the_real_cli(path: list[str]) -> None:
     _check(result.stdout, command, " ".join(["rodin", *path]))
     if path == ["submit", "train"]:
         assert "--no-augment-rotate" in result.stdout
+
+
+def test_a_negative_flag_stands_under_its_positive_name() -> None:
+    """One column of names: the help text keeps most of an 80-column line."""
+    result = CliRunner().invoke(app, ["submit", "train", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"},
+                                catch_exceptions=False)
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "--augment-rotate" in line and "--no-" not in line)
+    assert lines[at + 1].index("--no-augment-rotate") == lines[at].index("--augment-rotate")
+    # The help column keeps more than 35 of the 80 columns.
+    assert lines[at].index("Rotate") < 45
