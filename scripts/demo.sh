@@ -32,6 +32,9 @@ rodin evaluate --model "$model" --wait --out "reconstructions/demo-model-$model"
 echo; echo "== rodin models show $model"
 rodin models show "$model" --plots "reconstructions/demo-model-$model"
 
+echo; echo "== rodin report $model   (one HTML page: lineage, loss curves, metrics, evaluation, reconstructions)"
+rodin report "$model" --out "reconstructions/demo-model-$model"
+
 rodin down
-echo; echo "Model $model: meshes (.ply, coloured by patch) and pictures (.png) are in reconstructions/demo-model-$model/"
+echo; echo "Model $model: meshes (.ply, coloured by patch), pictures (.png) and the report (model-$model.html) are in reconstructions/demo-model-$model/"
 echo "Demo wall time: $(( $(date +%s) - started )) s"

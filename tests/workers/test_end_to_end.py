@@ -260,8 +260,12 @@ def test_models_show_draws_a_compact_lineage(slice_home: Rodin, trained: dict) -
     tree = slice_home.json("models", "show", str(trained["model_id"]))["tree"]
     [job] = tree["jobs"]
     assert tree["dataset"] == "swords@1" and job["job_id"] == trained["job_id"]
-    # One level for the job's checkpoints, however many epochs (not one level per checkpoint).
-    assert [c["epoch"] for c in job["checkpoints"]][-1] == slice_home.json(
-        "models", "show", str(trained["model_id"]))["epoch"]
+    # One level for the job's checkpoints, however many epochs (not one level per checkpoint):
+    # all of them in epoch order, those after a keep-best model too, the model the final one.
+    epochs = [c["epoch"] for c in job["checkpoints"]]
+    assert epochs == sorted(epochs) and len(epochs) == len(set(epochs))
+    [final] = [c for c in job["checkpoints"] if c["final"]]
+    assert final["model_id"] == trained["model_id"]
+    assert final["epoch"] == slice_home.json("models", "show", str(trained["model_id"]))["epoch"]
     text = slice_home.cli("models", "show", str(trained["model_id"])).stdout
     assert "<- this model" in text and "final" in text
