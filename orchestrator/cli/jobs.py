@@ -133,25 +133,28 @@ def _recent(limit: int) -> list[Summary]:
     from sqlalchemy import select
     from sqlalchemy.orm import selectinload
 
-    from orchestrator.registry.models import Job
+    from orchestrator.registry.models import Job, ModelCheckpoint
     from orchestrator.registry.queries import job_summary
 
     with registry() as s:
         # Checkpoints and datasets in one query each, not one per job: the registry may be a
-        # network hop away.
-        rows = s.scalars(select(Job).options(selectinload(Job.checkpoints), selectinload(Job.dataset))
+        # network hop away. Of a checkpoint only what the table needs: a final one's metrics
+        # hold its out-of-distribution statistics (hundreds of numbers).
+        checkpoints = selectinload(Job.checkpoints).load_only(ModelCheckpoint.id, ModelCheckpoint.final)
+        rows = s.scalars(select(Job).options(checkpoints, selectinload(Job.dataset))
                          .order_by(Job.id.desc()).limit(limit)).all()
         return [job_summary(s, j) for j in rows]
 
 
-def stale_note(summary: dict[str, Any]) -> str:
+def stale_note(summary: dict[str, Any], short: bool = False) -> str:
     """For a running job whose worker has stopped beating (e.g. a machine that lost power)."""
     from orchestrator.registry.queries import is_stale
 
     beat = summary.get("heartbeat_at")
     if summary.get("status") != "running" or not beat or not is_stale(beat, settings().worker_timeout_s):
         return ""
-    return f" [red](stale: no heartbeat for {age(str(beat))})[/]"
+    silent = age(str(beat))
+    return f" [red]stale {silent}[/]" if short else f" [red](stale: no heartbeat for {silent})[/]"
 
 
 # ---------------------------------------------------------------------------------- columns
@@ -193,14 +196,24 @@ def _loss(progress: dict[str, Any]) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def jobs_table(rows: list[Summary]) -> Table:
-    """The jobs as `rodin status` draws them: a bar, epoch, loss and ETA for each."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, options in (("id", dict(justify="right")), ("kind", {}), ("dataset / model", {}),
-                          ("status", dict(no_wrap=True)), ("progress", dict(no_wrap=True)),
-                          ("epoch", dict(no_wrap=True, justify="right")),
-                          ("loss", dict(no_wrap=True, justify="right")),
-                          ("ETA", dict(no_wrap=True, justify="right")), ("worker", {}), ("age", {})):
+def jobs_table(rows: list[Summary], width: int | None = None) -> Table:
+    """The jobs as `rodin status` draws them: a bar with the epoch, loss and ETA for each.
+
+    Fits `width` (the console's): ids, kinds, bars and numbers are never cut; the dataset, the
+    status's stale note and the worker wrap onto a second line when they must, and below 100
+    columns the age is left out (`rodin status ID` and `--json` have it)."""
+    width = width or console.width
+    # One space of padding beside the box's own column divider: two between columns, not three.
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    whole = dict(no_wrap=True)
+    columns: list[tuple[str, dict[str, Any]]] = [
+        ("id", dict(justify="right", **whole)), ("kind", whole), ("dataset / model", dict(overflow="fold")),
+        ("status", dict(min_width=9)), ("progress", whole), ("loss", dict(justify="right", **whole)),
+        ("ETA", dict(justify="right", **whole)), ("worker", dict(min_width=6, overflow="fold"))]
+    with_age = width >= 100
+    if with_age:
+        columns.append(("age", whole))
+    for name, options in columns:
         table.add_column(name, **options)
     for r in rows:
         target = r["dataset"] or ""
@@ -210,9 +223,10 @@ def jobs_table(rows: list[Summary]) -> Table:
             target += f" (after job {r['depends_on_job_id']})"
         progress = r["progress"] or {}
         done, total, steps = _steps(progress)
-        table.add_row(str(r["id"]), escape(r["kind"]), escape(target), styled_status(r["status"]) + stale_note(r),
-                      bar(done, total), steps, _loss(progress), duration(jobs.eta_s(r)),
-                      escape(r["worker"] or "-"), age(r["created_at"]))
+        progress_cell = Text("-", style="dim") if total is None else bar(done, total, width=6) + f" {steps}"
+        table.add_row(str(r["id"]), escape(r["kind"]), escape(target), styled_status(r["status"]) + stale_note(r, short=not with_age),
+                      progress_cell, _loss(progress), duration(jobs.eta_s(r)), escape(r["worker"] or "-"),
+                      *([age(r["created_at"])] if with_age else []))
     return table
 
 
