@@ -82,23 +82,25 @@ class Rodin:
 
     def start_worker(self, name: str, queues: str = "train,infer") -> subprocess.Popen[bytes]:
         self.home.mkdir(parents=True, exist_ok=True)
-        log = (self.home / f"{name}.log").open("ab")
+        log = (self.home / f"{name.replace('%', '')}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "worker", "--hostname", name,
              "--device", "cpu", "--queues", queues, "--loglevel", "INFO"],
             env={**self.env, "OMP_NUM_THREADS": self.extra_env.get("OMP_NUM_THREADS", "2")}, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.worker_cwd,
         )
-        self._wait_ready(name, proc)
+        # Named as Celery names nodes: the registry holds the expanded name (%h: this host).
+        self._wait_ready(name.replace("%h", os.uname().nodename), proc, log_name=name.replace("%", ""))
         return proc
 
-    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], timeout: float = 60,
+                    log_name: str | None = None) -> None:
         from orchestrator.registry.db import session_scope
         from orchestrator.registry.queries import live_workers
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (self.home / f"{name}.log").read_text()[-3000:]
+            assert proc.poll() is None, (self.home / f"{log_name or name}.log").read_text()[-3000:]
             with session_scope(self.settings()) as s:
                 if name in [w.hostname for w in live_workers(s, 30)]:
                     return

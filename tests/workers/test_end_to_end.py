@@ -4,6 +4,7 @@ SQLite registry + artifact store -> reconstruction by model id."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import pytest
 import trimesh
 
 from tests.conftest import Rodin, stop_process
+
+#: The worker's name as the registry, `rodin status` and `rodin workers` show it: `w1@%h` expanded.
+W1 = f"w1@{os.uname().nodename}"
 
 TINY = ["--epochs", "3", "--patches", "4", "--points", "128", "--bottleneck", "32",
         "--hidden", "32", "--layers", "1", "--batch-size", "4", "--checkpoint-every", "1",
@@ -22,7 +26,7 @@ def slice_home(tmp_path_factory):  # type: ignore[no-untyped-def]
     """A home with 8 swords and one live worker, shared by the tests of this module."""
     rodin = Rodin(tmp_path_factory.mktemp("e2e") / "home")
     rodin.json("datasets", "make", "swords", "--count", "8", "--points-per-shape", "600")
-    worker = rodin.start_worker("w1")
+    worker = rodin.start_worker("w1@%h")  # Celery's %h: the host name
     yield rodin
     stop_process(worker)
     assert list(rodin.worker_cwd.iterdir()) == []  # the worker writes only under RODIN_HOME
@@ -37,7 +41,7 @@ def trained(slice_home: Rodin) -> dict:
 
 def test_training_registers_every_checkpoint_with_sha256_and_parents(slice_home: Rodin, trained: dict) -> None:
     job = slice_home.json("status", str(trained["job_id"]))
-    assert job["status"] == "succeeded" and job["attempts"] == 1 and job["worker"] == "w1"
+    assert job["status"] == "succeeded" and job["attempts"] == 1 and job["worker"] == W1
     models = sorted(slice_home.json("models", "list")["models"], key=lambda m: m["id"])
     assert [m["epoch"] for m in models] == [1, 2, 3]
     assert job["model_ids"] == [m["id"] for m in models]
@@ -173,9 +177,12 @@ def test_cancel_queued_and_running_jobs(slice_home: Rodin) -> None:
 def test_status_lists_jobs_with_workers(slice_home: Rodin, trained: dict) -> None:
     jobs = slice_home.json("status")["jobs"]
     assert {"id", "kind", "status", "worker"} <= set(jobs[0])
-    assert any(j["id"] == trained["job_id"] and j["worker"] == "w1" for j in jobs)
+    assert any(j["id"] == trained["job_id"] and j["worker"] == W1 for j in jobs)
     text = slice_home.cli("status")
     assert text.returncode == 0 and "succeeded" in text.stdout
+    # One name for one worker: the job's worker is the one `rodin workers` lists, expanded.
+    assert [w["hostname"] for w in slice_home.json("workers")["workers"]] == [W1]
+    assert "%h" not in text.stdout and "%h" not in slice_home.cli("workers").stdout
 
 
 def test_cli_never_shows_a_traceback_on_bad_flags(slice_home: Rodin) -> None:
