@@ -183,11 +183,12 @@ def duration(seconds: float | None) -> str:
 
 
 def _steps(progress: dict[str, Any]) -> tuple[float | None, float | None, str]:
-    """(done, total, as text) of a job's progress: epochs of a training, else shapes."""
+    """(done, total, as text) of a job's progress: epochs of a training, else shapes (the kind
+    column says which)."""
     if "epochs" in progress:
         return progress.get("epoch"), progress["epochs"], f"{int(progress['epoch'])}/{int(progress['epochs'])}"
     if "total" in progress:
-        return progress.get("done"), progress["total"], f"{progress['done']}/{progress['total']} shapes"
+        return progress.get("done"), progress["total"], f"{progress['done']}/{progress['total']}"
     return None, None, "-"
 
 
