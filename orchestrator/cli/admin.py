@@ -1,6 +1,5 @@
 """`rodin db` and `rodin config`: the registry's schema and the settings in force."""
 
-from __future__ import annotations
 
 import typer
 

@@ -1,6 +1,5 @@
 """`rodin datasets`: register shape collections as immutable, versioned point-cloud sets."""
 
-from __future__ import annotations
 
 import hashlib
 import re
@@ -32,7 +31,7 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=err, transient=True)
 
 
-def _register(name: str, data: PointCloudSet, source: str,
+def _register(name: str, data: "PointCloudSet", source: str,
               skipped: list[dict[str, str]]) -> dict[str, object]:
     from orchestrator.datasets import register_dataset
 

@@ -1,6 +1,5 @@
 """`rodin gc`: list, and with --yes delete, artifacts that no registry row references."""
 
-from __future__ import annotations
 
 from typing import Annotated
 

@@ -1,6 +1,5 @@
 """`rodin reconstruct` and `rodin evaluate`: use a registered model, named by its id."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any

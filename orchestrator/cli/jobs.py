@@ -6,7 +6,6 @@ epoch, loss and ETA per job. Without a terminal, `--watch` prints one snapshot: 
 gets one table, not a stream of them.
 """
 
-from __future__ import annotations
 
 import time
 from collections.abc import Callable

@@ -1,7 +1,6 @@
 """`rodin models export` and `rodin models import`: a model with its lineage in one file, for
 another registry (the format is described in orchestrator/bundles.py)."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated

@@ -5,7 +5,6 @@ The forest is read in four queries (datasets, training jobs, checkpoints, aliase
 only, then assembled in memory: it stays fast on thousands of checkpoints.
 """
 
-from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ class Registry:
         return by_job
 
 
-def load_registry(session: Session) -> Registry:
+def load_registry(session: "Session") -> Registry:
     """The registry's datasets, training jobs, checkpoints and aliases, in four queries."""
     from sqlalchemy import select
 
@@ -192,7 +191,7 @@ def build_forest(reg: Registry, dataset_ids: set[int] | None = None) -> list[dic
     return forest
 
 
-def as_rich(tree: dict[str, Any]) -> Tree:
+def as_rich(tree: dict[str, Any]) -> "Tree":
     """One dataset's tree as `rodin models show` draws a lineage, with each job's status and
     checkpoint count and each model's aliases added."""
     # Imported here: `rodin models` (models.py) imports this module to join its commands.
@@ -203,7 +202,7 @@ def as_rich(tree: dict[str, Any]) -> Tree:
     return drawn
 
 
-def _annotate(branches: list[Tree], jobs: list[dict[str, Any]]) -> None:
+def _annotate(branches: list["Tree"], jobs: list[dict[str, Any]]) -> None:
     """Add to the labels `_as_rich` drew (one branch per job, one leaf per checkpoint under it,
     and under a leaf the jobs continued from it, in order) what the forest knows beyond a
     lineage; jobs waiting for a job without a final model hang under that job."""
@@ -247,7 +246,7 @@ def tree(
         console.print(as_rich(one))
 
 
-def _matching_datasets(session: Session, ref: str) -> set[int]:
+def _matching_datasets(session: "Session", ref: str) -> set[int]:
     """Ids of NAME's versions (or of NAME@V); an unknown one is the one-line error of
     `resolve_dataset`."""
     from sqlalchemy import select

@@ -1,6 +1,5 @@
 """`rodin models`: registered checkpoints, their metrics and lineage."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -114,7 +113,7 @@ def show(
         err.print(f"wrote {path}", markup=False, highlight=False)
 
 
-def model_lineage(session: Session, model: ModelCheckpoint) -> tuple[list[int], dict[str, Any]]:
+def model_lineage(session: "Session", model: "ModelCheckpoint") -> tuple[list[int], dict[str, Any]]:
     """(the ancestor ids, newest first; the lineage as nested objects, see `lineage_tree`).
 
     Besides the ancestors, the tree holds the checkpoints its own job registered after it (a

@@ -1,6 +1,5 @@
 """`rodin report`: one self-contained HTML page telling a model's story."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -75,7 +74,7 @@ def _reconstruct(model_id: int, quiet: bool) -> dict[str, Any]:
     return wait_with_progress(job_id, quiet=quiet)
 
 
-def _lineage_tree(session: Session, model: ModelCheckpoint) -> dict[str, Any]:
+def _lineage_tree(session: "Session", model: "ModelCheckpoint") -> dict[str, Any]:
     """The lineage as `rodin models show` draws it."""
     from orchestrator.cli.models import model_lineage
 

@@ -8,7 +8,6 @@ validated as `submit train` does (`train.train_config`) before anything is writt
 `orchestrator.jobs.submit_sweep` registers the sweep and its jobs in one transaction.
 """
 
-from __future__ import annotations
 
 import inspect
 import typing

@@ -7,7 +7,6 @@ hyper-parameter is a field of TrainConfig (or ModelConfig/AugmentConfig) and a p
 `train` as a grid flag, from its signature).
 """
 
-from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, replace
@@ -131,7 +130,7 @@ def train(
            extra=lambda summary: {"model_id": summary["final_model_id"], "warnings": warnings})
 
 
-def _finetune_pretrained(recipe: PretrainRecipe, given: dict[str, Any], reference: bool,
+def _finetune_pretrained(recipe: "PretrainRecipe", given: dict[str, Any], reference: bool,
                          dataset_id: int, ref: str, wait: bool, as_json: bool) -> None:
     """Fine-tune on the dataset from a base pre-trained by `recipe` (found, or queued first)."""
     from atlas_core.families import FAMILIES
@@ -216,7 +215,7 @@ def print_notes(warnings: list[str]) -> None:
         err.print(f"[yellow]note:[/] {escape(warning)}")
 
 
-def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None) -> TrainConfig:
+def train_config(given: dict[str, Any], reference: bool, parent: dict[str, Any] | None) -> "TrainConfig":
     """The preset, the fine-tuned model's architecture, then the flags given; validated."""
     from atlas_core.config import TrainConfig
 

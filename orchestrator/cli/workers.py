@@ -4,7 +4,6 @@ Starting and supervising workers lives in `workers/` (main.py, supervisor.py); t
 here hold the options and make one call there, imported only when the command runs.
 """
 
-from __future__ import annotations
 
 from typing import Annotated
 
