@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.cli.context import mesh_limits, registry, settings, store
-from orchestrator.cli.output import Json, age, console, emit_json, err
+from orchestrator.cli.output import NUMBER, TEXT, WORD, Json, age, console, emit_json, err, listing
 from orchestrator.errors import RodinError, UserInputError
 
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ def list_(as_json: Json = False) -> None:
     if as_json:
         emit_json({"datasets": rows})
         return
-    table = Table("id", "dataset", "shapes", "points", "skipped", "source", "age")
+    table = listing(("id", NUMBER), ("dataset", TEXT), ("shapes", NUMBER), ("points", NUMBER),
+                    ("skipped", NUMBER), ("source", TEXT), ("age", WORD))
     for r in rows:
         table.add_row(str(r["id"]), escape(r["ref"]), str(r["shapes"]), str(r["points_per_shape"]),
                       str(len(r["skipped"])), escape(r["source"]), age(r["created_at"]))

@@ -6,11 +6,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.tree import Tree
 
 from orchestrator.cli.context import download_outputs, registry
-from orchestrator.cli.output import Json, age, console, emit_json, err
+from orchestrator.cli.output import NUMBER, TEXT, WORD, Json, age, console, emit_json, err, listing
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -51,15 +50,16 @@ def list_(
     if not rows:
         console.print("No models yet: `rodin submit train --dataset NAME --wait`.")
         return
-    table = Table("id", "job", "dataset", "epoch", "final", "val Chamfer", "coverage", "parent",
-                  "sha256", "age")
+    table = listing(("id", NUMBER), ("job", NUMBER), ("dataset", TEXT), ("epoch", NUMBER), ("final", WORD),
+                    ("val\nChamfer", NUMBER), ("coverage", NUMBER), ("parent", NUMBER), ("sha256", WORD),
+                    ("age", WORD))
     for r in rows:
         val, coverage = r["metrics"].get("val_chamfer"), r["metrics"].get("coverage")
         flag = " [yellow]![/]" if r["metrics"].get("warnings") else ""
         table.add_row(str(r["id"]), str(r["job_id"]), escape(r["dataset"]), str(r["epoch"]),
                       "yes" if r["final"] else "", f"{val:.5f}" if val is not None else "-",
                       (f"{coverage:.2f}" if coverage is not None else "-") + flag,
-                      str(r["parent_id"] or "-"), r["sha256"][:12], age(r["created_at"]))
+                      str(r["parent_id"] or "-"), r["sha256"][:8], age(r["created_at"]))
     console.print(table)
 
 
@@ -230,7 +230,7 @@ def tags(name: Annotated[str | None, typer.Argument(help="One alias's history.",
     if as_json:
         emit_json({"aliases": now, "history": changes})
         return
-    table = Table("alias", "model", "history (oldest first)")
+    table = listing(("alias", TEXT), ("model", NUMBER), ("history (oldest first)", TEXT))
     for alias in sorted({*now, *(c["name"] for c in changes)}):
         steps = [f"{age(c['at'])} ago: {c['from_model_id'] or '-'} -> {c['to_model_id'] or 'removed'}"
                  for c in changes if c["name"] == alias]

@@ -9,7 +9,9 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
@@ -72,3 +74,22 @@ STATUS_STYLE = {
 
 def styled_status(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+#: How a listing's column behaves when the terminal is narrow: a number or a word is never cut
+#: (right-aligned or not), a text folds onto more lines rather than losing characters.
+NUMBER, WORD, TEXT = "number", "word", "text"
+
+
+def listing(*columns: tuple[str, str], title: str | None = None) -> Table:
+    """A table made for 80 columns: header and a light rule, two spaces between columns (one
+    of padding beside the box's divider), and each column's behaviour by its kind."""
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, title=title)
+    for header, kind in columns:
+        if kind == NUMBER:
+            table.add_column(header, justify="right", no_wrap=True)
+        elif kind == WORD:
+            table.add_column(header, no_wrap=True)
+        else:
+            table.add_column(header, overflow="fold")
+    return table

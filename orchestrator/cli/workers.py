@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from orchestrator.cli.context import registry, settings
-from orchestrator.cli.output import Json, age, console, emit_json, err
+from orchestrator.cli.output import TEXT, WORD, Json, age, console, emit_json, err, listing
 
 app = typer.Typer()
 
@@ -61,7 +60,8 @@ def list_workers(
         hint = "" if all_ else " `rodin workers --all` lists stopped ones too."
         err.print("No live workers: start one with `rodin worker` or `rodin up`." + hint)
         return
-    table = Table("worker", "state", "queues", "device", "job", "heartbeat", "up since")
+    table = listing(("worker", TEXT), ("state", WORD), ("queues", TEXT), ("device", TEXT), ("job", TEXT),
+                    ("heartbeat", WORD), ("up since", WORD))
     for r in rows:
         job = f"{r['current_job_id']} ({r['current_job_kind']})" if r["current_job_id"] else "-"
         state = {"live": "[green]live[/]", "stale": "[red]stale[/]"}.get(r["state"], r["state"])
