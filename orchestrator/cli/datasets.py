@@ -216,7 +216,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_d
         return
     for key in ("ref", "id", "shapes", "points_per_shape", "source", "content_sha256",
                 "artifact_uri", "created_at"):
-        console.print(f"[bold]{key:17}[/] {escape(str(summary[key]))}", highlight=False)
+        console.print(f"[bold]{key:17}[/] {escape(str(summary[key]))}", highlight=False, soft_wrap=True)
     for row in summary["skipped"]:
         console.print(f"  skipped {escape(str(row['file']))}: {escape(str(row['reason']))}", highlight=False)
     for what, written_path in (written or {}).items():

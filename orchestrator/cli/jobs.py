@@ -295,11 +295,11 @@ def _job_detail(summary: Summary) -> None:
         value = summary[key]
         if value is not None:
             shown = styled_status(value) + stale_note(summary) if key == "status" else escape(str(value))
-            console.print(f"[bold]{key:15}[/] {shown}", highlight=False)
+            console.print(f"[bold]{key:15}[/] {shown}", highlight=False, soft_wrap=True)
     if summary["progress"]:
         console.print(f"[bold]{'progress':15}[/] {escape(str(summary['progress']))}", highlight=False)
     if summary["model_ids"]:
         console.print(f"[bold]{'checkpoints':15}[/] {', '.join(map(str, summary['model_ids']))}"
                       + (f" (final {summary['final_model_id']})" if summary["final_model_id"] else ""))
     for out in summary["outputs"]:
-        console.print(f"  output {escape(out['name'])}: {escape(out['uri'])}", highlight=False)
+        console.print(f"  output {escape(out['name'])}: {escape(out['uri'])}", highlight=False, soft_wrap=True)

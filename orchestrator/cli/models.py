@@ -91,7 +91,7 @@ def show(
                 "artifact_uri", "code_version", "torch_version", "created_at"):
         value = ", ".join(summary[key]) if key == "aliases" else summary[key]
         if key != "aliases" or value:
-            console.print(f"[bold]{key:14}[/] {escape(str(value))}", highlight=False)
+            console.print(f"[bold]{key:14}[/] {escape(str(value))}", highlight=False, soft_wrap=True)
     if summary["imported_from"]:
         # soft_wrap: a registry URL is one word to copy, not text to fold at 80 columns.
         console.print(f"[bold]{'origin':14}[/] {escape(describe_import(summary['imported_from']))}",
