@@ -151,10 +151,12 @@ def _metrics(session: Session, model: ModelCheckpoint) -> dict[str, Any]:
     chamfer, retrieval = r.get("chamfer"), r.get("retrieval_chamfer")
     return {
         "val_chamfer": own.get("val_chamfer"),
+        # Two coverages, never one standing in for the other: the checkpoint's is the network's
+        # own output at training time, the evaluation's is after test-time refinement.
+        "val_coverage": own.get("coverage"),
         "chamfer": chamfer,
         "fscore": r.get("fscore"),
-        # The evaluation's coverage; without one, the checkpoint's (same threshold, fewer shapes).
-        "coverage": r.get("coverage", own.get("coverage")),
+        "coverage": r.get("coverage"),
         "retrieval_chamfer": retrieval,
         # Positive: the model reconstructs closer than copying the nearest training shape.
         "margin_over_retrieval": retrieval - chamfer if chamfer is not None and retrieval is not None else None,
@@ -190,11 +192,12 @@ def _as_json(m: Compared, differing: list[str]) -> dict[str, Any]:
 #: The metric rows: key in Compared.metrics, label, format.
 METRIC_ROWS = [
     ("val_chamfer", "val Chamfer (training)", ".5f"),
+    ("val_coverage", "coverage (training)", ".3f"),
     ("chamfer", "Chamfer x1e3 (evaluation)", ".3f"),
     ("retrieval_chamfer", "retrieval Chamfer x1e3", ".3f"),
     ("margin_over_retrieval", "margin over retrieval (+: better)", "+.3f"),
-    ("fscore", "F-score", ".3f"),
-    ("coverage", "coverage", ".3f"),
+    ("fscore", "F-score (evaluation)", ".3f"),
+    ("coverage", "coverage (evaluation)", ".3f"),
 ]
 
 

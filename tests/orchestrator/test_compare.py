@@ -87,6 +87,8 @@ def test_metrics_come_from_the_checkpoint_and_its_evaluation(home: Rodin, models
     shown = home.json("models", "show", str(wide))
     assert plain["val_chamfer"] == shown["metrics"]["val_chamfer"] > 0
     assert plain["evaluation_job_id"] is None and plain["fscore"] is None and plain["margin_over_retrieval"] is None
+    # A coverage at training time never stands in for one after refinement.
+    assert plain["coverage"] is None and plain["val_coverage"] == shown["metrics"]["coverage"]
     text = home.cli("models", "compare", str(narrow), str(wide), "--no-grid").stdout
     assert "margin over retrieval" in text and "rodin evaluate" in text
 
