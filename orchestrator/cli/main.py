@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -102,13 +103,29 @@ def _fit_options_table(table: Any) -> None:
         # fixed width is never collapsed.
         column.width = max((cell_len(line) for cell in column.cells
                             for line in getattr(cell, "plain", "").splitlines()), default=0) or None
+    for row, cell in enumerate(type_column._cells):
+        _hide_storage_bounds(type_column, row, cell)
     # A range goes under its type (`<int range>` then `[x>=2]`), not beside it.
-    type_column.max_width = max((cell_len(getattr(cell, "plain", "").split(" [")[0])
-                                 for cell in type_column.cells), default=0) or None
+    type_column.max_width = max((cell_len(part) for cell in type_column.cells
+                                 for part in getattr(cell, "plain", "").replace(" [", "\n[").splitlines()),
+                                default=0) or None
     help_column.overflow = "fold"
     table.columns[:] = [c for c in table.columns if any(_shows_something(cell) for cell in c.cells)]
     for index, column in enumerate(table.columns):  # rich pads and measures a column by its index
         column._index = index
+
+
+def _hide_storage_bounds(column: Any, row: int, cell: Any) -> None:
+    """`[1<=x<=9223372036854775807]` (an id's bound is the database's integer) reads `[x>=1]`:
+    the upper bound is still enforced, as a one-line usage error."""
+    import re
+
+    from rich.text import Text
+
+    plain = getattr(cell, "plain", None)
+    if plain and re.search(r"<=\d{10,}\]", plain):
+        shown = re.sub(r"\[(-?\d+)<=x<=\d{10,}\]", r"[x>=\1]", plain)
+        column._cells[row] = Text(shown, style=cell.style)
 
 
 def _stack(upper: Any, lower: Any) -> None:
@@ -130,6 +147,19 @@ def _shows_something(cell: Any) -> bool:
 
 
 _readable_help()
+
+
+def _one_line_summaries(group: typer.Typer) -> None:
+    """A command's summary in its group's list is its docstring's first paragraph on one line:
+    with rich markup Typer keeps the docstring's own line breaks there, which break the list's
+    narrow help column in odd places."""
+    for info in group.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
 
 
 class RodinGroup(TyperGroup):
@@ -173,6 +203,7 @@ app.add_typer(infer.app)
 app.add_typer(workers.app)
 app.add_typer(gc.app)
 app.add_typer(report.app)
+_one_line_summaries(app)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ COMMANDS = list(_commands())
 def _check(text: str, command: object, where: str) -> None:
     assert "<bool>" not in text, f"`{where} --help` shows <bool>:\n{text}"
     assert not CUT_NAME.search(text), f"`{where} --help` cuts an option name:\n{text}"
+    assert "…" not in text, f"`{where} --help` cuts something short:\n{text}"
+    assert "9223372036854775807" not in text, f"`{where} --help` shows the database's integer bound:\n{text}"
     for param in getattr(command, "params", []):
         for name in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
             if name.startswith("--") and not getattr(param, "hidden", False):
