@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atlas_core.config import TrainConfig
+from atlas_core.orientation import IDENTITY, Turn, describe
 
 if TYPE_CHECKING:
     import trimesh
@@ -41,8 +42,11 @@ def family_names() -> list[str]:
 
 
 def generate_family(family: str, count: int, seed: int, points_per_shape: int,
-                    on_shape: Callable[[], None] | None = None) -> PointCloudSet:
-    """`count` generated shapes of `family`, each sampled to `points_per_shape` surface points."""
+                    on_shape: Callable[[], None] | None = None, turn: Turn = IDENTITY) -> PointCloudSet:
+    """`count` generated shapes of `family`, each sampled to `points_per_shape` surface points,
+    turned by `turn` (a rotation of world axes, see atlas_core.orientation) first."""
+    import numpy as np
+
     from atlas_core.data import PointCloudSet
     from atlas_core.mesh_io import shape_from_mesh
 
@@ -50,15 +54,27 @@ def generate_family(family: str, count: int, seed: int, points_per_shape: int,
         raise ValueError(f"no procedural family {family!r}; known: {', '.join(family_names())}")
     shapes = []
     for i, (name, mesh) in enumerate(FAMILIES[family](count, seed)):
+        if turn != IDENTITY:
+            transform = np.eye(4)
+            transform[:3, :3] = np.asarray(turn, dtype=np.float64)
+            mesh = mesh.copy()
+            mesh.apply_transform(transform)
         shapes.append(shape_from_mesh(mesh, name, points_per_shape, seed=seed * 100003 + i))
         if on_shape is not None:
             on_shape()
     return PointCloudSet.from_shapes(shapes)
 
 
-def family_source(family: str, count: int, seed: int) -> str:
+def family_source(family: str, count: int, seed: int, turn: Turn = IDENTITY) -> str:
     """The dataset `source` text of a generated set (what `rodin datasets make` records)."""
-    return f"procedural {family} (count={count}, seed={seed})"
+    turned = "" if turn == IDENTITY else f", turned {describe(turn)}"
+    return f"procedural {family} (count={count}, seed={seed}{turned})"
+
+
+def family_pose_sample(family: str) -> PointCloudSet:
+    """A few dozen shapes of the family as it is generated, to read its pose from
+    (atlas_core.orientation.frame): the same for every call."""
+    return generate_family(family, 48, seed=424_242, points_per_shape=1000)
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,9 @@ class PretrainRecipe:
     batch_size: int = 16
     lr: float = 1e-3
     n_points: int = 1000
+    #: How the generated shapes are turned before pre-training, so that they lie as the user's
+    #: shapes do (atlas_core.orientation.turn_between); part of what makes two bases the same.
+    turn: Turn = IDENTITY
     #: Fine-tuning on the user's shapes: gentle, so that it does not forget the family.
     finetune: dict[str, Any] = field(default_factory=lambda: {
         "lr": 1e-4, "epochs": 40, "augment_scale": 0.1, "checkpoint_every": 5, "keep_best": True})
@@ -95,6 +114,10 @@ class PretrainRecipe:
         """What makes two base models interchangeable: the family, the pre-training settings
         and the architecture (a base is reused only when all three match)."""
         described = {k: v for k, v in asdict(self).items() if k != "finetune"}
+        if self.turn == IDENTITY:  # the key of the bases registered before turns existed
+            del described["turn"]
+        else:
+            described["turn"] = [list(row) for row in self.turn]
         blob = json.dumps({"recipe": described, "architecture": architecture}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

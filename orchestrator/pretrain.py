@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings
@@ -22,6 +23,7 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:
     from atlas_core.config import TrainConfig
     from atlas_core.families import PretrainRecipe
+    from atlas_core.orientation import Turn
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,28 @@ class Base:
     pretrain_job_id: int | None = None
     queued_now: bool = False  # the pre-training job was queued by this call
 
+    turn: str = "identity"  # how the family was turned to lie as the dataset's shapes do
+
     def as_params(self) -> dict[str, Any]:
         return {"family": self.family, "key": self.key, "model_id": self.model_id,
-                "pretrain_job_id": self.pretrain_job_id}
+                "pretrain_job_id": self.pretrain_job_id, "turn": self.turn}
+
+
+def matching_turn(settings: Settings, store: ArtifactStore, family: str, dataset_id: int) -> Turn:
+    """The turn that makes the family's generated shapes lie as the dataset's do
+    (atlas_core.orientation): read from the dataset's cached point clouds and a fixed sample
+    of the family. No torch."""
+    from atlas_core.data import PointCloudSet
+    from atlas_core.families import family_pose_sample
+    from atlas_core.orientation import turn_between
+
+    with session_scope(settings) as s:
+        dataset = s.get(Dataset, dataset_id)
+        if dataset is None:
+            raise RegistryInvariantError(f"dataset {dataset_id} vanished while a fine-tune was prepared")
+        uri, sha256 = dataset.artifact_uri, dataset.artifact_sha256
+    target = PointCloudSet.from_bytes(store.get_bytes(uri, sha256))
+    return turn_between(family_pose_sample(family).points, target.points)
 
 
 def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: PretrainRecipe,
@@ -46,23 +67,25 @@ def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: Pretrai
     running; else a new pre-training job (generating its family set first if needed)."""
     from atlas_core.config import TrainConfig
     from atlas_core.families import architecture_of
+    from atlas_core.orientation import describe
 
     architecture = architecture_of(finetune)
     key = recipe.key(architecture)
+    turn = describe(recipe.turn)
     with session_scope(settings) as s:
         model_id = _base_model(s, key)
         running = None if model_id is not None else _pretraining_in_progress(s, key)
     if model_id is not None:
-        return Base(recipe.family, key, model_id=model_id)
+        return Base(recipe.family, key, model_id=model_id, turn=turn)
     if running is not None:
-        return Base(recipe.family, key, pretrain_job_id=running)
+        return Base(recipe.family, key, pretrain_job_id=running, turn=turn)
     dataset_id, ref = _family_dataset(settings, store, recipe, on_generate)
     config = recipe.pretrain_config(architecture, TrainConfig.cpu())
     config.validate()
     job_id = jobs.submit(settings, JobKind.train, dataset_id=dataset_id, params={
         "config": config.to_dict(), "dataset": ref,
         "pretrain": {"family": recipe.family, "key": key, "recipe": recipe.as_dict()}})
-    return Base(recipe.family, key, pretrain_job_id=job_id, queued_now=True)
+    return Base(recipe.family, key, pretrain_job_id=job_id, queued_now=True, turn=turn)
 
 
 def _pretrain_jobs(session: Any, key: str, statuses: tuple[JobStatus, ...]) -> list[Job]:
@@ -94,7 +117,8 @@ def _family_dataset(settings: Settings, store: ArtifactStore, recipe: PretrainRe
     from atlas_core.families import family_source, generate_family
     from orchestrator.datasets import register_dataset
 
-    name, source = f"{recipe.family}-pretrain", family_source(recipe.family, recipe.count, recipe.seed)
+    name = f"{recipe.family}-pretrain"
+    source = family_source(recipe.family, recipe.count, recipe.seed, recipe.turn)
     with session_scope(settings) as s:
         found = s.scalars(select(Dataset).where(Dataset.name == name, Dataset.source == source,
                                                 Dataset.points_per_shape == recipe.points_per_shape)
@@ -102,6 +126,6 @@ def _family_dataset(settings: Settings, store: ArtifactStore, recipe: PretrainRe
         if found is not None:
             return found.id, found.ref
     data = generate_family(recipe.family, recipe.count, recipe.seed, recipe.points_per_shape,
-                           on_shape=on_generate)
+                           on_shape=on_generate, turn=recipe.turn)
     summary = register_dataset(settings, store, name, data, source, [])
     return int(summary["id"]), str(summary["ref"])

@@ -135,18 +135,22 @@ def _finetune_pretrained(recipe: "PretrainRecipe", given: dict[str, Any], refere
     """Fine-tune on the dataset from a base pre-trained by `recipe` (found, or queued first)."""
     from atlas_core.families import FAMILIES
     from orchestrator import jobs
-    from orchestrator.pretrain import find_or_queue_base
+    from orchestrator.pretrain import find_or_queue_base, matching_turn
 
     family = recipe.family
     if family not in FAMILIES:
         raise UserInputError(f"--pretrain {family!r}: no such procedural family; known: "
                              f"{', '.join(sorted(FAMILIES))}")
     config = train_config({**recipe.finetune, **given}, reference, None)
+    recipe = replace(recipe, turn=matching_turn(settings(), store(), family, dataset_id))
     base = find_or_queue_base(settings(), store(), recipe, config)
     job_id = queue_job(JobKind.train, quiet=as_json, dataset_id=dataset_id,
                        input_model_id=base.model_id, depends_on=base.pretrain_job_id,
                        params={"config": config.to_dict(), "dataset": ref, "base": base.as_params()})
     if not as_json:
+        if base.turn != "identity":
+            err.print(f"{escape(ref)}'s shapes lie otherwise than generated {family}: the pre-training "
+                      f"set is turned to match ({base.turn}).")
         if base.model_id is not None:
             err.print(f"Using base model [bold]{base.model_id}[/] (pre-trained on {family}; "
                       f"`rodin models show {base.model_id}`).")

@@ -106,3 +106,34 @@ def test_a_base_model_is_reused_and_not_retrained(settings: Settings) -> None:
     assert _job(settings, other.pretrain_job_id).dataset_id == job.dataset_id
     with session_scope(settings) as s:
         assert s.query(Dataset).count() == 1 and s.query(ModelCheckpoint).count() == 1
+
+
+def test_a_dataset_lying_otherwise_gets_a_base_pre_trained_on_turned_shapes(settings: Settings) -> None:
+    from dataclasses import replace
+
+    from atlas_core.data import PointCloudSet
+    from atlas_core.families import generate_family
+    from atlas_core.orientation import long_axis
+    from orchestrator.datasets import register_dataset
+    from orchestrator.pretrain import matching_turn
+
+    quarter = ((0, -1, 0), (1, 0, 0), (0, 0, 1))  # blades along -x instead of +y
+    store = open_store(settings)
+    users = generate_family("swords", 12, seed=5, points_per_shape=300, turn=quarter)
+    mine = int(register_dataset(settings, store, "mine", users, "turned swords", [])["id"])
+    turn = matching_turn(settings, store, "swords", mine)
+    assert turn == quarter
+
+    recipe = PretrainRecipe(count=3, points_per_shape=200, epochs=1)
+    config = TrainConfig.cpu().with_overrides(n_patches=4, bottleneck=32, hidden=32)
+    plain = find_or_queue_base(settings, store, recipe, config)
+    turned = find_or_queue_base(settings, store, replace(recipe, turn=turn), config)
+    assert plain.turn == "identity" and turned.turn == "x->y y->-x z->z"
+    assert turned.pretrain_job_id != plain.pretrain_job_id and turned.key != plain.key
+    with session_scope(settings) as s:
+        sets = {j: s.get(Dataset, _job(settings, j).dataset_id) for j in (plain.pretrain_job_id, turned.pretrain_job_id)}
+        sources = {j: (d.source, d.artifact_uri, d.artifact_sha256) for j, d in sets.items() if d is not None}
+    assert "turned" not in sources[plain.pretrain_job_id][0]
+    assert sources[turned.pretrain_job_id][0].endswith("turned x->y y->-x z->z)")
+    _, uri, sha256 = sources[turned.pretrain_job_id]
+    assert long_axis(PointCloudSet.from_bytes(store.get_bytes(uri, sha256)).points) == "-x"
