@@ -11,7 +11,10 @@ each evaluated on the 100 held-out swords with default refinement (and without),
 retrieval from the 30; then the time to reconstruct one mesh on a warm worker, and the
 out-of-distribution warning on the model's own held-out swords and on ../shared/meshes/objects.
 
-    python -m benchmarks.small_data --home /tmp/rodin-study [--quick] [--json]
+    python -m benchmarks.small_data --home /tmp/rodin-study [--quick] [--turned] [--json]
+
+With `--turned` the user's swords (the 30 and the held out) lie along -x, not the generator's
++y: `--pretrain` must turn its family to match (atlas_core.orientation).
 """
 
 from __future__ import annotations
@@ -55,17 +58,39 @@ def evaluate(home: Path, model: int, *extra: str) -> tuple[dict[str, Any], float
     return row, seconds
 
 
-def sword_files(folder: Path, count: int, seed: int) -> list[Path]:
-    """Held-out swords as OBJ files (the generator's meshes), for `rodin reconstruct`."""
+#: `--turned`: every sword of the study lies along -x instead of the generator's +y.
+QUARTER = ((0, -1, 0), (1, 0, 0), (0, 0, 1))
+
+
+def sword_files(folder: Path, count: int, seed: int, turned: bool = False) -> list[Path]:
+    """Swords as OBJ files (the generator's meshes, turned by QUARTER with `turned`), for
+    `rodin reconstruct` and `rodin datasets add`."""
+    import numpy as np
+
     from atlas_core.swords import generate_swords
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, mesh, _ in generate_swords(count, seed):
+        if turned:
+            transform = np.eye(4)
+            transform[:3, :3] = QUARTER
+            mesh.apply_transform(transform)
         path = folder / f"{name}.obj"
         mesh.export(path)
         paths.append(path)
     return paths
+
+
+def make_set(home: Path, name: str, count: int, seed: int, turned: bool) -> None:
+    """A registered set of generated swords: `datasets make`, or the turned meshes through
+    `datasets add` (as a user's own collection arrives)."""
+    if not turned:
+        rodin(home, "datasets", "make", "swords", "--name", name, "--count", str(count), "--seed", str(seed))
+        return
+    folder = home / f"{name}-meshes"
+    sword_files(folder, count, seed, turned=True)
+    rodin(home, "datasets", "add", name, str(folder))
 
 
 def warned(out: dict[str, Any]) -> int:
@@ -77,6 +102,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "rodin-study")
     parser.add_argument("--scratch-epochs", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few shapes and epochs")
+    parser.add_argument("--turned", action="store_true",
+                        help="the 30 and the held-out swords lie along -x (the generator's: +y), as a "
+                             "user's collection posed otherwise would")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     n_small, n_test = (30, 100) if not args.quick else (8, 6)
@@ -87,8 +115,8 @@ def main() -> None:
     figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
     rodin(home, "up")
     try:
-        rodin(home, "datasets", "make", "swords", "--name", "swords-30", "--count", str(n_small), "--seed", "2")
-        rodin(home, "datasets", "make", "swords", "--name", "swords-test", "--count", str(n_test), "--seed", "3")
+        make_set(home, "swords-30", n_small, 2, args.turned)
+        make_set(home, "swords-test", n_test, 3, args.turned)
 
         out, train_s = timed(home, "submit", "train", "--dataset", "swords-30", "--pretrain", "swords",
                              *quick, "--wait")
@@ -106,7 +134,7 @@ def main() -> None:
                                       "train_s": again_s}
         report(figures["base_registered"], "base registered", args.json)
 
-        held_out = sword_files(home / "held-out", 10 if not args.quick else 3, seed=3)
+        held_out = sword_files(home / "held-out", 10 if not args.quick else 3, seed=3, turned=args.turned)
         one, one_s = timed(home, "reconstruct", "--model", str(model), str(held_out[0]), "--wait",
                            "--out", str(home / "one"))
         figures["one_mesh"] = {"job_wall_s": one_s, "refine_s": one["results"][0]["seconds"],
