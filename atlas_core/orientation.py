@@ -21,7 +21,10 @@ Shapes:
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: A rotation that maps world axes onto world axes, as rows of a 3x3 matrix of 0 and +-1.
 Turn = tuple[tuple[int, ...], ...]
@@ -41,6 +44,8 @@ def frame(points: np.ndarray) -> np.ndarray:
     world direction of the j-th longest axis. The longest points where its points are skewed
     towards (+1 where it is symmetric); the others are +1 along their world axis: their skew
     is too weak to read from a few dozen shapes."""
+    import numpy as np  # here, not at the top: `rodin status` imports IDENTITY and describe
+
     centred = points - points.mean(axis=1, keepdims=True)
     pooled = centred.reshape(-1, 3).astype(np.float64)
     _, vectors = np.linalg.eigh(pooled.T @ pooled / len(pooled))
@@ -63,6 +68,8 @@ def turn_between(source: np.ndarray, target: np.ndarray) -> Turn:
     source, target: (S, N, 3) and (T, M, 3) -> R as a (3, 3) tuple of ints.
     A mirror is never returned: where the frames differ by one, the shortest axis of the
     target (a sword's thickness, the least telling) is flipped back."""
+    import numpy as np
+
     f_source, f_target = frame(source), frame(target)
     if round(np.linalg.det(f_source)) != round(np.linalg.det(f_target)):
         f_target = f_target.copy()
@@ -87,6 +94,8 @@ def long_axis(points: np.ndarray) -> str:
     """The world axis the collection's longest principal axis lies along, e.g. '+y' or '-x'.
 
     points: (S, N, 3) -> str"""
+    import numpy as np
+
     column = frame(points)[:, 0]
     i = int(np.flatnonzero(column)[0])
     return f"{'-' if column[i] < 0 else '+'}{'xyz'[i]}"
