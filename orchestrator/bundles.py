@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import tarfile
@@ -54,6 +53,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.aliases import resolve_model
 from orchestrator.errors import UserInputError
+from orchestrator.finite import finite
 from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint, ModelImport
 from orchestrator.registry.queries import get_model, lineage, next_dataset_version
@@ -178,7 +178,7 @@ def manifest_of(session: Session, model: ModelCheckpoint, registry: str) -> dict
     jobs = {m.job_id: m.job for m in chain}
     datasets = {m.dataset_id: m.dataset for m in chain}
     datasets.update({j.dataset.id: j.dataset for j in jobs.values() if j.dataset is not None})
-    return _finite({
+    return finite({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "exported_at": datetime.now(timezone.utc).isoformat(), "registry": registry,
         "model_id": model.id,
@@ -645,12 +645,3 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def _finite(value: Any) -> Any:
-    """Non-finite floats (a diverged loss) as null: NaN and Infinity are not JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -38,15 +37,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 def emit_json(obj: dict[str, Any]) -> None:
     """Print `obj` as strict JSON: a non-finite float (a diverged loss) becomes null, because
     `NaN` and `Infinity` are not JSON and would break the script reading it."""
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
+    from orchestrator.finite import finite
 
     print(json.dumps(finite(obj), default=str, allow_nan=False))
 
