@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,9 @@ class TrainCallbacks:
     #: Called after every epoch; returning False stops training (e.g. the job was cancelled).
     on_epoch: Callable[[EpochStats], bool | None] | None = None
     on_checkpoint: Callable[[CheckpointEvent], None] | None = None
+    #: Called after every training batch and validation chunk: proof that the run is moving
+    #: (a worker ends a job process that stops calling it).
+    on_step: Callable[[], None] | None = None
 
 
 @dataclass
@@ -93,11 +96,12 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 @torch.no_grad()
 def evaluate_chamfer(
-    model: AtlasNet, clouds: torch.Tensor, n_points: int, batch_size: int, seed: int
+    model: AtlasNet, clouds: torch.Tensor, n_points: int, batch_size: int, seed: int,
+    on_step: Callable[[], None] | None = None,
 ) -> float:
     """Mean Chamfer (the training loss) over shapes, with seeded point subsets.
 
-    clouds: (S, P, 3) on the model's device.
+    clouds: (S, P, 3) on the model's device. `on_step` is called after every chunk.
     """
     was_training = model.training
     model.eval()
@@ -107,6 +111,8 @@ def evaluate_chamfer(
         x = _draw_points(chunk, n_points, generator)
         pred = model(x, generator=generator)
         total += float(chamfer_distance(pred, x, reduction="none").sum())
+        if on_step is not None:
+            on_step()
     model.train(was_training)
     return total / len(clouds)
 
@@ -136,12 +142,18 @@ def train(
     callbacks: TrainCallbacks | None = None,
     resume_from: bytes | None = None,
     init_weights: dict[str, torch.Tensor] | None = None,
+    registered_epochs: Collection[int] = (),
 ) -> TrainResult:
     """Train AtlasNet on `data`; resume from checkpoint bytes or start from given weights.
 
     Checkpoints go to `callbacks.on_checkpoint` every `checkpoint_every` epochs and at the end;
     with `keep_best`, the best validation epoch's checkpoint is also handed over (once) if it
-    was not one of those, and `TrainResult.final_epoch` names it.
+    was not one of those, no later than the next checkpoint, and `TrainResult.final_epoch`
+    names it. Handing the best over before any later checkpoint is what makes a resumed run
+    choose exactly what an uninterrupted one would: whatever checkpoint it resumes from, every
+    better epoch before it is already stored. `registered_epochs` are the epochs whose
+    checkpoints the caller already holds (an earlier attempt's): a resumed run takes its best
+    epoch from the resumed history, among those.
     """
     config.validate()
     callbacks = callbacks or TrainCallbacks()
@@ -183,11 +195,12 @@ def train(
         callbacks.on_checkpoint(CheckpointEvent(epoch, metrics, state, reason))  # type: ignore[misc]
         registered.add(epoch)
 
-    # A resumed run only knows the checkpoint it resumed from; epochs before it that were
-    # better but never registered are gone, so the best starts from the resumed state.
-    registered: set[int] = {start_epoch - 1} if resume_from is not None else set()
-    best_val = history[-1]["val_chamfer"] if history else math.inf
-    best_epoch, best_state, best_extra = start_epoch - 1, None, {}
+    registered: set[int] = set(registered_epochs)
+    if resume_from is not None:
+        registered.add(start_epoch - 1)
+    best_epoch, best_val = _best_so_far(history, registered if config.keep_best else None)
+    best_state: bytes | None = None  # the best epoch's checkpoint, until it is handed over
+    best_extra: dict[str, Any] = {}
     n_points = config.model.n_points
     result = TrainResult(model=model, history=history, last_epoch=start_epoch - 1)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -204,9 +217,12 @@ def train(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if callbacks.on_step is not None:
+                callbacks.on_step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val = evaluate_chamfer(model, val_clouds, n_points, config.batch_size, config.seed + 1)
+        val = evaluate_chamfer(model, val_clouds, n_points, config.batch_size, config.seed + 1,
+                               callbacks.on_step)
         stats = EpochStats(epoch, config.epochs, float(np.mean(losses)), val, lr,
                            time.perf_counter() - started)
         if not math.isfinite(stats.train_loss):
@@ -224,6 +240,9 @@ def train(
         if callbacks.on_checkpoint is not None:
             periodic = epoch % config.checkpoint_every == 0
             if periodic or last:
+                if best_state is not None:  # stored before any later checkpoint: see above
+                    emit(best_epoch, best_state, "best", best_extra)
+                    best_state = None
                 extra = _health(model, val_clouds, n_points)
                 emit(epoch, snapshot(epoch), "last" if last else "periodic", extra)
                 if improved:
@@ -239,6 +258,20 @@ def train(
 
     result.final_epoch = best_epoch if config.keep_best else result.last_epoch
     if callbacks.on_checkpoint is not None and result.final_epoch not in registered:
-        assert best_state is not None
+        if best_state is None:
+            raise RuntimeError(f"epoch {result.final_epoch} was chosen but its checkpoint was "
+                               "neither kept nor registered")
         emit(result.final_epoch, best_state, "best", best_extra)
     return result
+
+
+def _best_so_far(history: list[dict[str, float]], stored: set[int] | None) -> tuple[int, float]:
+    """(epoch, validation Chamfer) of the best epoch in a resumed history, as the uninterrupted
+    run saw it: the first epoch with the lowest value. With `stored` (keep-best), only an epoch
+    whose checkpoint is stored can be chosen: a history from before the best was handed over at
+    every checkpoint may name one whose weights are gone. (0, inf) for a fresh run."""
+    epochs = [(e, h["val_chamfer"]) for e, h in enumerate(history, start=1)
+              if stored is None or e in stored]
+    if not epochs:
+        return 0, math.inf
+    return min(epochs, key=lambda ev: (ev[1], ev[0]))

@@ -11,10 +11,14 @@ every machine shares at the same path (`file:///mnt/shared/rodin`), or an object
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 
 import fsspec
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(RuntimeError):
@@ -55,8 +59,10 @@ def safe_name(name: object) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root_url: str, storage_options: dict[str, object] | None = None):
+    def __init__(self, root_url: str, storage_options: dict[str, object] | None = None,
+                 write_retry_s: float = 0.0):
         self.root_url = root_url.rstrip("/")
+        self.write_retry_s = write_retry_s
         options = dict(storage_options or {})
         if self.root_url.startswith(("s3://", "s3a://")) and "endpoint_url" in options:
             # s3fs takes the endpoint among the botocore client's arguments.
@@ -80,23 +86,68 @@ class ArtifactStore:
         return self.fs.unstrip_protocol(path)
 
     def put_bytes(self, data: bytes, suffix: str = "") -> StoredArtifact:
-        """Store `data` (idempotent) and return where it lives."""
+        """Store `data` (idempotent) and return where it lives.
+
+        A write the store refuses (full, read-only) is tried again with backoff for
+        `write_retry_s` seconds (0 for a client, which should hear at once; a worker rides out
+        a store that comes back), then raises ArtifactError naming the store and the blob.
+        """
         digest = sha256_bytes(data)
         path = self._path(digest, suffix)
-        if not self.fs.exists(path):
-            if self._rename_into_place:
-                # Write beside and move into place so that a crash never leaves a partial
-                # blob under the content address; two writers of equal bytes both succeed.
-                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-                with self.fs.open(tmp, "wb") as fh:
-                    fh.write(data)
-                self.fs.mv(tmp, path)
-            else:
-                # One PUT: an object appears whole or not at all (a copy+delete "move" would
-                # only double the traffic).
-                self.fs.pipe_file(path, data)
-        return StoredArtifact(self._uri(path), digest, len(data))
+        deadline, pause = time.monotonic() + self.write_retry_s, 0.5
+        while True:
+            try:
+                if not self.fs.exists(path):
+                    self._write(path, data)
+                return StoredArtifact(self._uri(path), digest, len(data))
+            except ArtifactError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s; trying again in %.1f s", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _write(self, path: str, data: bytes) -> None:
+        if self._rename_into_place:
+            self._write_beside_and_rename(path, data)
+            return
+        # One PUT: an object appears whole or not at all (a copy+delete "move" would only
+        # double the traffic).
+        try:
+            self.fs.pipe_file(path, data)
+        except OSError as exc:
+            raise self._write_error(path, len(data), exc) from None
+
+    def _write_beside_and_rename(self, path: str, data: bytes) -> None:
+        """Write beside and move into place, so that a crash never leaves a partial blob under
+        the content address (two writers of equal bytes both succeed); a write that fails
+        (store full, read-only) removes its temporary file at once."""
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            self.fs.mv(tmp, path)
+        except OSError as exc:
+            try:
+                self.fs.rm_file(tmp)
+            except OSError:
+                pass  # never created, or the store refuses even that: `rodin gc` removes it
+            raise self._write_error(path, len(data), exc) from None
+
+    def _write_error(self, path: str, size: int, exc: OSError) -> ArtifactError:
+        """A failed write as one line: which store, which blob, and what to do."""
+        import errno
+
+        why = {errno.ENOSPC: "the store is full", errno.EDQUOT: "the store's quota is used up",
+               errno.EROFS: "the store is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
+        fix = {errno.ENOSPC: "free space there or point RODIN_ARTIFACTS_URL elsewhere",
+               errno.EDQUOT: "free space there or point RODIN_ARTIFACTS_URL elsewhere",
+               errno.EROFS: "mount it read-write", errno.EACCES: "give this user write access",
+               errno.EPERM: "give this user write access"}.get(exc.errno or 0, "check the store")
+        return ArtifactError(f"could not write {size} bytes to the artifact store at "
+                             f"{self.root_url} ({self._uri(path)}): {why}; {fix}")
 
     def _local_path(self, uri: str) -> str:
         """The store's path for a recorded URI.
@@ -131,8 +182,8 @@ class ArtifactStore:
         return self.fs.exists(self._local_path(uri))
 
 
-def open_store(settings=None) -> ArtifactStore:
+def open_store(settings=None, *, write_retry_s: float = 0.0) -> ArtifactStore:
     from orchestrator.settings import load_settings
 
     settings = settings or load_settings()
-    return ArtifactStore(settings.artifact_root, settings.storage_options)
+    return ArtifactStore(settings.artifact_root, settings.storage_options, write_retry_s)

@@ -151,7 +151,7 @@ def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
                 (sent if values["status"] == JobStatus.queued.value else ended).append(job_id)
         kinds = {job_id: kind for job_id, kind, _ in waiting}
     for job_id in sent:
-        send(settings, job_id, JobKind(kinds[job_id]))
+        send(settings, job_id, JobKind(kinds[job_id]), fail_job=False)
     for job_id in ended:
         settle_dependents(settings, job_id)  # a chain fails all the way down
     return sent
@@ -165,14 +165,25 @@ def _settle_quietly(settings: Settings, job_id: int) -> None:
         log.warning("could not settle the jobs waiting for job %s", job_id, exc_info=True)
 
 
-def send(settings: Settings, job_id: int, kind: JobKind) -> None:
-    """Put a registered job's message on its queue and record the Celery task id."""
+def send(settings: Settings, job_id: int, kind: JobKind, *, fail_job: bool = True) -> bool:
+    """Put a registered job's message on its queue and record the Celery task id.
+
+    A broker that cannot take the message fails the job with the reason (a client submitting
+    is told at once), unless `fail_job` is False: a job that is already queued and was only
+    being sent again (by the reaper, a worker giving it back, a finished dependency) stays
+    queued with its message missing, and the reaper sends it once the broker is back (Redis
+    restarting must not fail jobs). Returns whether the message was sent.
+    """
     from orchestrator.queue import make_app, send_job
 
     try:
         task_id = send_job(make_app(settings), kind.value, job_id)
     except Exception as exc:  # noqa: BLE001 - any broker failure is reported on the job
         reason = redact(str(exc))
+        if not fail_job:
+            log.warning("job %s stays queued: its message could not be sent to %s (%s); it will "
+                        "be sent again", job_id, redact(settings.queue_url), reason)
+            return False
         with session_scope(settings) as s:
             job = _job(s, job_id)
             job.status, job.error, job.finished_at = JobStatus.failed.value, f"could not queue: {reason}", now()
@@ -181,6 +192,7 @@ def send(settings: Settings, job_id: int, kind: JobKind) -> None:
     with session_scope(settings) as s:
         job = _job(s, job_id)
         job.celery_task_id, job.sent_at = task_id, now()
+    return True
 
 
 def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
@@ -436,6 +448,50 @@ def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease |
     _settle_quietly(settings, job_id)
 
 
+def after_lost_attempt(settings: Settings, *, lost: int, cancel_requested: bool,
+                       worker: str | None, last_seen: datetime | None, reason: str,
+                       at: datetime) -> dict[str, Any]:
+    """The job's next state once an attempt has died (`lost` counts it): `cancelled` if that was
+    asked, `failed` once RODIN_MAX_ATTEMPTS attempts were lost, else `queued` again with the
+    reason shown until the next claim. The one rule for the reaper and for a worker whose job
+    process died or hung."""
+    if cancel_requested:
+        return dict(status=JobStatus.cancelled.value, finished_at=at, lost=lost, lease_token=None)
+    if lost >= settings.max_attempts:
+        return dict(status=JobStatus.failed.value, finished_at=at, lost=lost, lease_token=None,
+                    error=f"{reason}; {lost_reason(lost, worker, last_seen)}")
+    return dict(status=JobStatus.queued.value, worker=None, lost=lost, lease_token=None,
+                error=reason)
+
+
+def take_back(settings: Settings, job_id: int, attempt: int, worker: str, reason: str) -> str | None:
+    """A worker gives back a job whose attempt it knows to be dead (its job process died, or
+    made no progress and was ended): at once, rather than after the reaper's stale window, and
+    counted as a lost attempt. Only that very attempt: if the job has moved on (finished, taken
+    back already, claimed again) nothing changes. Returns the job's new status, or None."""
+    at = now()
+    with session_scope(settings) as s:
+        row = s.execute(select(Job.kind, Job.lost, Job.cancel_requested, Job.heartbeat_at).where(
+            Job.id == job_id, Job.status == JobStatus.running.value, Job.worker == worker,
+            Job.attempts == attempt)).first()
+        if row is None:
+            return None
+        kind, lost, cancel, beat = row
+        values = after_lost_attempt(settings, lost=lost + 1, cancel_requested=cancel, worker=worker,
+                                    last_seen=beat, reason=reason, at=at)
+        moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value,
+                                            Job.worker == worker, Job.attempts == attempt)
+                          .values(**values))
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+    log.warning("job %s attempt %s: %s; %s", job_id, attempt, reason, values["status"])
+    if values["status"] == JobStatus.queued.value:
+        send(settings, job_id, JobKind(kind), fail_job=False)
+    else:
+        _settle_quietly(settings, job_id)
+    return str(values["status"])
+
+
 def release(settings: Settings, worker: str) -> list[int]:
     """A worker stopping cleanly gives back the job it was running (its message goes back to
     the queue too): the job is `queued` again and the stop does not count as a lost attempt."""
@@ -445,7 +501,8 @@ def release(settings: Settings, worker: str) -> list[int]:
         if ids:
             s.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.running.value,
                                         Job.worker == worker)
-                      .values(status=JobStatus.queued.value, lease_token=None, worker=None))
+                      .values(status=JobStatus.queued.value, lease_token=None, worker=None,
+                              sent_at=now()))  # its message goes back to the queue with it
         return ids
 
 

@@ -18,15 +18,17 @@ at once, because each change is a conditional update that only one of them can m
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from orchestrator import jobs
 from orchestrator.queue import KIND_TASKS, TASK_QUEUES
-from orchestrator.registry.db import session_scope
+from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, Worker
 from orchestrator.registry.queries import is_stale
 from orchestrator.settings import Settings
@@ -45,11 +47,16 @@ class Reaped:
     released: list[int] = field(default_factory=list)  # dependents sent once their job ended
 
 
-def reap(settings: Settings, now: datetime | None = None) -> Reaped:
-    """One pass: take back stale running jobs, then resend queued jobs whose message is lost."""
+def reap(settings: Settings, now: datetime | None = None, *, judge_silence: bool = True) -> Reaped:
+    """One pass: take back stale running jobs, then resend queued jobs whose message is lost.
+
+    `judge_silence=False` skips the first: a reaper that could not reach the registry a moment
+    ago cannot tell a dead worker from one that was cut off as it was (see `Reaper`).
+    """
     now = now or datetime.now(timezone.utc)
     done = Reaped()
-    _take_back_stale(settings, now, done)
+    if judge_silence:
+        _take_back_stale(settings, now, done)
     _resend_lost(settings, now, done)
     _settle_waiting(settings, done)
     for what, ids in (("requeued", done.requeued), ("failed", done.failed),
@@ -60,6 +67,47 @@ def reap(settings: Settings, now: datetime | None = None) -> Reaped:
     return done
 
 
+class Reaper:
+    """One worker's reaper, which judges silence only while silence means something.
+
+    When the registry itself is away (a PostgreSQL restart, a network cut), no worker can write
+    its heartbeat, and once it is back every running job looks silent. So a reaper that has
+    lost contact with the registry (a failed heartbeat or pass) takes nobody back until it has
+    reached the registry again for one whole stale window (RODIN_STALE_AFTER_S): time enough
+    for every live worker, which beats several times a window, to have written again. A worker
+    just started waits the same window: it cannot know what the registry went through before.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
+        self.settings, self._clock = settings, clock
+        self._reachable_since: float | None = None
+
+    def lost_contact(self) -> None:
+        """The registry could not be reached (by the heartbeat, or by a pass)."""
+        self._reachable_since = None
+
+    def in_contact(self) -> None:
+        """The registry answered."""
+        if self._reachable_since is None:
+            self._reachable_since = self._clock()
+
+    @property
+    def judges_silence(self) -> bool:
+        since = self._reachable_since
+        return since is not None and self._clock() - since >= self.settings.stale_after_s
+
+    def run(self, now: datetime | None = None) -> Reaped:
+        """One pass; an error (the registry or the broker away) is raised after being noted."""
+        judge = self.judges_silence
+        try:
+            done = reap(self.settings, now, judge_silence=judge)
+        except DBAPIError:
+            self.lost_contact()
+            raise
+        self.in_contact()
+        return done
+
+
 def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
     cutoff = now - timedelta(seconds=settings.stale_after_s)
     with session_scope(settings) as s:
@@ -67,27 +115,24 @@ def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
                                  Job.heartbeat_at, Job.cancel_requested)
                           .where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)).all()
     for job_id, kind, token, lost, worker, beat, cancel in stale:
-        lost += 1
-        if cancel:
-            values = dict(status=JobStatus.cancelled.value, finished_at=now)
-            bucket = done.cancelled
-        elif lost >= settings.max_attempts:
-            values = dict(status=JobStatus.failed.value, finished_at=now,
-                          error=jobs.lost_reason(lost, worker, beat))
-            bucket = done.failed
-        else:
-            values = dict(status=JobStatus.queued.value, worker=None)
-            bucket = done.requeued
+        seen = as_utc(beat)
+        silent = (now - seen).total_seconds() if seen is not None else settings.stale_after_s
+        values = jobs.after_lost_attempt(
+            settings, lost=lost + 1, cancel_requested=cancel, worker=worker, last_seen=beat, at=now,
+            reason=f"taken back: its worker {worker or '?'} was silent for {silent:.0f} s "
+                   f"(RODIN_STALE_AFTER_S={settings.stale_after_s:g})")
+        bucket = {JobStatus.cancelled.value: done.cancelled, JobStatus.failed.value: done.failed,
+                  JobStatus.queued.value: done.requeued}[values["status"]]
         with session_scope(settings) as s:
             # Only if nothing moved since it was read: the same attempt, still silent.
             taken = s.execute(update(Job).where(
                 Job.id == job_id, Job.status == JobStatus.running.value, Job.lease_token == token,
-                Job.heartbeat_at < cutoff).values(lost=lost, lease_token=None, **values))
+                Job.heartbeat_at < cutoff).values(**values))
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 continue  # another reaper, or the worker woke up
         bucket.append(job_id)
         if bucket is done.requeued:
-            jobs.send(settings, job_id, JobKind(kind))
+            jobs.send(settings, job_id, JobKind(kind), fail_job=False)
         else:
             jobs.settle_dependents(settings, job_id)
 
@@ -106,9 +151,11 @@ def _settle_waiting(settings: Settings, done: Reaped) -> None:
 def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
     cutoff = now - timedelta(seconds=settings.resend_after_s)
     with session_scope(settings) as s:
+        # A job's message is only presumed lost once it has been queued for the resend delay:
+        # one just created (not sent yet) or just sent is on its way.
         waiting = s.execute(select(Job.id, Job.kind, Job.sent_at).where(
             Job.status == JobStatus.queued.value, Job.cancel_requested.is_(False),
-            (Job.sent_at.is_(None)) | (Job.sent_at < cutoff))).all()
+            func.coalesce(Job.sent_at, Job.created_at) < cutoff)).all()
         if not waiting:
             return
         idle = _idle_queues(s.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all(), settings, now)
@@ -121,8 +168,8 @@ def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
                               .values(sent_at=now))
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 continue
-        jobs.send(settings, job_id, JobKind(kind))
-        done.resent.append(job_id)
+        if jobs.send(settings, job_id, JobKind(kind), fail_job=False):
+            done.resent.append(job_id)
 
 
 #: worker name -> when this process's reaper first saw it idle (and live) without a break.

@@ -57,6 +57,12 @@ class Settings:
     resend_after_s: float = 30.0
     #: How long a worker keeps retrying a registry write (PostgreSQL restarting) before giving up.
     registry_retry_s: float = 300.0
+    #: Seconds a job process may go without showing progress (a training batch, a reconstructed
+    #: input) before its worker ends it and gives the job back to the queue as a lost attempt:
+    #: a process that is frozen, deadlocked or stuck in I/O. Generous by default: it must also
+    #: cover what a job does before its first step (fetching a large dataset, building the
+    #: model) and its longest single step.
+    progress_timeout_s: float = 900.0
     #: Ingestion limits: bytes of a mesh file, bytes once decompressed (.gz, .bz2), and faces.
     max_file_bytes: int = 512 * 1024 * 1024
     max_inflated_bytes: int = 1024 * 1024 * 1024
@@ -106,6 +112,7 @@ class Settings:
             "max_attempts": str(self.max_attempts),
             "resend_after_s": f"{self.resend_after_s:g}",
             "registry_retry_s": f"{self.registry_retry_s:g}",
+            "progress_timeout_s": f"{self.progress_timeout_s:g}",
             "max_file_bytes": str(self.max_file_bytes),
             "max_inflated_bytes": str(self.max_inflated_bytes),
             "max_faces": str(self.max_faces),

@@ -58,7 +58,7 @@ TRAIN_FLAGS = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hid
 #: Variables of the caller's own rodin that must not leak into the cluster's processes.
 RODIN_VARS = ("RODIN_HOME", "RODIN_DATABASE_URL", "RODIN_BROKER_URL", "RODIN_ARTIFACTS_URL",
               "RODIN_CONFIG", "RODIN_DEVICE", "RODIN_WORKER_NAME", "RODIN_DEBUG",
-              "RODIN_STALE_AFTER_S", "RODIN_MAX_ATTEMPTS")
+              "RODIN_STALE_AFTER_S", "RODIN_MAX_ATTEMPTS", "RODIN_PROGRESS_TIMEOUT_S")
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
 
@@ -306,7 +306,7 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Running, and not a zombie waiting for a parent (PID 1 in a container may never reap)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -323,9 +323,9 @@ def kill_worker(worker: WorkerProc, settings: Settings) -> Kill:
     worker.killed = True
     worker.proc.wait()
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.05)
-    kill.survivors = [p for p in children if _alive(p)]
+    kill.survivors = [p for p in children if pid_alive(p)]
     # Read after every process of the worker is gone: nothing but the reaper can change the row
     # now, so a job still `running` on this worker is one that the kill interrupted.
     running = running_on(settings, worker.name)
@@ -429,7 +429,7 @@ def check_succeeded(rows: dict[int, JobView], ids: list[int]) -> Check:
     return Check("all jobs succeeded", not bad, detail)
 
 
-def _checkpoints(settings: Settings, ids: list[int]) -> dict[int, list[Any]]:
+def checkpoints(settings: Settings, ids: list[int]) -> dict[int, list[Any]]:
     from sqlalchemy import select
 
     from orchestrator.registry.db import session_scope
@@ -529,7 +529,7 @@ def default_stale_after_s() -> float:
 # ----------------------------------------------------------------------------------------- run
 
 
-def _conditions() -> dict[str, Any]:
+def machine_conditions() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "python": sys.version.split()[0],
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "niceness": os.nice(0)}
@@ -589,7 +589,7 @@ def soak(jobs: int = 20, workers: int = 3, kills: int = 12, *, kill_every_s: flo
 
 
 def _run(cluster: Cluster, plan: Plan, rng: random.Random) -> SoakResult:
-    conditions = _conditions()
+    conditions = machine_conditions()
     started = time.monotonic()
     deadline = started + plan.timeout_s
     ids = _setup(cluster, plan)
@@ -610,7 +610,7 @@ def _run(cluster: Cluster, plan: Plan, rng: random.Random) -> SoakResult:
 def _result(cluster: Cluster, settings: Settings, ids: list[int], plan: Plan, kills: list[Kill],
             unexpected: list[str], wall: float, conditions: dict[str, Any]) -> SoakResult:
     rows = read_jobs(settings, ids)
-    by_job = _checkpoints(settings, ids)
+    by_job = checkpoints(settings, ids)
     blobs = check_blobs(settings)
     hits = [k for k in kills if k.job_id is not None]
     checks = [check_succeeded(rows, ids), check_unique_epochs(by_job), check_lineage(by_job, plan.epochs),

@@ -66,10 +66,34 @@ class RedisServer:
     port: int
     password: str
     folder: Path
+    #: The server's command line and its running process (for `stop`, `start` and `restart`).
+    command: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        """SIGTERM, as `redis-cli shutdown`: Redis writes its AOF and exits; every connection
+        is cut. Its port and data folder stay for `start`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def start(self) -> None:
+        """Start it again on the same port and data folder (it reloads its AOF)."""
+        self.proc = subprocess.Popen(self.command, stdout=(self.folder / "redis.log").open("ab"),
+                                     stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc, "redis-server")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 @contextmanager
@@ -80,22 +104,15 @@ def redis_server() -> Iterator[RedisServer]:
         raise ServerUnavailable("redis-server is not installed (apt-get install redis-server)")
     folder = Path(tempfile.mkdtemp(prefix="rodin-redis-"))
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-         "--requirepass", REDIS_PASSWORD, "--appendonly", "yes", "--appendfsync", "no",
-         "--save", "", "--daemonize", "no", "--loglevel", "warning"],
-        stdout=(folder / "redis.log").open("wb"), stderr=subprocess.STDOUT,
-    )
+    server = RedisServer(port, REDIS_PASSWORD, folder, command=[
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        "--requirepass", REDIS_PASSWORD, "--appendonly", "yes", "--appendfsync", "no",
+        "--save", "", "--daemonize", "no", "--loglevel", "warning"])
     try:
-        _wait_port(port, proc, "redis-server")
-        yield RedisServer(port, REDIS_PASSWORD, folder)
+        server.start()
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()  # the process running now (a restart replaces it)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -124,11 +141,18 @@ class PostgresServer:
         """As `pg_ctl restart -m fast`: every connection is cut, the server is back within a
         second. (Stop, then start with the log file, so that the new server does not hold this
         process's pipes open.)"""
-        data = str(self.folder / "data")
-        subprocess.run([*self.pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run([*self.pg_ctl, "-D", data, "-o", self.options, "-l", str(self.folder / "pg.log"),
-                        "-w", "-t", "60", "start"], check=True,
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m fast`: every connection is cut; the data folder and port stay."""
+        subprocess.run([*self.pg_ctl, "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port and data folder."""
+        subprocess.run([*self.pg_ctl, "-D", str(self.folder / "data"), "-o", self.options,
+                        "-l", str(self.folder / "pg.log"), "-w", "-t", "60", "start"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def url(self, database: str = "postgres") -> str:

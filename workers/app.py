@@ -24,7 +24,7 @@ from orchestrator.artifacts import ArtifactStore, open_store
 from orchestrator.queue import make_app
 from orchestrator.registry.models import JobStatus
 from orchestrator.settings import Settings, load_settings
-from workers import runtime
+from workers import liveness, runtime
 from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("rodin.worker")
@@ -43,9 +43,12 @@ def _run_job(job_id: int, body: JobBody) -> None:
     if lease is None:
         return
     runtime.current_job_id = job_id
+    liveness.begin(job_id, lease.attempt)
     _poke_heartbeat()
     try:
-        body(settings, open_store(settings), lease, device)
+        # A store that refuses writes for a while (full, remounted) is ridden out as the
+        # registry is: for RODIN_REGISTRY_RETRY_S.
+        body(settings, open_store(settings, write_retry_s=settings.registry_retry_s), lease, device)
     except jobs.LeaseLost as exc:
         # Presumed dead and replaced (or cancelled while silent): the job is someone else's now.
         log.warning("job %s: %s; stopping this attempt", job_id, exc)
@@ -56,6 +59,7 @@ def _run_job(job_id: int, body: JobBody) -> None:
         except jobs.LeaseLost:
             log.warning("job %s failed after its lease was lost; not recorded", job_id)
     finally:
+        liveness.end()
         runtime.current_job_id = None
         _poke_heartbeat()
 

@@ -21,6 +21,7 @@ from orchestrator.errors import RegistryInvariantError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
+from workers import liveness
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def run_evaluate(settings: Settings, store: ArtifactStore, lease: jobs.Lease, de
         library = own
 
     def on_progress(done: int, total: int, stage: str) -> None:
+        liveness.tick()
         jobs.report_progress(settings, lease, {"done": done, "total": total, "stage": stage})
 
     report = evaluate(model, evaluated, library, on_progress=on_progress, refine=inputs.refine)

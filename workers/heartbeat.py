@@ -3,12 +3,19 @@
 Every machine writes to the same registry, so `rodin workers` on any client lists the live
 workers of all machines (name, queues, device, current job, last heartbeat), and a job whose
 `heartbeat_at` stops moving while it is `running` is visibly stuck (`rodin status`).
+
+The heartbeat thread lives in the worker's main process and also watches the job process
+through `workers.liveness`: a job process that died is given back at once (not after the
+reaper's stale window), and one that has made no progress for RODIN_PROGRESS_TIMEOUT_S is
+ended and its job given back. So the job's heartbeat, which this thread writes, stands for
+a job process that is alive and moving, not merely for a live main process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,7 +26,7 @@ from orchestrator import jobs, recovery
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, Worker
 from orchestrator.settings import Settings
-from workers import runtime
+from workers import liveness, runtime
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 5.0
@@ -40,6 +47,10 @@ class Heartbeat:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rodin-heartbeat", daemon=True)
         self._next_reap = 0.0
+        self.reaper = recovery.Reaper(settings)
+        #: (job id, attempt) -> why this worker ended that attempt's process, until the job is
+        #: given back (the registry may be away when the process is ended).
+        self._ended: dict[tuple[int, int], str] = {}
 
     def start(self) -> None:
         with session_scope(self.settings) as s:
@@ -81,6 +92,7 @@ class Heartbeat:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            self._watch_job_process()
             try:
                 job_id = runtime.active_job_id()
             except RuntimeError:  # the set of running tasks changed while it was read
@@ -90,17 +102,52 @@ class Heartbeat:
             try:
                 self.beat(job_id)
                 last_job, next_beat = job_id, time.monotonic() + INTERVAL_S
+                self.reaper.in_contact()
             except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
                 log.warning("heartbeat failed", exc_info=True)
+                self.reaper.lost_contact()
                 next_beat = time.monotonic() + self.interval
             self._maybe_reap()
+
+    def _watch_job_process(self) -> None:
+        """Give back the job of a job process that died, or that stopped making progress."""
+        attempt = liveness.current()
+        if attempt is None or attempt.pid == self.pid:  # nothing running, or no separate process
+            return
+        key = (attempt.job_id, attempt.attempt)
+        if key not in self._ended:
+            if not liveness.process_alive(attempt.pid):
+                self._ended[key] = f"its job process (pid {attempt.pid}) died"
+            elif attempt.silent_for_s() > self.settings.progress_timeout_s:
+                self._ended[key] = (f"its job process made no progress for "
+                                    f"{attempt.silent_for_s():.0f} s (RODIN_PROGRESS_TIMEOUT_S="
+                                    f"{self.settings.progress_timeout_s:g}) and was ended")
+                log.warning("job %s: no progress for %.0f s; ending its process %s",
+                            attempt.job_id, attempt.silent_for_s(), attempt.pid)
+                try:
+                    os.kill(attempt.pid, signal.SIGKILL)  # a stopped process dies of it too
+                except ProcessLookupError:
+                    pass
+            else:
+                return
+        try:
+            jobs.take_back(self.settings, attempt.job_id, attempt.attempt, self.name,
+                           f"attempt {attempt.attempt} lost on {self.name}: {self._ended[key]}")
+        except Exception:  # noqa: BLE001 - the registry may be away: try again on the next look
+            log.warning("could not give back job %s yet", attempt.job_id, exc_info=True)
+            return
+        del self._ended[key]
+        now_on_board = liveness.current()
+        if now_on_board is not None and now_on_board.same_attempt(attempt):  # not a newer one
+            liveness.end()
+        self._wake.set()
 
     def _maybe_reap(self) -> None:
         if time.monotonic() < self._next_reap:
             return
         self._next_reap = time.monotonic() + REAP_EVERY_S
         try:
-            recovery.reap(self.settings)
+            self.reaper.run()
         except Exception:  # noqa: BLE001 - the registry or broker may be away; try again later
             log.warning("reaper pass failed", exc_info=True)
 

@@ -28,6 +28,7 @@ from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, mesh_limits
+from workers import liveness
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
         outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name, **scores, **ply.as_dict()})
         outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name, **png.as_dict()})
         results.append({"input": shape.name, "output": f"{stem}.ply", **scores, "seconds": fit.seconds})
+        liveness.tick()
         jobs.report_progress(settings, lease, {"done": i + 1, "total": len(shapes)})
     result = {"refine": inputs.refine, "inputs": results,
               "warnings": [f"{r['input']}: {w}" for r in results for w in r["warnings"]]}  # type: ignore[attr-defined]

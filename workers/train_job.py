@@ -20,7 +20,7 @@ from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
 from orchestrator.settings import Settings
-from workers import runtime
+from workers import liveness, runtime
 from workers.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devic
 
     recorder = _Recorder(settings, store, lease, plan)
     result = train(plan.config, data,
-                   TrainCallbacks(on_epoch=recorder.on_epoch, on_checkpoint=recorder.on_checkpoint),
-                   resume_from=resume_bytes, init_weights=init_weights)
+                   TrainCallbacks(on_epoch=recorder.on_epoch, on_checkpoint=recorder.on_checkpoint,
+                                  on_step=liveness.tick),
+                   resume_from=resume_bytes, init_weights=init_weights,
+                   registered_epochs=set(recorder.ids))
 
     outputs = []
     if result.history:

@@ -70,6 +70,40 @@ def test_keep_best_hands_over_the_best_validation_epoch(swords: PointCloudSet) -
     assert {"coverage", "collapsed_patches", "warnings"} <= set(by_epoch[best].metrics)
 
 
+def test_a_resumed_run_chooses_the_best_epoch_an_uninterrupted_run_chooses(
+        swords: PointCloudSet) -> None:
+    """Killed after any checkpoint (even after the final best, before the job ended): the
+    resumed run restores keep-best from the stored checkpoints and ends on the same epoch."""
+    cfg = tiny(epochs=8, checkpoint_every=3, seed=1)
+    cfg.lr = 1e-2  # noisy: with this seed the best epoch (5) falls between checkpoints
+    events: list[CheckpointEvent] = []
+    full = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
+    assert full.final_epoch not in (3, 6, 8), "the case needs a best between checkpoints"
+    # The pending best is stored before the next checkpoint, never only at the end.
+    best_at = [e.epoch for e in events].index(full.final_epoch)
+    assert events[best_at + 1].epoch > full.final_epoch
+    for crash in range(len(events)):
+        stored = events[:crash + 1]
+        newest = max(stored, key=lambda e: e.epoch)
+        resumed_events: list[CheckpointEvent] = []
+        resumed = train(cfg, swords, TrainCallbacks(on_checkpoint=resumed_events.append),
+                        resume_from=newest.state, registered_epochs={e.epoch for e in stored})
+        assert resumed.final_epoch == full.final_epoch, f"crash after {newest.epoch}"
+        again = {e.epoch for e in stored} & {e.epoch for e in resumed_events}
+        assert not again, f"epochs {again} handed over twice"
+
+
+def test_resuming_with_patience_counts_from_the_restored_best(swords: PointCloudSet) -> None:
+    cfg = tiny(epochs=200, checkpoint_every=1, patience=3)
+    cfg.lr = 5e-2
+    events: list[CheckpointEvent] = []
+    full = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
+    middle = [e for e in events if e.epoch == full.last_epoch - 1][0]
+    resumed = train(cfg, swords, resume_from=middle.state,
+                    registered_epochs={e.epoch for e in events if e.epoch <= middle.epoch})
+    assert (resumed.last_epoch, resumed.final_epoch) == (full.last_epoch, full.final_epoch)
+
+
 def test_early_stopping_stops_after_patience(swords: PointCloudSet) -> None:
     cfg = tiny(epochs=200, checkpoint_every=100, patience=2)
     cfg.lr = 5e-2  # diverges from its best quickly

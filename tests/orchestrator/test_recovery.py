@@ -157,3 +157,83 @@ def test_a_stopping_worker_gives_its_job_back_without_counting_a_loss(settings: 
     assert (job.status, job.lost) == ("queued", 0)
     lease = jobs.claim(settings, job_id, "b", "cpu")
     assert lease is not None and lease.attempt == 2
+
+
+def test_no_resend_of_a_job_younger_than_the_resend_delay(settings: Settings, dataset_id: int) -> None:
+    """A job not sent yet (or just sent) is on its way, not lost: no duplicate message."""
+    import dataclasses
+
+    settings = dataclasses.replace(settings, resend_after_s=recovery.IDLE_FOR_S + 5)
+    with session_scope(settings) as s:
+        s.add(Worker(hostname="idle", pid=3, queues="train,infer", device="cpu"))
+        job = Job(kind=JobKind.train.value, dataset_id=dataset_id, params={},
+                  status=JobStatus.queued.value)  # registered, its message not sent yet
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    recovery._idle_since.clear()
+    now = datetime.now(timezone.utc)
+    for after_s in (0, 1, recovery.IDLE_FOR_S + 2, settings.resend_after_s - 1):
+        assert recovery.reap(settings, now + timedelta(seconds=after_s)).resent == []
+    later = now + timedelta(seconds=settings.resend_after_s + 1)
+    assert recovery.reap(settings, later).resent == []  # the worker has been idle only now
+    later += timedelta(seconds=recovery.IDLE_FOR_S + 1)
+    assert recovery.reap(settings, later).resent == [job_id]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_reaper_judges_nobody_until_it_has_reached_the_registry_for_a_stale_window(
+        settings: Settings, dataset_id: int) -> None:
+    """After a registry outage every running job looks silent: nobody's fault."""
+    job_id = _train_job(settings, dataset_id)
+    assert jobs.claim(settings, job_id, "a", "cpu") is not None
+    clock = _Clock()
+    reaper = recovery.Reaper(settings, clock)
+    reaper.in_contact()
+    clock.t += settings.stale_after_s + 1
+    reaper.lost_contact()  # a heartbeat failed: the registry went away
+    _silence(settings, job_id, 60)  # ... and for everyone: no worker could beat meanwhile
+    assert reaper.run().requeued == []  # back: the first pass judges nobody
+    clock.t += settings.stale_after_s / 2
+    assert reaper.run().requeued == []
+    assert _status(settings, job_id).status == "running"
+    clock.t += settings.stale_after_s / 2  # a whole window since: a live worker would have beaten
+    assert reaper.run().requeued == [job_id]
+
+
+def test_a_worker_gives_back_the_job_of_its_dead_or_hung_job_process(
+        settings: Settings, dataset_id: int) -> None:
+    job_id = _train_job(settings, dataset_id)
+    lease = jobs.claim(settings, job_id, "a", "cpu")
+    assert lease is not None
+    assert jobs.take_back(settings, job_id, lease.attempt, "b", "not b's") is None
+    assert jobs.take_back(settings, job_id, lease.attempt + 1, "a", "not this attempt") is None
+    assert jobs.take_back(settings, job_id, lease.attempt, "a", "its job process died") == "queued"
+    job = _status(settings, job_id)
+    assert (job.status, job.lost, job.lease_token, job.error) == ("queued", 1, None,
+                                                                  "its job process died")
+    assert jobs.take_back(settings, job_id, lease.attempt, "a", "again") is None  # once only
+    with pytest.raises(jobs.LeaseLost):
+        jobs.report_progress(settings, lease, {})
+    again = jobs.claim(settings, job_id, "b", "cpu")  # any worker picks it up at once
+    assert again is not None and again.attempt == 2 and _status(settings, job_id).error is None
+
+
+def test_a_requeue_survives_a_broker_that_is_away(settings: Settings, dataset_id: int) -> None:
+    """Giving a job back while the broker restarts leaves it queued (the reaper sends it
+    later), rather than failing it as a refused submission would."""
+    import dataclasses
+
+    job_id = _train_job(settings, dataset_id)
+    lease = jobs.claim(settings, job_id, "a", "cpu")
+    assert lease is not None
+    away = dataclasses.replace(settings, broker_url="redis://127.0.0.1:1/0")
+    assert jobs.take_back(away, job_id, lease.attempt, "a", "its job process died") == "queued"
+    assert _status(settings, job_id).status == "queued"
