@@ -223,3 +223,85 @@ def test_redis_killed_and_restarted_during_training(tmp_path: Path, postgres_ser
         assert done["status"] == "succeeded", done["error"]
     assert ends[0]["attempts"] == 1  # the training went on through the broker's restart
     _checkpoints_are_one_lineage(client, job_id)
+
+
+def _job_process(worker: subprocess.Popen[bytes]) -> int:
+    """The pid of the worker's job process (the one child of Celery's prefork pool)."""
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == worker.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    return _until(lambda: (c := children()) and len(c) == 1 and c[0], what="the job process")
+
+
+def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
+        tmp_path: Path, shared: dict[str, str], postgres_server) -> None:  # type: ignore[no-untyped-def]
+    """No worker can beat while the registry is away; none is dead for it. Outage: 2.5 stale
+    windows (RODIN_OUTAGE_S to try others: the README's figures use 30 and 120 s)."""
+    import os
+
+    outage_s = float(os.environ.get("RODIN_OUTAGE_S", "15"))
+    client = _cluster(tmp_path, shared)
+    workers = [Rodin(tmp_path / f"w{i}", extra_env=shared).start_worker(f"o{i}") for i in (1, 2)]
+    try:
+        ids = [client.json("submit", "train", "--dataset", "swords", "--epochs", "40", *TRAIN)["job_id"]
+               for _ in range(2)]
+        for job_id in ids:
+            _until(lambda j=job_id: len(_job(client, j)["model_ids"]) >= 2, what="both jobs training")
+        postgres_server.stop()
+        time.sleep(outage_s)
+        postgres_server.start()
+        ends = [_until(lambda j=j: (s := _job(client, j))["status"] in ("succeeded", "failed") and s,
+                       timeout=300, what=f"job {j} to end") for j in ids]
+    finally:
+        for w in workers:
+            stop_process(w)
+    logs = "".join((tmp_path / f"w{i}" / f"o{i}.log").read_text() for i in (1, 2))
+    assert "reaper requeued" not in logs
+    for done in ends:
+        assert done["status"] == "succeeded", done["error"]
+        assert (done["attempts"], done["lost"]) == (1, 0), done
+        _checkpoints_are_one_lineage(client, done["id"])
+
+
+def test_a_stopped_job_process_is_ended_and_its_job_runs_again(
+        tmp_path: Path, shared: dict[str, str]) -> None:
+    """kill -STOP of the job process: its worker still beats, but the job makes no progress;
+    after RODIN_PROGRESS_TIMEOUT_S the worker ends it and the job resumes elsewhere."""
+    env = {**shared, "RODIN_PROGRESS_TIMEOUT_S": "4"}
+    client = _cluster(tmp_path, env)
+    one = Rodin(tmp_path / "w1", extra_env=env).start_worker("s1")
+    two = None
+    try:
+        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "25", "--keep-best",
+                             *[f for f in TRAIN if f != "--keep-last"])["job_id"]
+        _until(lambda: _job(client, job_id)["worker"] == "s1", what="s1 to take the job")
+        two = Rodin(tmp_path / "w2", extra_env=env).start_worker("s2")
+        _until(lambda: len(_job(client, job_id)["model_ids"]) >= 2, what="two checkpoints")
+        frozen = _job_process(one)
+        import os
+
+        os.kill(frozen, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _until(lambda: (j := _job(client, job_id))["attempts"] == 2 and j["status"] == "running",
+               timeout=60, what="the job running again")
+        back_after = time.monotonic() - stopped
+        done = _until(lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed") and j,
+                      what="the job to end")
+    finally:
+        stop_process(one)
+        if two is not None:
+            stop_process(two)
+    assert done["status"] == "succeeded", done["error"]
+    assert (done["attempts"], done["lost"]) == (2, 1)
+    # Within the progress timeout plus one reaper period (5 s), with room for a loaded machine.
+    assert back_after < 4 + 5 + 6, back_after
+    assert "made no progress" in (tmp_path / "w1" / "s1.log").read_text()
+    _checkpoints_are_one_lineage(client, job_id)
