@@ -56,7 +56,7 @@ def report(
         return
     for note in story.notes:
         err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
-    console.print(str(path), markup=False, highlight=False)
+    console.print(str(path), markup=False, highlight=False, soft_wrap=True)  # whole, for copying
 
 
 def _reconstruct(model_id: int, quiet: bool) -> dict[str, Any]:
