@@ -174,10 +174,10 @@ def send(settings: Settings, job_id: int, kind: JobKind, *, fail_job: bool = Tru
     queued with its message missing, and the reaper sends it once the broker is back (Redis
     restarting must not fail jobs). Returns whether the message was sent.
     """
-    from orchestrator.queue import make_app, send_job
+    from orchestrator.queue import app_for, send_job
 
     try:
-        task_id = send_job(make_app(settings), kind.value, job_id)
+        task_id = send_job(app_for(settings), kind.value, job_id)
     except Exception as exc:  # noqa: BLE001 - any broker failure is reported on the job
         reason = redact(str(exc))
         if not fail_job:

@@ -199,6 +199,19 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+_apps: dict[Settings, Celery] = {}
+
+
+def app_for(settings: Settings) -> Celery:
+    """This process's Celery app for `settings`: made once, so that a 256-job sweep or a reaper
+    pass reuses one app and its producer pool rather than building one per message. (Celery
+    resets the pools of an app inherited across a fork.)"""
+    app = _apps.get(settings)
+    if app is None:
+        app = _apps[settings] = make_app(settings)
+    return app
+
+
 def send_job(app: Celery, kind: str, job_id: int) -> str:
     """Queue the task for a registered job; returns the Celery task id."""
     task = KIND_TASKS[kind]

@@ -119,6 +119,21 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         proc.wait()
 
 
+#: Folders whose every test starts servers, workers or benchmarks.
+SLOW_FOLDERS = ("integration", "benchmarks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `slow` what `make test-fast` leaves out: the tests that start real workers, servers
+    or benchmarks. A module names its worker-starting fixtures in `SLOW_FIXTURES`, or marks
+    itself with `pytestmark = pytest.mark.slow`."""
+    for item in items:
+        path = Path(str(item.fspath))
+        slow_fixtures = set(getattr(getattr(item, "module", None), "SLOW_FIXTURES", ()))
+        if path.parent.name in SLOW_FOLDERS or slow_fixtures & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rodin(tmp_path: Path):  # type: ignore[no-untyped-def]
     r = Rodin(tmp_path / "rodin-home")

@@ -21,7 +21,7 @@ from celery import signals
 
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore, open_store
-from orchestrator.queue import make_app
+from orchestrator.queue import app_for
 from orchestrator.registry.models import JobStatus
 from orchestrator.settings import Settings, load_settings
 from workers import liveness, runtime
@@ -29,7 +29,7 @@ from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("rodin.worker")
 settings = load_settings()
-app = make_app(settings)
+app = app_for(settings)  # the one app of this process: tasks and jobs.send share it
 _heartbeat: Heartbeat | None = None
 
 

@@ -34,6 +34,10 @@ class Source:
     exported: dict[str, Any]
 
 
+#: Fixtures that start a real worker: their tests are `slow` (tests/conftest.py).
+SLOW_FIXTURES = ("source",)
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """6 swords, a 2-epoch model (final: the last epoch, whose parent is the first), tagged

@@ -26,6 +26,10 @@ TINY = ["--epochs", "2", "--points", "128", "--bottleneck", "32", "--hidden", "3
         "--batch-size", "4", "--checkpoint-every", "1", "--val-fraction", "0.25"]
 
 
+#: Fixtures that start a real worker: their tests are `slow` (tests/conftest.py).
+SLOW_FIXTURES = ("home",)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):  # type: ignore[no-untyped-def]
     """8 swords (2 held out) and 4 other swords (1 held out), one live worker."""

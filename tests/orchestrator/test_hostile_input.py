@@ -273,6 +273,7 @@ SECRET_BROKERS = ["redis://:pw-SECRET-1@127.0.0.1:1/0", "redis://127.0.0.1:1/0?p
 
 
 @pytest.mark.filterwarnings("ignore:Query string argument")  # SQLite ignores ?password=
+@pytest.mark.slow
 @pytest.mark.parametrize("broker", SECRET_BROKERS)
 def test_broker_password_is_never_printed(tmp_path: Path, broker: str) -> None:
     rodin = Rodin(tmp_path / "home", extra_env={"RODIN_BROKER_URL": broker,
@@ -289,6 +290,7 @@ def test_broker_password_is_never_printed(tmp_path: Path, broker: str) -> None:
                 assert "Traceback" not in printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broker", SECRET_BROKERS)
 def test_worker_log_never_shows_the_broker_password(tmp_path: Path, broker: str) -> None:
     import sys

@@ -313,6 +313,7 @@ TINY = ["--epochs", "2", "--patches", "2", "--points", "128", "--bottleneck", "1
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_report_reconstructs_validation_shapes_through_a_worker(rodin: Rodin, tmp_path: Path) -> None:
     """A really trained model with no reconstructions: the report queues one job on its
     validation shapes, waits for it on a real worker, and embeds its pictures."""

@@ -180,6 +180,10 @@ def _count(home: Rodin, table: str) -> int:
         return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+#: Fixtures that start a real worker: their tests are `slow` (tests/conftest.py).
+SLOW_FIXTURES = ("home",)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):  # type: ignore[no-untyped-def]
     """6 swords (2 held out) and two live workers, one thread each."""

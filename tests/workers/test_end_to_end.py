@@ -21,6 +21,10 @@ TINY = ["--epochs", "3", "--patches", "4", "--points", "128", "--bottleneck", "3
         "--val-fraction", "0.25"]
 
 
+#: Fixtures that start a real worker: their tests are `slow` (tests/conftest.py).
+SLOW_FIXTURES = ("slice_home",)
+
+
 @pytest.fixture(scope="module")
 def slice_home(tmp_path_factory):  # type: ignore[no-untyped-def]
     """A home with 8 swords and one live worker, shared by the tests of this module."""
