@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
+# Installs Redis, PostgreSQL, Chromium and docker-compose where it can (scripts/test_servers.sh)
+# so that their tests run rather than skip.
 test: setup
+	bash scripts/test_servers.sh
 	$(PY) -m pytest -q
 
 # The unit tier for the edit-test loop: no worker, server or benchmark is started.

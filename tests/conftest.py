@@ -134,6 +134,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """One line naming the servers whose tests were skipped and the command that brings them."""
+    import re
+
+    packages: set[str] = set()
+    count = 0
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        found = re.findall(r"apt-get\s+install\s+([\w.-]+)", reason)
+        if found:
+            packages.update(found)
+            count += 1
+    if packages:
+        terminalreporter.write_line(
+            f"{count} test(s) skipped for want of {', '.join(sorted(packages))}: "
+            "`sudo bash scripts/test_servers.sh` installs them (make test does, as root)", yellow=True)
+
+
 @pytest.fixture
 def rodin(tmp_path: Path):  # type: ignore[no-untyped-def]
     r = Rodin(tmp_path / "rodin-home")
