@@ -4,11 +4,16 @@ A job is a registry row first and a queue message second: the row says what to d
 happened, the message (a job id, JSON) only wakes a worker. Every state change is one short
 transaction here, so the CLI, the task bodies and the tests all move jobs the same way:
 
+    waiting --settle_dependents--> queued (its dependency succeeded) | failed | cancelled
     queued --claim--> running --finish--> succeeded | failed | cancelled
-    queued --cancel--> cancelled
+    running --release (a worker stopping)--> queued
+    running --take_back (its job process died or hung) | the reaper (its worker silent)-->
+        queued | failed (RODIN_MAX_ATTEMPTS lost) | cancelled (asked)
+    queued | waiting --cancel--> cancelled
 
 Clients call `submit` (`submit_sweep` for a grid), `cancel`, `summary` and `wait` (`wait_sweep`);
-workers call `claim`, `report_progress` and `finish`. No torch here.
+workers call `claim`, `report_progress`, `keep_alive` and `finish`, `take_back` and `release`.
+No torch here.
 """
 
 from __future__ import annotations
@@ -373,6 +378,14 @@ def _held(session: Any, lease: Lease) -> Job:
     if job is None or job.lease_token != lease.token or job.status != JobStatus.running.value:
         raise LeaseLost(f"job {lease.job_id} is no longer held by attempt {lease.attempt}")
     return job
+
+
+def keep_alive(session: Any, job_id: int, worker: str, at: datetime) -> None:
+    """The job's heartbeat, written by its worker's heartbeat thread (in the worker row's
+    transaction) while its job process is alive and moving (workers/heartbeat.py). Only a job
+    this worker still holds: one taken back by the reaper is not kept alive."""
+    session.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                      Job.status == JobStatus.running.value).values(heartbeat_at=at))
 
 
 def report_progress(settings: Settings, lease: Lease, progress: dict[str, Any]) -> bool:

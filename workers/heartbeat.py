@@ -20,11 +20,11 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from orchestrator import jobs, recovery
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Job, JobStatus, Worker
+from orchestrator.registry.models import Worker
 from orchestrator.settings import Settings
 from workers import liveness, runtime
 
@@ -75,10 +75,7 @@ class Heartbeat:
                 worker.last_heartbeat = now
                 worker.current_job_id = job_id
             if job_id is not None:
-                # Only the job this worker holds: one taken back by the reaper is not kept alive.
-                s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name,
-                                            Job.status == JobStatus.running.value)
-                          .values(heartbeat_at=now))
+                jobs.keep_alive(s, job_id, self.name, now)
 
     def poke(self) -> None:
         """Beat now (a job started or ended) instead of at the next interval."""
