@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import fsspec
 
+from orchestrator import waiting
+
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,7 @@ class ArtifactStore:
                 if time.monotonic() + pause > deadline:
                     raise
                 log.warning("%s; trying again in %.1f s", exc, pause)
+                waiting.waiting()
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)
 

@@ -10,13 +10,14 @@ its pieces: the cluster of worker processes, the registry reads, the store and l
 Redis (AOF) and PostgreSQL started from their binaries (tests/servers.py), a local artifact
 folder that every worker shares, W workers each with its own home.
 
-Jobs, all submitted through the real CLI while the faults happen (spread over the first 60% of
+Jobs, all submitted through the real CLI while the faults happen (spread over the first 85% of
 the run; a reconstruction or evaluation once some training has given a model):
 
-- trainings of tiny models (scripts.soak_kill.TRAIN_FLAGS, a checkpoint each epoch), each config
-  submitted twice with the same seed and `--keep-best` (twins): the second of a pair is never
-  the target of a process fault, and at the end every pair whose jobs both succeeded must have
-  chosen the same final epoch (`jobs.result["final_epoch"]`), an interrupted one included;
+- trainings of tiny models (scripts.soak_kill.TRAIN_FLAGS: 400 epochs of a few tens of ms, a
+  checkpoint every CHECKPOINT_EVERY = 20 epochs), each config submitted twice with the same seed
+  and `--keep-best` (twins): the second of a pair is never the target of a process fault, and
+  at the end every pair whose jobs both succeeded must have chosen the same final epoch
+  (`jobs.result["final_epoch"]`), an interrupted one included;
 - a sweep (`rodin submit sweep --patches 2,4 ...`, `--keep-last`);
 - a pre-train and fine-tune chain: `rodin submit train --dataset swords --pretrain swords` with a
   tiny recipe (`--pretrain-shapes 8 --pretrain-epochs 10`): a pre-training job and a fine-tune
@@ -44,8 +45,12 @@ the run, in a random order, so that a short run has every kind; more at random a
   not stop writes) it is made immutable with `chattr -R +i` (ext4 and most Linux filesystems);
   as another user with `chmod -R a-w`. Where neither works the fault is skipped, and said so.
 
-Stop and outage times: SIGSTOP 60 s and PostgreSQL 30 s in the full run (30 minutes), 15 s and
-10 s in a run shorter than 10 minutes; the run prints the times it used.
+Stop and outage times: SIGSTOP 60 s and PostgreSQL 30 s in the full run (30 minutes), 30 s and
+10 s in a run shorter than 10 minutes; the run prints the times it used. RODIN_PROGRESS_TIMEOUT_S
+(900 s by default) is set shorter than a SIGSTOP, 45 s and 20 s, so that a stopped job process
+must be caught. A job process waiting out an outage of the registry or the store is not hung: its
+retries count as progress (orchestrator.waiting), so the outages may be longer than the timeout.
+A fault of a server does not start within SERVER_GAP_S of the end of the previous one.
 
 The run is bounded: faults stop after `--minutes` (earlier once every job has ended and every
 kind of fault was injected); the jobs then have a drain period (60 s + 10 s a minute) to end,
@@ -57,13 +62,15 @@ Checks: every submission accepted; every job ended as expected (succeeded, or ca
 the run cancelled it); none left queued, waiting or running; attempts under RODIN_MAX_ATTEMPTS
 (set above the number of faults, so that faults alone cannot exhaust it); no (job, epoch)
 checkpoint registered twice; each training's checkpoints form one unbroken lineage (each one's
-parent is the newest earlier epoch registered before it, or the job's input model; with a
-checkpoint each epoch, no epoch skipped); same-seed twins end on the same final epoch; `rodin
-gc` (orchestrator.gc.find_orphans, no grace period) finds nothing unreferenced, and every
+parent is the newest earlier epoch registered before it, or the job's input model; no periodic
+checkpoint missing); same-seed twins end on the same final epoch; `rodin gc`
+(orchestrator.gc.find_orphans, no grace period) finds nothing unreferenced, and every
 referenced artifact exists; no `*.tmp-*` file left in the store; no worker exited by itself, no
 job process outlived its killed worker, no process of the cluster left once the workers were
-stopped; every enabled kind of fault was injected. Exit code 0 only when every check holds; 1
-otherwise, with the failed checks named and the run's folder (with each worker's log) kept.
+stopped; every job process SIGSTOPped by the run was ended by its worker before the SIGCONT
+(the stop outlasts RODIN_PROGRESS_TIMEOUT_S); every enabled kind of fault was injected. Exit
+code 0 only when every check holds; 1 otherwise, with the failed checks named and the run's
+folder (with each worker's log) kept.
 
 Run it from the repository root as a module (it imports tests/servers.py and scripts/soak_kill.py).
 """
@@ -126,10 +133,18 @@ PROCESS_FAULTS = ("kill_worker", "kill_job", "stop_job", "stop_worker")
 WEIGHTS = {"kill_worker": 3, "kill_job": 3, "stop_job": 2, "stop_worker": 2, "redis_restart": 1,
            "pg_outage": 1, "store_readonly": 1}
 POLL_S = 0.5
+#: Seconds between the end of a server's fault and the start of the next one: each outage is
+#: one fault, not a chain of them.
+SERVER_GAP_S = 10.0
 #: Seconds Redis stays down during a restart.
 REDIS_DOWN_S = 2.0
 #: A client command (submit, cancel) that takes longer than this is a failure of the run.
 CLI_TIMEOUT_S = 120.0
+#: A checkpoint every 20 epochs: each is ~2.3 MB (the PointNet encoder and Adam's moments are
+#: fixed in size), so a checkpoint each epoch would fill tens of GB in the full run; with 20 a
+#: keep-best model is usually registered off the schedule (before the next checkpoint), which
+#: resumes must keep.
+CHECKPOINT_EVERY = 20
 #: The tiny pre-training recipe of the chain (`rodin submit train --pretrain swords`).
 PRETRAIN_FLAGS = ["--pretrain", "swords", "--pretrain-shapes", "8", "--pretrain-epochs", "10"]
 
@@ -139,9 +154,10 @@ class Interrupted(Exception):
 
 
 def flags(**replace: str) -> list[str]:
-    """TRAIN_FLAGS with some values replaced (`flags(patches="2,4")`)."""
+    """TRAIN_FLAGS, a checkpoint every CHECKPOINT_EVERY epochs, and some values replaced
+    (`flags(patches="2,4")`)."""
     out = list(TRAIN_FLAGS)
-    for name, value in replace.items():
+    for name, value in {"checkpoint_every": str(CHECKPOINT_EVERY), **replace}.items():
         option = "--" + name.replace("_", "-")
         out[out.index(option) + 1] = value
     return out
@@ -174,16 +190,18 @@ class ChaosPlan:
 
 
 def make_plan(minutes: float = 30.0, workers: int = 3, jobs: int | None = None, seed: int | None = None,
-              epochs: int | None = None, faults: tuple[str, ...] = FAULT_KINDS) -> ChaosPlan:
+              epochs: int | None = None, faults: tuple[str, ...] = FAULT_KINDS,
+              progress_timeout_s: float | None = None) -> ChaosPlan:
     """The run's settings, scaled to its length (a run under 10 minutes is the short one)."""
     short = minutes < 10
     return ChaosPlan(
         minutes=minutes, workers=workers,
         jobs=jobs if jobs is not None else max(14, round(100 * minutes / 30)),
         seed=seed if seed is not None else random.SystemRandom().randrange(1 << 30),
-        epochs=epochs if epochs is not None else 200,
-        stop_s=15.0 if short else 60.0, pg_outage_s=10.0 if short else 30.0, readonly_s=10.0,
-        progress_timeout_s=10.0 if short else 20.0, stale_after_s=default_stale_after_s(),
+        epochs=epochs if epochs is not None else 400,
+        stop_s=30.0 if short else 60.0, pg_outage_s=10.0 if short else 30.0, readonly_s=10.0,
+        progress_timeout_s=progress_timeout_s or (20.0 if short else 45.0),
+        stale_after_s=default_stale_after_s(),
         drain_s=60.0 + 10.0 * minutes, fault_gap_s=30.0 if short else 40.0, faults=faults)
 
 
@@ -208,30 +226,29 @@ def job_specs(plan: ChaosPlan, rng: random.Random) -> list[Spec]:
     big = n >= 40
     sweep_jobs = 4 if big else 2
     finetunes = 3 if big else 1
-    cancels = max(2, n // 15)
+    cancels = max(2 if n >= 14 else 1, n // 15)
     rest = max(0, n - sweep_jobs - (1 + finetunes) - cancels)
     infer = max(4, round(rest * 0.35))
     pairs = max(1, (rest - infer) // 2)
     infer = max(2, rest - 2 * pairs)
-    window = 0.6 * plan.chaos_s
+    window = 0.85 * plan.chaos_s
     specs: list[Spec] = []
-    sweep = ["--patches", "2,4"] + (["--template", "square,sphere"] if big else [])
     specs.append(Spec("sweep", "sweep", rng.uniform(0, 0.3 * window),
-                      ["submit", "sweep", "--dataset", "swords", "--epochs", e,
-                       *flags(patches="2,4")[2:], *sweep, "--keep-last", "--seed", "7"]))
+                      ["submit", "sweep", "--dataset", "swords", "--epochs", e, *flags(patches="2,4"),
+                       *(["--template", "square,sphere"] if big else []), "--keep-last", "--seed", "7"]))
     for i in range(1, finetunes):
         specs.append(Spec(f"fine-tune {i + 1}", "chain", rng.uniform(0.2 * window, window),
-                          ["submit", "train", "--dataset", "swords", *PRETRAIN_FLAGS, *TRAIN_FLAGS,
+                          ["submit", "train", "--dataset", "swords", *PRETRAIN_FLAGS, *flags(),
                            "--epochs", e, "--seed", str(20 + i)]))
     for i in range(pairs):
         at = rng.uniform(0, window) if i else 0.0
-        args = ["submit", "train", "--dataset", "swords", *TRAIN_FLAGS, "--epochs", e, "--keep-best",
+        args = ["submit", "train", "--dataset", "swords", *flags(), "--epochs", e, "--keep-best",
                 "--seed", str(100 + i)]
         specs.append(Spec(f"twin {i}a", "twin", at, args, pair=i))
         specs.append(Spec(f"twin {i}b", "twin", at, list(args), pair=i, protected=True))
     for i in range(cancels):
         specs.append(Spec(f"cancel {i}", "cancel", rng.uniform(0, window),
-                          ["submit", "train", "--dataset", "swords", *TRAIN_FLAGS,
+                          ["submit", "train", "--dataset", "swords", *flags(),
                            "--epochs", str(10 * plan.epochs), "--keep-last", "--seed", str(300 + i)],
                           cancel_when="queued" if i % 2 == 0 else "running"))
     for i in range(infer):
@@ -301,6 +318,7 @@ class Tracked:
     cancel_when: str | None = None
     submitted_at: float = 0.0
     cancel_sent: bool = False
+    cancel_tries: int = 0
 
 
 @dataclass
@@ -500,7 +518,8 @@ def check_attempts(final: dict[int, FinalJob], cap: int) -> Check:
 
 def check_training_lineage(by_job: dict[int, list[Any]], final: dict[int, FinalJob]) -> Check:
     """Each checkpoint's parent is the job's newest earlier epoch registered before it, or the
-    job's input model (the base of a fine-tune); with a checkpoint each epoch, epochs 1..N."""
+    job's input model (the base of a fine-tune); and no periodic checkpoint is missing (every
+    multiple of the job's checkpoint_every up to its newest epoch: a resume skipped none)."""
     broken = []
     for job_id, rows in by_job.items():
         job = final.get(job_id)
@@ -512,9 +531,11 @@ def check_training_lineage(by_job: dict[int, list[Any]], final: dict[int, FinalJ
             if row.parent_id != expected:
                 broken.append(f"job {job_id} epoch {row.epoch}: parent {row.parent_id}, expected {expected}")
                 break
-        epochs = sorted(r.epoch for r in rows)
-        if job.checkpoint_every == 1 and sorted(set(epochs)) != list(range(1, epochs[-1] + 1)):
-            broken.append(f"job {job_id}: epochs {epochs} skip some")
+        epochs = {r.epoch for r in rows}
+        every = job.checkpoint_every or 0
+        skipped = sorted(set(range(every, max(epochs) + 1, every)) - epochs) if every > 0 else []
+        if skipped:
+            broken.append(f"job {job_id}: periodic epochs {skipped[:10]} missing")
     return Check("one unbroken lineage per training job", not broken, "; ".join(broken[:20]))
 
 
@@ -568,8 +589,9 @@ class ChaosRun:
         self.submission_errors: list[str] = []
         self.stopped_workers: set[str] = set()  # names under stop_worker or stop_job
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
         self.pg_down = False
-        self.store_readonly = False
+        self.last_server_end = 0.0  # monotonic end of the last fault of a server
 
     # ---------------------------------------------------------------------------- the clock
 
@@ -600,7 +622,7 @@ class ChaosRun:
         pre-training set, so it is queued before the store can turn read-only)."""
         self.cluster.cli("db", "upgrade")
         self.cluster.cli("datasets", "make", "swords", "--count", "8", "--points-per-shape", "400")
-        out = self.cluster.cli("submit", "train", "--dataset", "swords", *PRETRAIN_FLAGS, *TRAIN_FLAGS,
+        out = self.cluster.cli("submit", "train", "--dataset", "swords", *PRETRAIN_FLAGS, *flags(),
                                "--epochs", str(self.plan.epochs), "--seed", "20", timeout=CLI_TIMEOUT_S)
         self.track(out["pretrain_job_id"], Tracked("pre-train", "pretrain"))
         self.track(out["job_id"], Tracked("fine-tune 1", "finetune"))
@@ -657,12 +679,14 @@ class ChaosRun:
             running = row is not None and row.status == "running"
             if t.cancel_when == "running" and not running and waited < 60:
                 continue
+            t.cancel_tries += 1
             out = self.cli("cancel", str(job_id))
             if out is None:
+                t.cancel_sent = t.cancel_tries >= 3  # the failures are in submission_errors
                 continue
             t.cancel_sent = True
-            if out.get("status") in ("succeeded", "failed"):
-                t.expected = out["status"]  # it ended before the cancel; the message says so
+            if out.get("status") == "succeeded":
+                t.expected = "succeeded"  # it ended before the cancel (the message says so)
             say(f"cancel job {job_id} ({t.cancel_when}): {out.get('message')}")
             return
 
@@ -729,7 +753,8 @@ class ChaosRun:
 
     def inject(self, kind: str) -> Fault | None:
         """Inject one fault of this kind now, or None when it cannot be now."""
-        if kind in SERVER_FAULTS and self.server_fault_active():
+        if kind in SERVER_FAULTS and (self.server_fault_active()
+                                      or time.monotonic() < self.last_server_end + SERVER_GAP_S):
             return None
         if kind in PROCESS_FAULTS and self.pg_down:
             return None  # its job is read from the registry
@@ -783,6 +808,7 @@ class ChaosRun:
             self.redis.stop()
             time.sleep(REDIS_DOWN_S)
             self.redis.start()
+            self.last_server_end = time.monotonic()
             return Fault(kind, at, "redis", duration_s=REDIS_DOWN_S)
         if kind == "pg_outage":
             self.pg.stop()
@@ -795,7 +821,6 @@ class ChaosRun:
             if self.readonly is None:
                 return None
             problem = set_readonly(self.store, self.readonly, True)
-            self.store_readonly = True
             fault = Fault(kind, at, f"store ({self.readonly})", duration_s=self.plan.readonly_s,
                           end_at=time.monotonic() + self.plan.readonly_s, note=problem)
             self.active.append(fault)
@@ -822,7 +847,8 @@ class ChaosRun:
             problem = set_readonly(self.store, self.readonly, False)
             if problem:
                 fault.note = (fault.note + "; " if fault.note else "") + f"restore: {problem}"
-            self.store_readonly = False
+        if fault.kind in SERVER_FAULTS:
+            self.last_server_end = time.monotonic()
         if fault in self.active:
             self.active.remove(fault)
         say(f"ended {fault.kind} on {fault.target}" + (f" ({fault.note})" if fault.note else ""))
@@ -841,8 +867,8 @@ class ChaosRun:
             fault = self.inject(kind)
             if fault is None:
                 # Not possible now (no running job to aim at, a server fault going on): later.
-                # A fault drawn after the first round that waited a minute is dropped.
-                if not first and now - at > 60:
+                # One that waited a minute is dropped, unless it is the first of its kind.
+                if now - at > 60 and (not first or self.injected(kind)):
                     self.schedule.remove(item)
                 continue
             self.schedule.remove(item)
@@ -863,8 +889,11 @@ class ChaosRun:
         return bool(self.rows) and all(
             job_id in self.rows and self.rows[job_id].status in FINISHED for job_id in self.tracked)
 
-    def first_round_done(self) -> bool:
-        return not any(first for _, _, first in self.schedule)
+    def injected(self, kind: str) -> bool:
+        return any(f.kind == kind for f in self.faults)
+
+    def every_kind_injected(self) -> bool:
+        return all(self.injected(kind) for kind in self.plan.faults)
 
     def loop(self) -> tuple[float, float]:
         """Faults and submissions until the chaos ends, then the drain; returns their lengths."""
@@ -884,7 +913,7 @@ class ChaosRun:
                 next_ready = now + 1.0
             self.end_due_faults()
             done = self.all_submitted() and self.all_finished()
-            if chaos_over is None and (now >= chaos_end or (done and self.first_round_done())):
+            if chaos_over is None and (now >= chaos_end or (done and self.every_kind_injected())):
                 chaos_over = now
                 say(f"faults over after {now - self.t0:.0f} s; draining for at most "
                     f"{deadline - now:.0f} s")
@@ -939,8 +968,10 @@ def run_chaos(plan: ChaosPlan, root: Path | None = None, keep: bool = False) -> 
     schedule = fault_schedule(plan, rng)
     # Above the number of faults the run can inject: faults alone can never fail a job.
     plan.max_attempts = max(20, len(schedule) + 10)
-    say(f"plan: {len(specs) + 2} submissions (the sweep's {'4' if plan.jobs >= 40 else '2'} jobs as one, "
-        f"the chain's pre-training with its first fine-tune), {len(schedule)} faults over {plan.minutes:g} min")
+    say(f"run folder: {folder}")
+    jobs = 2 + sum((4 if plan.jobs >= 40 else 2) if spec.kind == "sweep" else 1 for spec in specs)
+    say(f"plan: {jobs} jobs (a pre-training and its first fine-tune at setup, {len(specs)} submissions during "
+        f"the run), {len(schedule)} faults over {plan.minutes:g} min")
     result: ChaosResult | None = None
     try:
         with ExitStack() as stack:
@@ -958,6 +989,10 @@ def run_chaos(plan: ChaosPlan, root: Path | None = None, keep: bool = False) -> 
             run = ChaosRun(plan, cluster, redis, pg, store, readonly, rng, specs, schedule)
             stack.callback(run.teardown)
             result = _execute(run)
+    except ServerUnavailable:
+        if root is None:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing ran: nothing to keep
+        raise
     finally:
         if result is not None and result.ok and root is None and not keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -977,7 +1012,7 @@ def _execute(run: ChaosRun) -> ChaosResult:
     for _ in range(plan.workers):
         run.cluster.start_worker()
     setup_s = time.monotonic() - started
-    run.t0 = time.monotonic()
+    run.t0, run.t0_wall = time.monotonic(), time.time()
     run.poll()
     chaos_s, drain_s = run.loop()
     # The registry as the run left it, before the workers stop (a clean stop gives jobs back).
@@ -1023,7 +1058,9 @@ def _result(run: ChaosRun, final: dict[int, FinalJob], left: list[int], wall: fl
         check_training_lineage(by_job, final),
         twins_check,
         Check("rodin gc finds nothing unreferenced (no grace period)", not orphans,
-              ", ".join(o.uri.rsplit("/", 1)[-1] for o in orphans[:10])
+              ", ".join(f"{o.uri.rsplit('/', 1)[-1][:12]}...{o.uri.rsplit('.', 1)[-1][:7]} "
+                        f"({o.size} bytes, written at {time.time() - o.age_s - run.t0_wall:.0f} s)"
+                        for o in orphans[:10])
               + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else "")),
         blobs.dangling,
         Check("no *.tmp-* file left in the store", not tmps, ", ".join(tmps[:10])),
@@ -1033,6 +1070,12 @@ def _result(run: ChaosRun, final: dict[int, FinalJob], left: list[int], wall: fl
               f"pids {left} (killed)" if left else ""),
         Check("every enabled kind of fault injected", not missing_kinds, ", ".join(missing_kinds)),
     ]
+    stops = [f for f in run.faults if f.kind == "stop_job"]
+    if stops:  # the stop outlasts RODIN_PROGRESS_TIMEOUT_S: a live worker ends the process first
+        resumed = [f"job {f.job_id} on {f.target} at {f.at_s:.0f} s" for f in stops if "gone" not in f.note]
+        checks.insert(-1, Check(f"every SIGSTOPped job process ended by its worker within "
+                                f"RODIN_PROGRESS_TIMEOUT_S={plan.progress_timeout_s:g}", not resumed,
+                                "still there at SIGCONT: " + "; ".join(resumed) if resumed else ""))
     kinds = Counter(run.tracked[i].kind if i in run.tracked else "other" for i in ids)
     hits = run.interruptions
     logs = [w.log for w in run.cluster.workers]
@@ -1138,9 +1181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3, help="workers at a time (default 3)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="about this many jobs (default: 100 for 30 minutes, scaled; at least 14)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of a training (default 200)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of a training (default 400)")
     parser.add_argument("--faults", default=",".join(FAULT_KINDS),
                         help=f"kinds of fault to inject, comma-separated (default: all: {','.join(FAULT_KINDS)})")
+    parser.add_argument("--progress-timeout", type=float, default=None,
+                        help="RODIN_PROGRESS_TIMEOUT_S of the workers (default: 45 s; 20 s under 10 minutes)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run's choices (default: random, printed)")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder even if every check held")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -1149,7 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         parser.error(f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
-    plan = make_plan(args.minutes, args.workers, args.jobs, args.seed, args.epochs, kinds)
+    plan = make_plan(args.minutes, args.workers, args.jobs, args.seed, args.epochs, kinds,
+                     args.progress_timeout)
     try:
         with _signals_interrupt():
             result = run_chaos(plan, keep=args.keep)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from celery import signals
 
-from orchestrator import jobs
+from orchestrator import jobs, waiting
 from orchestrator.artifacts import ArtifactStore, open_store
 from orchestrator.queue import app_for
 from orchestrator.registry.models import JobStatus
@@ -31,6 +31,7 @@ log = logging.getLogger("rodin.worker")
 settings = load_settings()
 app = app_for(settings)  # the one app of this process: tasks and jobs.send share it
 _heartbeat: Heartbeat | None = None
+waiting.on_wait(liveness.tick)  # a job riding out a registry or store outage is not hung
 
 
 JobBody = Callable[[Settings, ArtifactStore, jobs.Lease, str], None]

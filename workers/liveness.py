@@ -48,9 +48,11 @@ def begin(job_id: int, attempt: int) -> None:
 
 
 def tick() -> None:
-    """In the job process, after each unit of work."""
+    """In the job process, after each unit of work, and while it waits out an outage of the
+    registry or the store (orchestrator.waiting), which is bounded and not a hang. Only the
+    job process itself can tick: the main process's own waits vouch for nobody."""
     pid, job_id, attempt, _ = _LAYOUT.unpack(_BOARD[:])
-    if job_id:
+    if job_id and pid == os.getpid():
         _BOARD[:] = _LAYOUT.pack(pid, job_id, attempt, time.monotonic())
 
 

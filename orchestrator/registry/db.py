@@ -16,6 +16,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import waiting
 from orchestrator.errors import UserInputError
 from orchestrator.settings import Settings, load_settings, redact
 
@@ -249,5 +250,6 @@ def with_retries(settings: Settings, what: str, fn: Callable[[], _T]) -> _T:
                 raise
             log.warning("registry unavailable while trying to %s (%s); retrying in %.1f s",
                         what, type(exc).__name__, delay)
+            waiting.waiting()
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
