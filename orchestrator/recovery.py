@@ -92,6 +92,11 @@ class Reaper:
             self._reachable_since = self._clock()
 
     @property
+    def in_contact_since(self) -> float | None:
+        """When (monotonic) the registry last came within reach; None while out of contact."""
+        return self._reachable_since
+
+    @property
     def judges_silence(self) -> bool:
         since = self._reachable_since
         return since is not None and self._clock() - since >= self.settings.stale_after_s

@@ -21,7 +21,7 @@ from celery import signals
 
 from orchestrator import jobs, waiting
 from orchestrator.artifacts import ArtifactStore, open_store
-from orchestrator.queue import app_for
+from orchestrator.queue import make_app
 from orchestrator.registry.models import JobStatus
 from orchestrator.settings import Settings, load_settings
 from workers import liveness, runtime
@@ -29,7 +29,9 @@ from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("rodin.worker")
 settings = load_settings()
-app = app_for(settings)  # the one app of this process: tasks and jobs.send share it
+# The consumer's own app: messages this process sends (the reaper, a job given back) go through
+# jobs.send's app, from other threads than the consumer's event loop.
+app = make_app(settings)
 _heartbeat: Heartbeat | None = None
 waiting.on_wait(liveness.tick)  # a job riding out a registry or store outage is not hung
 

@@ -51,6 +51,7 @@ class Heartbeat:
         #: (job id, attempt) -> why this worker ended that attempt's process, until the job is
         #: given back (the registry may be away when the process is ended).
         self._ended: dict[tuple[int, int], str] = {}
+        self._give_back_at = 0.0  # not before (monotonic): the registry was away
 
     def start(self) -> None:
         with session_scope(self.settings) as s:
@@ -100,10 +101,12 @@ class Heartbeat:
                 self.beat(job_id)
                 last_job, next_beat = job_id, time.monotonic() + INTERVAL_S
                 self.reaper.in_contact()
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
+                # The traceback once per outage; then one line a beat.
+                log.warning("heartbeat failed (%s)", type(exc).__name__,
+                            exc_info=self.reaper.in_contact_since is not None)
                 self.reaper.lost_contact()
-                next_beat = time.monotonic() + self.interval
+                last_job, next_beat = job_id, time.monotonic() + self.interval
             self._maybe_reap()
 
     def _watch_job_process(self) -> None:
@@ -127,11 +130,15 @@ class Heartbeat:
                     pass
             else:
                 return
+        if time.monotonic() < self._give_back_at:
+            return
         try:
             jobs.take_back(self.settings, attempt.job_id, attempt.attempt, self.name,
                            f"attempt {attempt.attempt} lost on {self.name}: {self._ended[key]}")
-        except Exception:  # noqa: BLE001 - the registry may be away: try again on the next look
-            log.warning("could not give back job %s yet", attempt.job_id, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the registry may be away: try again shortly
+            log.warning("could not give back job %s yet (%s); trying again", attempt.job_id,
+                        type(exc).__name__)
+            self._give_back_at = time.monotonic() + 2.0
             return
         del self._ended[key]
         now_on_board = liveness.current()
