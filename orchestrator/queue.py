@@ -25,15 +25,13 @@ from kombu.transport import filesystem as _filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from orchestrator.kinds import KINDS, QUEUES, TRAIN_QUEUE, spec
 from orchestrator.settings import Settings, load_settings
 
-TRAIN_QUEUE = "train"
-INFER_QUEUE = "infer"
-QUEUES = (TRAIN_QUEUE, INFER_QUEUE)
-TASK_QUEUES = {"rodin.train": TRAIN_QUEUE, "rodin.reconstruct": INFER_QUEUE,
-               "rodin.evaluate": INFER_QUEUE}
-KIND_TASKS = {"train": "rodin.train", "reconstruct": "rodin.reconstruct",
-              "evaluate": "rodin.evaluate"}
+__all__ = ["QUEUES", "TASK_QUEUES", "app_for", "celery_config", "make_app", "send_job"]
+
+#: Task name -> queue, from the one table of job kinds.
+TASK_QUEUES = {s.task: s.queue for s in KINDS.values()}
 
 #: Seconds between looks at the embedded broker's message folder: what an idle worker adds to
 #: the time from `rodin submit` to the job starting. A listing of a small folder costs well
@@ -214,6 +212,6 @@ def app_for(settings: Settings) -> Celery:
 
 def send_job(app: Celery, kind: str, job_id: int) -> str:
     """Queue the task for a registered job; returns the Celery task id."""
-    task = KIND_TASKS[kind]
-    result = app.send_task(task, args=[job_id], queue=TASK_QUEUES[task])
+    declared = spec(kind)
+    result = app.send_task(declared.task, args=[job_id], queue=declared.queue)
     return result.id

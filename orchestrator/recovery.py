@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator import jobs
-from orchestrator.queue import KIND_TASKS, TASK_QUEUES
+from orchestrator.kinds import spec
 from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, Worker
 from orchestrator.registry.queries import is_stale
@@ -165,7 +165,7 @@ def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
             return
         idle = _idle_queues(s.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all(), settings, now)
     for job_id, kind, sent_at in waiting:
-        if TASK_QUEUES[KIND_TASKS[kind]] not in idle:
+        if spec(kind).queue not in idle:
             continue  # every worker of its queue is busy: the message is waiting its turn
         with session_scope(settings) as s:
             taken = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value,

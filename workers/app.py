@@ -11,6 +11,7 @@ process (a crash, the OOM killer) loses only the child: its message goes back to
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from celery import signals
 
 from orchestrator import jobs, waiting
 from orchestrator.artifacts import ArtifactStore, open_store
+from orchestrator.kinds import KINDS, KindSpec
 from orchestrator.queue import make_app
 from orchestrator.registry.models import JobStatus
 from orchestrator.settings import Settings, load_settings
@@ -73,34 +75,31 @@ def _poke_heartbeat() -> None:
         _heartbeat.poke()
 
 
-@app.task(name="rodin.train")
-def train_task(job_id: int) -> None:
-    from workers.train_job import run_train
-
-    _run_job(job_id, run_train)
+def _body(declared: KindSpec) -> JobBody:
+    module, name = declared.body.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-@app.task(name="rodin.reconstruct")
-def reconstruct_task(job_id: int) -> None:
-    from workers.reconstruct_job import run_reconstruct
+def _register(declared: KindSpec) -> None:
+    """The Celery task of one kind of job (orchestrator.kinds): claim, run its body, close."""
 
-    _run_job(job_id, run_reconstruct)
+    def task(job_id: int) -> None:
+        _run_job(job_id, _body(declared))
+
+    task.__name__ = task.__qualname__ = f"{declared.kind.value}_task"
+    app.task(name=declared.task)(task)
 
 
-@app.task(name="rodin.evaluate")
-def evaluate_task(job_id: int) -> None:
-    from workers.evaluate_job import run_evaluate
-
-    _run_job(job_id, run_evaluate)
+for _declared in KINDS.values():
+    _register(_declared)
 
 
 @signals.worker_init.connect
 def _preload(**_kwargs) -> None:
     """Import the task bodies (torch, atlas_core) in the main process before it forks the job
     process, so that neither the first job nor a restarted job process pays for the imports."""
-    import workers.evaluate_job  # noqa: F401
-    import workers.reconstruct_job  # noqa: F401
-    import workers.train_job  # noqa: F401
+    for declared in KINDS.values():
+        _body(declared)
 
 
 @signals.worker_process_init.connect

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from orchestrator.errors import RodinError
-from orchestrator.queue import QUEUES
+from orchestrator.kinds import QUEUES
 from orchestrator.settings import Settings
 from workers.supervisor import run_per_gpu
 
