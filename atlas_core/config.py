@@ -66,6 +66,37 @@ class AugmentConfig:
             raise ValueError(f"augment jitter must be in [0, 0.1], got {self.jitter}")
 
 
+@dataclass(frozen=True)
+class InferConfig:
+    """Inference settings, declared once: what `rodin reconstruct` and `rodin evaluate` do to an
+    input unless told otherwise, and what the scores are measured on."""
+
+    #: Test-time refinement steps per input (`--refine STEPS`; 0: the encoder alone).
+    refine_steps: int = 160
+    #: The share of the steps spent on the code alone (phase 1 of atlas_core.refine.refine);
+    #: the rest fits the code and a private copy of the decoders.
+    latent_share: float = 3 / 8
+    #: Points of the fixed evaluation sample on both sides of a score's Chamfer (as many as the
+    #: paper's scores use).
+    eval_points: int = 2500
+    #: Vertices per reconstructed mesh, over all patches.
+    mesh_vertices: int = 10_000
+    #: Points sampled from an input mesh (or kept of a point cloud) to reconstruct it.
+    input_points: int = 10_000
+
+    def refine_split(self, steps: int | None = None) -> tuple[int, int]:
+        """`steps` (default `refine_steps`) as (code steps, code-and-decoder steps); (0, 0) for 0."""
+        steps = self.refine_steps if steps is None else steps
+        if steps <= 0:
+            return 0, 0
+        latent = max(1, round(steps * self.latent_share))
+        return latent, steps - latent
+
+
+#: The defaults every inference path reads.
+INFER = InferConfig()
+
+
 class ConfigError(ValueError):
     """A stored or given configuration that rodin cannot use as it stands."""
 

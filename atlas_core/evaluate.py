@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atlas_core.config import TrainConfig
+from atlas_core.config import INFER, TrainConfig
 from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.meshing import PatchMesh, reconstruct
 from atlas_core.metrics import (
@@ -33,8 +33,8 @@ from atlas_core.metrics import (
 from atlas_core.model import AtlasNet
 
 #: Points per shape for the scores, as the paper reports them.
-EVAL_POINTS = 2500
-MESH_VERTICES = 10000
+EVAL_POINTS = INFER.eval_points
+MESH_VERTICES = INFER.mesh_vertices
 BATCH = 16
 #: Reconstructions kept for the patch-health check: enough to see a collapse, few enough to
 #: keep memory flat on large evaluation sets.

@@ -39,6 +39,8 @@ from typing import IO, Any
 import numpy as np
 import trimesh
 
+from atlas_core.config import INFER
+
 __all__ = [
     "MeshError",
     "Limits",
@@ -1093,7 +1095,7 @@ def shape_from_mesh(
     )
 
 
-def ingest_file(path: str | os.PathLike, n_points: int = 10000, seed: int = 0,
+def ingest_file(path: str | os.PathLike, n_points: int = INFER.input_points, seed: int = 0,
                 limits: Limits | None = None) -> Shape:
     """Load, validate, normalise and sample a mesh file; raises :class:`MeshError` (only).
     ``limits`` as for :func:`load_mesh`."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas_core.config import INFER
 from atlas_core.model import AtlasNet
 
 
@@ -41,7 +42,7 @@ def patch_colors(patch_ids: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruct(
-    model: AtlasNet, points: torch.Tensor, n_vertices: int = 10000
+    model: AtlasNet, points: torch.Tensor, n_vertices: int = INFER.mesh_vertices
 ) -> list[PatchMesh]:
     """Encode normalised clouds and mesh every patch.
 

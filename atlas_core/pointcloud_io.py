@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas_core.config import INFER
 from atlas_core.mesh_io import Limits, MeshError, Shape, ingest_file, normalise_points
 
 __all__ = [
@@ -264,7 +265,7 @@ def shape_from_points(points: np.ndarray, normals: np.ndarray | None, name: str,
     )
 
 
-def ingest_point_cloud(path: str | os.PathLike, n_points: int = 10000, seed: int = 0) -> Shape:
+def ingest_point_cloud(path: str | os.PathLike, n_points: int = INFER.input_points, seed: int = 0) -> Shape:
     """Read, check, normalise and subsample a point-cloud file; raises PointCloudError only."""
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
@@ -275,7 +276,7 @@ def ingest_point_cloud(path: str | os.PathLike, n_points: int = 10000, seed: int
         raise PointCloudError(exc.reason, path) from None
 
 
-def ingest_input(path: str | os.PathLike, n_points: int = 10000, seed: int = 0,
+def ingest_input(path: str | os.PathLike, n_points: int = INFER.input_points, seed: int = 0,
                  limits: Limits | None = None) -> Shape:
     """A reconstruction input: a mesh (`mesh_io.ingest_file`), or, for a .ply/.obj/.xyz file
     without faces, its points. Raises MeshError (a PointCloudError for point-cloud files) only.

@@ -39,13 +39,15 @@ import torch.nn as nn
 from torch import Tensor
 
 from atlas_core.chamfer import chamfer_distance
+from atlas_core.config import INFER
 from atlas_core.meshing import PatchMesh
 from atlas_core.model import AtlasNet, PatchDecoder
 from atlas_core.templates import Template
 
-#: Points of the fixed evaluation sample, on both sides of the Chamfer before and after (as
-#: many as the paper's scores use).
-EVAL_POINTS = 2500
+#: Points of the fixed evaluation sample, on both sides of the Chamfer before and after.
+EVAL_POINTS = INFER.eval_points
+#: The default refinement's phases (`InferConfig.refine_split`).
+LATENT_STEPS, DECODER_STEPS = INFER.refine_split()
 #: Seeds of the fixed evaluation sample and of the encoder's input subset: the same for every
 #: call, so that `chamfer_before` of a shape does not depend on the refinement's generator and
 #: matches the figures that `atlas_core.ood` collects at the end of training.
@@ -210,7 +212,7 @@ class Refinement:
     seconds: float
     losses: list[float] = field(default_factory=list)  # the optimised Chamfer at every step
 
-    def mesh(self, n_vertices: int = 10000) -> PatchMesh:
+    def mesh(self, n_vertices: int = INFER.mesh_vertices) -> PatchMesh:
         """The refined reconstruction, meshed like `atlas_core.meshing.reconstruct`."""
         return mesh_latent(self.model, self.latent, n_vertices)[0]
 
@@ -223,7 +225,7 @@ class Refinement:
 
 
 @torch.no_grad()
-def mesh_latent(model: AtlasNet, latent: Tensor, n_vertices: int = 10000) -> list[PatchMesh]:
+def mesh_latent(model: AtlasNet, latent: Tensor, n_vertices: int = INFER.mesh_vertices) -> list[PatchMesh]:
     """Mesh every patch of the given codes, as `atlas_core.meshing.reconstruct` does after
     encoding: latent (B, D) -> B meshes with the same patch layout, in the normalised frame."""
     model.eval()
@@ -332,7 +334,8 @@ def _threads(n: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = 60, decoder_steps: int = 100,
+def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = LATENT_STEPS,
+           decoder_steps: int = DECODER_STEPS,
            latent_lr: float = 0.1, decoder_lr: float = 1e-4, decoder_latent_lr: float = 1e-3,
            latent_points: tuple[int, int] = (250, 500), decoder_points: tuple[int, int] = (1000, 2000),
            warmup: float = 0.2, patience: int = 20, threads: int | None = 1,

@@ -36,18 +36,21 @@ from orchestrator.settings import Settings, redact
 log = logging.getLogger(__name__)
 
 
-#: Test-time refinement steps per input by default (`rodin reconstruct --refine STEPS`).
+#: Test-time refinement steps per input by default (`rodin reconstruct --refine STEPS`): the
+#: value of `atlas_core.config.InferConfig.refine_steps`, restated because the client path
+#: (`rodin status` imports this module) loads no atlas_core; a test holds the two together.
 DEFAULT_REFINE_STEPS = 160
 
 
 def refine_steps(steps: int) -> dict[str, int] | None:
-    """`--refine STEPS` as a job parameter: the phases of atlas_core.refine.refine, 3/8 of the
-    steps on the code alone, the rest on the code and a private copy of the decoders; None for
-    0 (no refinement)."""
+    """`--refine STEPS` as a job parameter: the phases of atlas_core.refine.refine as
+    `InferConfig.refine_split` divides them; None for 0 (no refinement)."""
+    from atlas_core.config import INFER
+
     if steps <= 0:
         return None
-    latent = max(1, round(steps * 3 / 8))
-    return {"latent_steps": latent, "decoder_steps": steps - latent}
+    latent, decoder = INFER.refine_split(steps)
+    return {"latent_steps": latent, "decoder_steps": decoder}
 
 
 def now() -> datetime:

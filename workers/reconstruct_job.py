@@ -13,7 +13,7 @@ import torch
 from sqlalchemy.orm import Session
 
 from atlas_core.checkpoint import load_model
-from atlas_core.config import TrainConfig
+from atlas_core.config import INFER, TrainConfig
 from atlas_core.data import PointCloudSet, split_indices
 from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 #: The code phase of the default refinement (`--refine` left alone).
 DEFAULT_CODE_STEPS = (refine_steps(DEFAULT_REFINE_STEPS) or {})["latent_steps"]
 
-#: Vertices per reconstructed mesh (over all patches).
-MESH_VERTICES = 10000
+MESH_VERTICES = INFER.mesh_vertices
 
 
 @dataclass
@@ -125,7 +124,7 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     # Weights come only from the registry's record, checked against its sha256.
     model, config, _ = load_model(inputs.model.read(store), device)
     if inputs.files:
-        shapes = _uploaded_shapes(store, inputs.files, max(config.model.n_points, 10000), mesh_limits(settings))
+        shapes = _uploaded_shapes(store, inputs.files, max(config.model.n_points, INFER.input_points), mesh_limits(settings))
     else:
         shapes = _validation_shapes(store, inputs, *(inputs.split or (config.val_fraction, config.seed)))
 
