@@ -23,10 +23,11 @@ demo: setup
 
 # Installs Redis, PostgreSQL, Chromium and docker-compose where it can (scripts/test_servers.sh)
 # so that their tests run rather than skip. Three test processes: most of the slow tests wait on
-# workers and servers rather than compute (7.8 min in one process on 2 cores, 5.7 in three).
+# workers and servers rather than compute (7.8 min in one process on 2 cores). A module's tests
+# stay in one process (loadscope): they share its module fixtures (a trained model, a worker).
 test: setup
 	bash scripts/test_servers.sh
-	$(PY) -m pytest -q -n 3
+	$(PY) -m pytest -q -n 3 --dist loadscope
 
 # The unit tier for the edit-test loop: no worker, server or benchmark is started.
 test-fast: setup
