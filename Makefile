@@ -23,8 +23,8 @@ demo: setup
 
 # Installs Redis, PostgreSQL, Chromium and docker-compose where it can (scripts/test_servers.sh)
 # so that their tests run rather than skip. Three test processes: most of the slow tests wait on
-# workers and servers rather than compute (7.8 min in one process on 2 cores, 4.3 in three). A module's tests
-# stay in one process (loadscope): they share its module fixtures (a trained model, a worker).
+# workers and servers rather than compute (7.8 min in one process on 2 cores, 4.3 in three).
+# A module's tests stay in one process (loadscope): they share its module fixtures.
 test: setup
 	bash scripts/test_servers.sh
 	$(PY) -m pytest -q -n 3 --dist loadscope
