@@ -38,7 +38,8 @@ class Settings:
     #: `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, which botocore reads). Credentials come from
     #: the standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables or `~/.aws`.
     s3_endpoint_url: str = ""
-    #: Seconds without a heartbeat after which a worker (or a running job) counts as gone.
+    #: Seconds without a heartbeat after which a worker counts as gone (`rodin workers`); a
+    #: running job's own rule is `stale_after_s`.
     worker_timeout_s: float = 30.0
     #: Redis: seconds before an unacknowledged task is handed to another worker. It must be
     #: longer than the longest job, or a second worker starts the same job while the first runs.

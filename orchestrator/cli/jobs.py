@@ -146,11 +146,13 @@ def _recent(limit: int) -> list[Summary]:
 
 
 def stale_note(summary: dict[str, Any], short: bool = False) -> str:
-    """For a running job whose worker has stopped beating (e.g. a machine that lost power)."""
+    """For a running job whose worker has stopped beating (e.g. a machine that lost power): the
+    reaper's and `rodin cancel`'s rule, RODIN_STALE_AFTER_S (a worker row's own is
+    RODIN_WORKER_TIMEOUT_S)."""
     from orchestrator.registry.queries import is_stale
 
     beat = summary.get("heartbeat_at")
-    if summary.get("status") != "running" or not beat or not is_stale(beat, settings().worker_timeout_s):
+    if summary.get("status") != "running" or not beat or not is_stale(beat, settings().stale_after_s):
         return ""
     silent = age(str(beat))
     return f" [red]stale {silent}[/]" if short else f" [red](stale: no heartbeat for {silent})[/]"

@@ -98,7 +98,8 @@ def silent_for_s(heartbeat: datetime | str | None, now: datetime | None = None) 
 
 def is_stale(heartbeat: datetime | str | None, timeout_s: float, now: datetime | None = None) -> bool:
     """The one rule for a worker, or a running job, that has gone quiet: no heartbeat for
-    longer than `timeout_s` (`RODIN_WORKER_TIMEOUT_S`)."""
+    longer than `timeout_s` (a worker: `RODIN_WORKER_TIMEOUT_S`; a running job, wherever it is
+    judged (the reaper, `rodin cancel`, `rodin status`): `RODIN_STALE_AFTER_S`)."""
     return silent_for_s(heartbeat, now) > timeout_s
 
 
