@@ -138,3 +138,9 @@ def test_the_checker_sees_the_arrows() -> None:
     assert {"orchestrator.jobs", "workers.runtime", "celery"} <= found
     lazy = {imp.module for imp in _imports(ROOT / "orchestrator" / "cli" / "workers.py") if imp.lazy}
     assert "workers.main" in lazy
+
+
+def test_workers_never_start_the_cli() -> None:
+    """The supervisor starts `python -m workers`: no call runs back up through the client layer."""
+    for path in (ROOT / "workers").rglob("*.py"):
+        assert '"orchestrator.cli"' not in path.read_text(), f"{path.name} starts the rodin CLI"

@@ -54,7 +54,7 @@ def start_background(settings: Settings, queues: str = "train,infer", device: st
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "worker", "--queues", queues, "--device", device],
+            [sys.executable, "-m", "workers", "--queues", queues, "--device", device],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the terminal that started it
         )
@@ -100,7 +100,7 @@ def stop_background(settings: Settings, timeout_s: float) -> int | None:
 
 
 def child_command(queues: str, name: str, loglevel: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", "worker", "--queues", queues,
+    return [sys.executable, "-m", "workers", "--queues", queues,
             "--device", "cuda:0", "--hostname", name, "--loglevel", loglevel]
 
 
