@@ -10,6 +10,7 @@ every machine shares at the same path (`file:///mnt/shared/rodin`), or an object
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import time
@@ -21,6 +22,16 @@ import fsspec
 from orchestrator import waiting
 
 log = logging.getLogger(__name__)
+
+
+#: errno of a refused write -> (what happened, what to do).
+_REFUSALS = {
+    errno.ENOSPC: ("the store is full", "free space there or point RODIN_ARTIFACTS_URL elsewhere"),
+    errno.EDQUOT: ("the store's quota is used up", "free space there or point RODIN_ARTIFACTS_URL elsewhere"),
+    errno.EROFS: ("the store is read-only", "mount it read-write"),
+    errno.EACCES: ("permission denied", "give this user write access"),
+    errno.EPERM: ("permission denied", "give this user write access"),
+}
 
 
 class ArtifactError(RuntimeError):
@@ -140,15 +151,7 @@ class ArtifactStore:
 
     def _write_error(self, path: str, size: int, exc: OSError) -> ArtifactError:
         """A failed write as one line: which store, which blob, and what to do."""
-        import errno
-
-        why = {errno.ENOSPC: "the store is full", errno.EDQUOT: "the store's quota is used up",
-               errno.EROFS: "the store is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
-        fix = {errno.ENOSPC: "free space there or point RODIN_ARTIFACTS_URL elsewhere",
-               errno.EDQUOT: "free space there or point RODIN_ARTIFACTS_URL elsewhere",
-               errno.EROFS: "mount it read-write", errno.EACCES: "give this user write access",
-               errno.EPERM: "give this user write access"}.get(exc.errno or 0, "check the store")
+        why, fix = _REFUSALS.get(exc.errno or 0, (exc.strerror or str(exc), "check the store"))
         return ArtifactError(f"could not write {size} bytes to the artifact store at "
                              f"{self.root_url} ({self._uri(path)}): {why}; {fix}")
 

@@ -501,11 +501,17 @@ def take_back(settings: Settings, job_id: int, attempt: int, worker: str, reason
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return None
     log.warning("job %s attempt %s: %s; %s", job_id, attempt, reason, values["status"])
-    if values["status"] == JobStatus.queued.value:
+    after_taken_back(settings, job_id, kind, values["status"])
+    return str(values["status"])
+
+
+def after_taken_back(settings: Settings, job_id: int, kind: str, status: str) -> None:
+    """What follows a lost attempt's new state: a queued job's message goes out again (a broker
+    that is away leaves it to the reaper's resend); an ended one settles its dependents."""
+    if status == JobStatus.queued.value:
         send(settings, job_id, JobKind(kind), fail_job=False)
     else:
         _settle_quietly(settings, job_id)
-    return str(values["status"])
 
 
 def release(settings: Settings, worker: str) -> list[int]:

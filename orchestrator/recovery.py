@@ -136,10 +136,7 @@ def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 continue  # another reaper, or the worker woke up
         bucket.append(job_id)
-        if bucket is done.requeued:
-            jobs.send(settings, job_id, JobKind(kind), fail_job=False)
-        else:
-            jobs.settle_dependents(settings, job_id)
+        jobs.after_taken_back(settings, job_id, kind, values["status"])
 
 
 def _settle_waiting(settings: Settings, done: Reaped) -> None:

@@ -102,6 +102,7 @@ from scripts.soak_kill import (
     Cluster,
     JobView,
     Kill,
+    RunOutcome,
     Spread,
     WorkerProc,
     check_blobs,
@@ -322,7 +323,7 @@ class Tracked:
 
 
 @dataclass
-class ChaosResult:
+class ChaosResult(RunOutcome):
     plan: dict[str, Any]
     readonly_mechanism: str | None
     wall_s: float
@@ -351,20 +352,6 @@ class ChaosResult:
     resent_messages: int
     duplicates_dropped: int
     submission_errors: list[str]
-    checks: list[Check]
-    conditions: dict[str, Any]
-    folder: str
-    worker_logs: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ok"] = self.ok
-        data["attempts_histogram"] = {str(k): v for k, v in sorted(self.attempts_histogram.items())}
-        return data
 
 
 # ------------------------------------------------------------------------------------ processes
@@ -1153,9 +1140,8 @@ def report(r: ChaosResult, out: Callable[[str], None] = print) -> None:
             + (f": {check.detail[:1500]}" if check.detail else "") + " |")
     if not r.ok:
         out("")
-        out(f"run folder (kept): {r.folder}")
-        for log in r.worker_logs:
-            out(f"worker log: {log}")
+        for line in r.kept_folder_lines():
+            out(line)
 
 
 @contextmanager

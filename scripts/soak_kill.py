@@ -123,7 +123,35 @@ class Spread:
 
 
 @dataclass
-class SoakResult:
+class RunOutcome:
+    """What every soak run ends with: its checks, the machine's conditions, its folder and
+    its workers' logs (the fields of a run's own result come after these)."""
+
+    checks: list[Check]
+    conditions: dict[str, Any]
+    folder: str
+    worker_logs: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        # JSON object keys are text; histograms (int keys) stay ordered by their integer keys.
+        for key, value in data.items():
+            if isinstance(value, dict) and value and all(isinstance(k, int) for k in value):
+                data[key] = {str(k): v for k, v in sorted(value.items())}
+        return data
+
+    def kept_folder_lines(self) -> list[str]:
+        """Where to look when a check failed: the kept folder and each worker's log."""
+        return [f"run folder (kept): {self.folder}", *(f"worker log: {log}" for log in self.worker_logs)]
+
+
+@dataclass
+class SoakResult(RunOutcome):
     jobs: int
     workers: int
     workers_started: int
@@ -148,22 +176,6 @@ class SoakResult:
     lease_lost_stops: int
     resent_messages: int
     duplicates_dropped: int
-    checks: list[Check]
-    conditions: dict[str, Any]
-    folder: str
-    worker_logs: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ok"] = self.ok
-        # JSON object keys are text; keep the histograms ordered by their integer keys.
-        for key in ("attempts_histogram", "lost_histogram"):
-            data[key] = {str(k): v for k, v in sorted(getattr(self, key).items())}
-        return data
 
 
 # ------------------------------------------------------------------------------------- cluster
@@ -664,9 +676,8 @@ def report(r: SoakResult, out: Callable[[str], None] = print) -> None:
         out(f"check: {'ok  ' if check.ok else 'FAIL'} {check.name}"
             + (f": {check.detail}" if check.detail else ""))
     if not r.ok:
-        out(f"run folder (kept): {r.folder}")
-        for log in r.worker_logs:
-            out(f"worker log: {log}")
+        for line in r.kept_folder_lines():
+            out(line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ registered checkpoint of the one before).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -35,6 +36,12 @@ def _until(predicate, timeout: float = 180, what: str = "") -> Any:  # type: ign
 
 def _job(rodin: Rodin, job_id: int) -> dict:
     return rodin.json("status", str(job_id))
+
+
+def _ended(rodin: Rodin, job_id: int, timeout: float = 180) -> dict:
+    """The job's summary once it has succeeded or failed."""
+    return _until(lambda: (j := _job(rodin, job_id))["status"] in ("succeeded", "failed") and j,
+                  timeout=timeout, what=f"job {job_id} to end")
 
 
 def _checkpoints_are_one_lineage(rodin: Rodin, job_id: int) -> list[Any]:
@@ -73,8 +80,7 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
         _until(lambda: (j := _job(rodin, job_id))["worker"] == "e2" and j["status"] == "running",
                what="the job running again")
         back_after = time.monotonic() - killed
-        done = _until(lambda: (j := _job(rodin, job_id))["status"] in ("succeeded", "failed") and j,
-                      what="the job to end")
+        done = _ended(rodin, job_id)
     finally:
         stop_process(first)
         if second is not None:
@@ -113,8 +119,7 @@ def test_redis_worker_killed_the_job_runs_again_without_the_visibility_timeout(
         _until(lambda: (j := _job(client, job_id))["worker"] == "r2" and j["status"] == "running",
                what="the job running again")
         back_after = time.monotonic() - killed
-        done = _until(lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed") and j,
-                      what="the job to end")
+        done = _ended(client, job_id)
     finally:
         stop_process(one)
         if two is not None:
@@ -132,8 +137,7 @@ def test_a_visibility_timeout_shorter_than_the_job_never_runs_it_twice(
     workers = [Rodin(tmp_path / f"w{i}", extra_env=env).start_worker(f"v{i}") for i in (1, 2)]
     try:
         job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "30", *TRAIN)["job_id"]
-        done = _until(lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed") and j,
-                      what="the job to end")
+        done = _ended(client, job_id)
     finally:
         for w in workers:
             stop_process(w)
@@ -150,8 +154,7 @@ def test_postgres_restarted_during_training(tmp_path: Path, shared: dict[str, st
             _until(lambda: len(_job(client, job_id)["model_ids"]) >= 3, what="checkpoints")
             postgres_server.restart()
             time.sleep(1.5)
-        done = _until(lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed") and j,
-                      what="the job to end")
+        done = _ended(client, job_id)
     finally:
         stop_process(worker)
     assert done["status"] == "succeeded", done["error"]
@@ -213,8 +216,7 @@ def test_redis_killed_and_restarted_during_training(tmp_path: Path, postgres_ser
             time.sleep(2)
             redis.start()
             queued = client.json("submit", "train", "--dataset", "swords", "--epochs", "2", *TRAIN)["job_id"]
-            ends = [_until(lambda j=j: (s := _job(client, j))["status"] in ("succeeded", "failed") and s,
-                           what=f"job {j} to end") for j in (job_id, queued)]
+            ends = [_ended(client, j) for j in (job_id, queued)]
         finally:
             stop_process(worker)
     finally:
@@ -245,8 +247,6 @@ def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
         tmp_path: Path, shared: dict[str, str], postgres_server) -> None:  # type: ignore[no-untyped-def]
     """No worker can beat while the registry is away; none is dead for it. Outage: 2.5 stale
     windows (RODIN_OUTAGE_S to try others: the README's figures use 30 and 120 s)."""
-    import os
-
     outage_s = float(os.environ.get("RODIN_OUTAGE_S", "15"))
     client = _cluster(tmp_path, shared)
     workers = [Rodin(tmp_path / f"w{i}", extra_env=shared).start_worker(f"o{i}") for i in (1, 2)]
@@ -258,8 +258,7 @@ def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
         postgres_server.stop()
         time.sleep(outage_s)
         postgres_server.start()
-        ends = [_until(lambda j=j: (s := _job(client, j))["status"] in ("succeeded", "failed") and s,
-                       timeout=300, what=f"job {j} to end") for j in ids]
+        ends = [_ended(client, j, timeout=300) for j in ids]
     finally:
         for w in workers:
             stop_process(w)
@@ -285,16 +284,12 @@ def test_a_stopped_job_process_is_ended_and_its_job_runs_again(
         _until(lambda: _job(client, job_id)["worker"] == "s1", what="s1 to take the job")
         two = Rodin(tmp_path / "w2", extra_env=env).start_worker("s2")
         _until(lambda: len(_job(client, job_id)["model_ids"]) >= 2, what="two checkpoints")
-        frozen = _job_process(one)
-        import os
-
-        os.kill(frozen, signal.SIGSTOP)
+        os.kill(_job_process(one), signal.SIGSTOP)
         stopped = time.monotonic()
         _until(lambda: (j := _job(client, job_id))["attempts"] == 2 and j["status"] == "running",
                timeout=60, what="the job running again")
         back_after = time.monotonic() - stopped
-        done = _until(lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed") and j,
-                      what="the job to end")
+        done = _ended(client, job_id)
     finally:
         stop_process(one)
         if two is not None:
