@@ -27,6 +27,7 @@ from atlas_core.mesh_io import (
     unit_ball,
     validate_mesh,
 )
+from atlas_core.mesh_surface import clean_surface
 
 SHARED_MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "meshes"
 NO_SHARED = f"real test meshes not found at {SHARED_MESHES} (a checkout without ../shared/meshes)"
@@ -261,7 +262,7 @@ def test_scene_transforms_are_applied(tmp_path: Path) -> None:
 def test_cleanup_merges_and_drops_degenerate_pieces() -> None:
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [5, 5, 5], [2, 0, 0.0]])
     faces = np.array([[0, 1, 2], [2, 3, 0], [0, 1, 5], [0, 2, 1]])
-    v, f = mesh_io._clean(vertices.astype(float), faces)
+    v, f = clean_surface(vertices.astype(float), faces)
     # Duplicate vertex 3 merged into 1, unused vertex 4 dropped, the collinear face and the
     # repeated (reversed) triangle dropped.
     assert len(f) == 1 and len(v) == 3

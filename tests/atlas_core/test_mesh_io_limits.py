@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from atlas_core import mesh_io
+from atlas_core import mesh_draco
 from atlas_core.mesh_io import Limits, MeshError, ingest_file, load_mesh
 
 CUBE_OBJ = (
@@ -137,7 +137,7 @@ def test_hand_written_plain_glb_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("draco_parts, plain_parts, declare", [(1, 0, True), (1, 1, True), (1, 1, False)])
 def test_draco_glb_without_dracopy_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       draco_parts: int, plain_parts: int, declare: bool) -> None:
-    monkeypatch.setattr(mesh_io, "_draco_available", lambda: False)
+    monkeypatch.setattr(mesh_draco, "draco_available", lambda: False)
     path = tmp_path / "draco.glb"
     path.write_bytes(_glb(draco_parts, plain_parts, declare))
     with pytest.raises(MeshError) as err:
@@ -150,7 +150,7 @@ def test_draco_glb_without_dracopy_is_refused_by_name(tmp_path: Path, monkeypatc
 def test_draco_data_that_does_not_decode_is_refused_not_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # DracoPy present (or said to be) but the blob is not Draco: trimesh leaves zeros in place of
     # the part, which must not quietly become a shape made of the plain part alone.
-    monkeypatch.setattr(mesh_io, "_draco_available", lambda: True)
+    monkeypatch.setattr(mesh_draco, "draco_available", lambda: True)
     path = tmp_path / "draco.glb"
     path.write_bytes(_glb(draco_parts=1, plain_parts=1))
     with pytest.raises(MeshError, match="Draco-compressed part .* could not be decoded"):
