@@ -1,15 +1,61 @@
 """Model and training configuration: typed dataclasses, recorded verbatim with every checkpoint.
 
+Each training setting is declared once, on its own field: its metadata (`declare`) gives its
+help text, its flag and whether it belongs to the architecture, and `training_settings()` reads
+them back in order with each setting's flat name (what `TrainConfig.with_overrides` and a
+sweep's grid take) and stored path (`flatten` of a stored config). `rodin submit train` and
+`rodin submit sweep` build their options from it; compare, the report and the pre-training
+key read it.
+
 No torch here, so a client can validate a configuration without loading it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from functools import lru_cache
+from typing import Any, TypeVar, get_origin, get_type_hints
 
 _T = TypeVar("_T")
+
+
+def declare(help: str | None = None, *, flag: str | None = None, off: str | None = None,
+            architecture: bool = False) -> dict[str, Any]:
+    """A field's metadata as a training setting.
+
+    help: the setting is a command-line flag, `--` and its flat name with dashes unless `flag`
+    names it otherwise (`--patches`); an on/off setting's flag that turns it off is `off`, by
+    default `--no-` and the flag. architecture: a fine-tune keeps its parent's value, and a base
+    model is reused only for the same value (the weights mean nothing under another).
+    """
+    return {"help": help, "flag": flag, "off": off, "architecture": architecture}
+
+
+def group(prefix: str) -> dict[str, Any]:
+    """The metadata of a field that holds a group of settings: their flat names start with
+    `prefix` (`augment_scale` for `augment.scale`)."""
+    return {"prefix": prefix}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting, as `training_settings()` reads it from its field."""
+
+    #: What `TrainConfig.with_overrides`, `flat()` and a sweep's grid call it: `n_patches`,
+    #: `augment_scale`.
+    name: str
+    #: Where it is stored in `TrainConfig.to_dict()`, as `flatten` names it: `model.n_patches`.
+    path: str
+    #: The field's type: int, float, str, bool (tuple for `lr_decay_at`).
+    kind: type
+    help: str | None
+    #: `--patches`; None for a setting no command offers (`device`, `lr_decay_at`).
+    flag: str | None
+    #: The flag that turns an on/off setting off (`--keep-last`); None for the others.
+    off_flag: str | None
+    architecture: bool
 
 
 #: The decoder activations the reference code offers (implemented in atlas_core.model).
@@ -21,14 +67,18 @@ TEMPLATE_NAMES = ("square", "sphere")
 class ModelConfig:
     """AtlasNet's shape; the defaults are the paper's reference configuration."""
 
-    n_patches: int = 25
-    template: str = "square"
-    bottleneck: int = 1024
-    hidden: int = 512
-    layers: int = 2
+    n_patches: int = field(default=25, metadata=declare(
+        "Atlas patches K", flag="--patches", architecture=True))
+    template: str = field(default="square", metadata=declare(
+        "Patch template: square or sphere", architecture=True))
+    bottleneck: int = field(default=1024, metadata=declare("Latent size", architecture=True))
+    hidden: int = field(default=512, metadata=declare("Decoder width", architecture=True))
+    layers: int = field(default=2, metadata=declare("Hidden layers per decoder", architecture=True))
     #: Points generated per shape while training; each patch makes n_points // n_patches.
-    n_points: int = 2500
-    activation: str = "relu"
+    n_points: int = field(default=2500, metadata=declare("Points per shape per step", flag="--points"))
+    #: No flag: the reference code's other activations, for atlas_core users. Architecture: the
+    #: weights were trained through this nonlinearity, so a fine-tune keeps it.
+    activation: str = field(default="relu", metadata=declare(architecture=True))
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for a model that cannot be built."""
@@ -51,9 +101,12 @@ REFERENCE_LR_DECAY_AT = (0.8, 14 / 15, 29 / 30)
 class AugmentConfig:
     """Shape augmentation for small datasets (see atlas_core.augment)."""
 
-    rotate: bool = False  # random rotation about each shape's principal axis
-    scale: float = 0.0  # anisotropic scaling, factor per axis in [1 - scale, 1 + scale]
-    jitter: float = 0.0  # std of Gaussian noise added to every point (unit-ball units)
+    #: Random rotation about each shape's principal axis.
+    rotate: bool = field(default=False, metadata=declare("Rotate each shape about its principal axis"))
+    #: Anisotropic scaling, factor per axis in [1 - scale, 1 + scale].
+    scale: float = field(default=0.0, metadata=declare("Anisotropic scaling by up to ±S per axis"))
+    #: Std of Gaussian noise added to every point (unit-ball units).
+    jitter: float = field(default=0.0, metadata=declare("Gaussian point noise, std in unit-ball units"))
 
     @property
     def enabled(self) -> bool:
@@ -107,23 +160,27 @@ class TrainConfig:
 
     Presets: `TrainConfig.reference()` (the paper) and `TrainConfig.cpu()` (what `rodin submit
     train` uses unless told `--reference`). Flags are applied with `with_overrides`, by the flat
-    names of `flat()`: a field of this class, of `ModelConfig`, or `augment_<field>`.
+    names of `training_settings()`: a field of this class, of `ModelConfig`, or `augment_<field>`.
+    A new setting is a field here (or in ModelConfig/AugmentConfig) with `declare(...)`
+    metadata; the commands, sweeps, compare and the report follow.
     """
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 1e-3
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=group(""))
+    epochs: int = field(default=150, metadata=declare("Epochs"))
+    batch_size: int = field(default=32, metadata=declare("Shapes per step"))
+    lr: float = field(default=1e-3, metadata=declare("Adam learning rate, /10 at 80, 93, 97% of epochs"))
     lr_decay_at: tuple[float, ...] = REFERENCE_LR_DECAY_AT
-    val_fraction: float = 0.1
-    checkpoint_every: int = 10
-    seed: int = 0
+    val_fraction: float = field(default=0.1, metadata=declare("Shapes held out for validation"))
+    checkpoint_every: int = field(default=10, metadata=declare("Register a checkpoint every E epochs"))
+    seed: int = field(default=0, metadata=declare("Seed for the split, sampling and initialisation"))
     device: str = "cpu"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=group("augment_"))
     #: The final model is the checkpoint with the lowest validation Chamfer, not the last one.
-    keep_best: bool = True
+    keep_best: bool = field(default=True, metadata=declare(
+        "Final model: the best validation Chamfer (on) or the last epoch (off)", off="--keep-last"))
     #: Stop after this many epochs without a better validation Chamfer (0: never).
-    patience: int = 0
+    patience: int = field(default=0, metadata=declare(
+        "Stop after P epochs without a better validation Chamfer, 0: never"))
 
     @classmethod
     def reference(cls) -> TrainConfig:
@@ -158,24 +215,29 @@ class TrainConfig:
         self.augment.validate()
 
     def flat(self) -> dict[str, Any]:
-        """The settings under their flag names: top-level fields, model fields, augment_*."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("model", "augment")}
-        values.update(asdict(self.model))
-        values.update({f"augment_{k}": v for k, v in asdict(self.augment).items()})
-        return values
+        """Every setting under its flat name (`n_patches`, `augment_scale`), in stored order."""
+        names = {s.path: s.name for s in training_settings()}
+        return {names[path]: value for path, value in flatten(asdict(self)).items()}
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings that a fine-tune shares with its parent and a base model with its
+        fine-tunes, by flat name."""
+        flat = self.flat()
+        return {s.name: flat[s.name] for s in training_settings() if s.architecture}
 
     def with_overrides(self, **values: Any) -> TrainConfig:
         """A copy with the given flat settings replaced; an unknown name is a ConfigError."""
-        unknown = sorted(set(values) - set(self.flat()))
+        by_name = {s.name: s for s in training_settings()}
+        unknown = sorted(set(values) - set(by_name))
         if unknown:
             raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}")
-        model_names = {f.name for f in fields(ModelConfig)}
-        model = {k: v for k, v in values.items() if k in model_names}
-        augment = {k.removeprefix("augment_"): v for k, v in values.items() if k.startswith("augment_")}
-        top = {k: v for k, v in values.items() if k not in model and not k.startswith("augment_")}
-        return replace(self, model=replace(self.model, **model),
-                       augment=replace(self.augment, **augment), **top)
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            where, _, leaf = by_name[name].path.rpartition(".")
+            groups.setdefault(where, {})[leaf] = value
+        top = groups.pop("", {})
+        return replace(self, **{where: replace(getattr(self, where), **changed)
+                                for where, changed in groups.items()}, **top)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,3 +262,52 @@ def _build(kind: type[_T], values: dict[str, Any], what: str) -> _T:
         raise ConfigError(f"unknown {what} setting(s) {', '.join(unknown)}: the configuration was "
                           "written by a newer rodin; upgrade this one")
     return kind(**values)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A stored config as dotted paths, in its stored order: `{"model": {"n_patches": 4}}` ->
+    `{"model.n_patches": 4}`. The one flattening of configs: `TrainConfig.flat`, `rodin models
+    compare` and the report read it (a stored config of another version flattens too)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@lru_cache(maxsize=1)
+def training_settings() -> tuple[Setting, ...]:
+    """Every setting of TrainConfig, in declaration order (the order of `--help`), read from
+    the fields' metadata (`declare`, `group`)."""
+    return tuple(_settings_of(TrainConfig, "", ""))
+
+
+def _settings_of(kind: type, name_prefix: str, path_prefix: str) -> Iterator[Setting]:
+    hints = get_type_hints(kind)
+    for f in fields(kind):
+        hint = hints[f.name]
+        if isinstance(hint, type) and is_dataclass(hint):
+            yield from _settings_of(hint, name_prefix + f.metadata["prefix"], f"{path_prefix}{f.name}.")
+            continue
+        name = name_prefix + f.name
+        help_text = f.metadata.get("help")
+        flag = (f.metadata.get("flag") or "--" + name.replace("_", "-")) if help_text else None
+        kind_of = get_origin(hint) or hint
+        off = (f.metadata.get("off") or f"--no-{flag.removeprefix('--')}") \
+            if flag and kind_of is bool else None
+        yield Setting(name=name, path=path_prefix + f.name, kind=kind_of, help=help_text, flag=flag,
+                      off_flag=off, architecture=bool(f.metadata.get("architecture")))
+
+
+def setting_flags() -> dict[str, str]:
+    """Each setting that is a flag, by flat name: `n_patches` -> `--patches`."""
+    return {s.name: s.flag for s in training_settings() if s.flag}
+
+
+def as_flags(values: Mapping[str, Any]) -> str:
+    """Settings as the flags that give them: `--patches 5 --template sphere` (a name that is
+    no flag stays as it is)."""
+    flags = setting_flags()
+    return " ".join(f"{flags.get(name, name)} {value}" for name, value in values.items())

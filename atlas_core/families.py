@@ -104,7 +104,8 @@ class PretrainRecipe:
         "lr": 1e-4, "epochs": 40, "augment_scale": 0.1, "checkpoint_every": 5, "keep_best": True})
 
     def pretrain_config(self, architecture: dict[str, Any], base: TrainConfig) -> TrainConfig:
-        """The pre-training job's config: the fine-tune's architecture, this schedule."""
+        """The pre-training job's config: the fine-tune's architecture (`TrainConfig.architecture`),
+        this schedule."""
         return base.with_overrides(**architecture, epochs=self.epochs, batch_size=self.batch_size,
                                    lr=self.lr, n_points=self.n_points, checkpoint_every=5,
                                    augment_scale=0.0, augment_rotate=False, augment_jitter=0.0,
@@ -124,10 +125,3 @@ class PretrainRecipe:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-#: The architecture fields of ModelConfig that a fine-tune must share with its base.
-ARCHITECTURE = ("n_patches", "template", "bottleneck", "hidden", "layers", "activation")
-
-
-def architecture_of(config: TrainConfig) -> dict[str, Any]:
-    return {name: getattr(config.model, name) for name in ARCHITECTURE}

@@ -66,10 +66,9 @@ def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: Pretrai
     """The newest matching base model; else a matching pre-training job already queued or
     running; else a new pre-training job (generating its family set first if needed)."""
     from atlas_core.config import TrainConfig
-    from atlas_core.families import architecture_of
     from atlas_core.orientation import describe
 
-    architecture = architecture_of(finetune)
+    architecture = finetune.architecture()
     key = recipe.key(architecture)
     turn = describe(recipe.turn)
     with session_scope(settings) as s:

@@ -361,20 +361,11 @@ def _chip(c: dict[str, Any], this: int) -> str:
 
 
 def _config(story: Story) -> str:
+    from atlas_core.config import flatten
+
     rows = "".join(f"<tr><th class=\"mono\">{esc(k)}</th><td class=\"mono\">{esc(_plain(v))}</td></tr>"
-                   for k, v in _flatten(story.model["config"] or {}))
+                   for k, v in flatten(story.model["config"] or {}).items())
     return f"<h2>Config</h2><table id=\"config\">{rows}</table>"
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """`{"model": {"n_patches": 10}}` -> [("model.n_patches", 10)], in the stored order."""
-    out: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
 
 
 def _plain(value: Any) -> str:

@@ -64,3 +64,60 @@ def test_inference_settings_are_declared_once() -> None:
     assert (defaults["latent_steps"].default, defaults["decoder_steps"].default) == INFER.refine_split()
     assert DEFAULT_REFINE_STEPS == INFER.refine_steps  # the CLI's default, restated client-side
     assert refine_steps(DEFAULT_REFINE_STEPS) == {"latent_steps": 60, "decoder_steps": 100}
+
+
+# ------------------------------------------------------------- the settings' one declaration
+
+
+def test_every_setting_is_declared_once_with_its_flag_and_path() -> None:
+    from atlas_core.config import training_settings
+
+    settings = training_settings()
+    by_name = {s.name: s for s in settings}
+    assert len(by_name) == len(settings)  # no flat name twice
+    assert list(by_name) == list(TrainConfig.cpu().flat())  # one order: the stored one
+    flags = [s.flag for s in settings if s.flag]
+    assert len(set(flags)) == len(flags)
+    assert (by_name["n_patches"].flag, by_name["n_points"].flag, by_name["augment_scale"].flag) == \
+        ("--patches", "--points", "--augment-scale")
+    assert (by_name["n_patches"].path, by_name["augment_rotate"].path, by_name["epochs"].path) == \
+        ("model.n_patches", "augment.rotate", "epochs")
+    assert (by_name["keep_best"].off_flag, by_name["augment_rotate"].off_flag) == ("--keep-last", "--no-augment-rotate")
+    assert (by_name["lr"].kind, by_name["template"].kind, by_name["keep_best"].kind) == (float, str, bool)
+    # Settings no command offers: no flag, no help.
+    assert {s.name for s in settings if not s.flag} == {"activation", "lr_decay_at", "device"}
+    # Every flat name reaches its own field, and nothing else.
+    for setting in settings:
+        value = {int: 7, float: 0.5, str: "sphere", bool: True, tuple: (0.5,)}[setting.kind]
+        changed = TrainConfig.cpu().with_overrides(**{setting.name: value})
+        assert changed.flat()[setting.name] == value
+        assert {k for k, v in changed.flat().items() if v != TrainConfig.cpu().flat()[k]} <= {setting.name}
+
+
+def test_the_architecture_includes_the_activation() -> None:
+    """The weights were trained through their nonlinearity: a fine-tune keeps it."""
+    from atlas_core.config import training_settings
+
+    assert [s.name for s in training_settings() if s.architecture] == \
+        ["n_patches", "template", "bottleneck", "hidden", "layers", "activation"]
+    assert TrainConfig.cpu().architecture() == {"n_patches": 10, "template": "square", "bottleneck": 256,
+                                                "hidden": 128, "layers": 2, "activation": "relu"}
+
+
+def test_base_model_keys_stay_as_registered() -> None:
+    """A base pre-trained before the declaration keeps being found (the key reads the architecture)."""
+    from atlas_core.families import PretrainRecipe
+
+    assert PretrainRecipe().key(TrainConfig.cpu().architecture()) == "bf73e28a40746ff3"
+    assert PretrainRecipe().key(TrainConfig.reference().architecture()) == "d7fc560fa5e33fa0"
+
+
+def test_flatten_gives_stored_paths_in_stored_order() -> None:
+    from atlas_core.config import as_flags, flatten
+
+    stored = TrainConfig.cpu().to_dict()
+    flat = flatten(stored)
+    assert list(flat)[:3] == ["model.n_patches", "model.template", "model.bottleneck"]
+    assert flat["augment.scale"] == 0.0 and flat["lr_decay_at"] == list(TrainConfig.cpu().lr_decay_at)
+    assert flatten({"lr": 1e-3, "model": {"dropout": 0.5}}) == {"lr": 1e-3, "model.dropout": 0.5}  # any version's
+    assert as_flags({"n_patches": 5, "template": "sphere", "device": "cpu"}) == "--patches 5 --template sphere device cpu"
