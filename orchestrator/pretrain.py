@@ -98,11 +98,25 @@ def _pretrain_jobs(session: Any, key: str, statuses: tuple[JobStatus, ...]) -> l
 
 def _base_model(session: Any, key: str) -> int | None:
     for job in _pretrain_jobs(session, key, (JobStatus.succeeded,)):
-        final = session.scalar(select(func.max(ModelCheckpoint.id)).where(
-            ModelCheckpoint.job_id == job.id, ModelCheckpoint.final.is_(True)))
+        final = _final_model(session, job.id)
         if final is not None:
-            return int(final)
+            return final
     return None
+
+
+def _final_model(session: Any, job_id: int) -> int | None:
+    final = session.scalar(select(func.max(ModelCheckpoint.id)).where(
+        ModelCheckpoint.job_id == job_id, ModelCheckpoint.final.is_(True)))
+    return int(final) if final is not None else None
+
+
+def base_model_id(settings: Settings, base: Base) -> int | None:
+    """The model a fine-tune started from: the base found, or the final model of the
+    pre-training job it waited for (None while that job has none)."""
+    if base.model_id is not None or base.pretrain_job_id is None:
+        return base.model_id
+    with session_scope(settings) as s:
+        return _final_model(s, base.pretrain_job_id)
 
 
 def _pretraining_in_progress(session: Any, key: str) -> int | None:

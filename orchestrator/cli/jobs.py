@@ -255,7 +255,7 @@ def sweep_table(summary: dict[str, Any]) -> Table:
 
     Narrow on purpose (three swept settings fit 80 columns): the settings are never cut, and the
     ETA column appears only while a job is unfinished."""
-    from orchestrator.cli.train import setting_flags
+    from atlas_core.config import setting_flags
     from orchestrator.sweeps import rank
 
     flags = setting_flags()
