@@ -174,7 +174,9 @@ def _finished(settings, kind, model_id: int, result: dict[str, Any], outputs: li
     from orchestrator import jobs
     from orchestrator.registry.models import JobStatus
 
-    job_id = jobs.submit(settings, kind, params={"inputs": [], "refine": None}, input_model_id=model_id)
+    from orchestrator.kinds import spec
+
+    job_id = jobs.submit(settings, kind, params=spec(kind).params(), input_model_id=model_id)
     lease = jobs.claim(settings, job_id, WORKER, "cpu")
     assert lease is not None
     jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs, result=result)

@@ -16,10 +16,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import fsspec
 
 from orchestrator import waiting
+from orchestrator.errors import RodinError
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +196,26 @@ def open_store(settings=None, *, write_retry_s: float = 0.0) -> ArtifactStore:
 
     settings = settings or load_settings()
     return ArtifactStore(settings.artifact_root, settings.storage_options, write_retry_s)
+
+
+def download(store: ArtifactStore, outputs: list[dict[str, Any]], folder: Path,
+             kinds: set[str] | None = None) -> list[str]:
+    """Copy a job's output artifacts (of `kinds`, or all; each checked against its sha256) into
+    `folder`; returns their paths.
+
+    Output names come from the job's row, so each is reduced to a plain file name first: a row
+    must never make the client write outside `folder`."""
+    chosen = [out for out in outputs if kinds is None or out.get("kind") in kinds]
+    names = []
+    for out in chosen:  # every name is checked before anything is written
+        try:
+            names.append(safe_name(out.get("name")))
+        except ValueError as exc:
+            raise RodinError(f"job output not saved to {folder}: {exc}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for out, name in zip(chosen, names):
+        target = folder / name
+        target.write_bytes(store.get_bytes(out["uri"], out["sha256"]))
+        paths.append(str(target))
+    return paths

@@ -1,17 +1,134 @@
-"""Registering a dataset version: the point clouds as an artifact, then the row."""
+"""Dataset versions: checking a name, reading a folder of meshes into point clouds (or
+generating a procedural family), registering the result (the point clouds as an artifact,
+then the row), and reading versions back (summaries, pictures). No printing: the CLI shows
+progress through the callbacks and prints what comes back.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.artifacts import ArtifactStore
+from sqlalchemy import select
+
+from orchestrator.artifacts import ArtifactError, ArtifactStore
+from orchestrator.errors import RodinError, UserInputError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset
-from orchestrator.registry.queries import dataset_summary, next_dataset_version
+from orchestrator.registry.queries import dataset_summary, next_dataset_version, resolve_dataset
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from atlas_core.data import PointCloudSet
+    from atlas_core.mesh_io import Limits, Shape
+
+#: The registry's column width for dataset names.
+MAX_NAME_CHARS = 128
+#: Characters a terminal would act on rather than show (control characters, ANSI escapes,
+#: newlines, bidirectional overrides), or that UTF-8 cannot store (lone surrogates).
+_UNSHOWABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+class NoUsableFiles(UserInputError):
+    """Nothing under the path has a usable surface: the `--json` error object carries every
+    file with its reason, as the table on stderr does."""
+
+    def __init__(self, message: str, skipped: list[dict[str, str]]):
+        super().__init__(message)
+        self.json_fields = {"skipped": skipped}
+
+
+def check_name(name: str) -> None:
+    if not name or "@" in name or "/" in name or name.strip() != name:
+        raise UserInputError(f"dataset name {name!r} must be non-empty, without '@', '/' or spaces")
+    if any(unicodedata.category(c) in _UNSHOWABLE for c in name):
+        raise UserInputError(f"dataset name {name!r} contains control or invisible characters; "
+                             "use printable letters, digits and punctuation")
+    if len(name) > MAX_NAME_CHARS:
+        raise UserInputError(f"dataset name {name[:20]!r}... is {len(name)} characters long; "
+                             f"use at most {MAX_NAME_CHARS}")
+
+
+def generate(kind: str, count: int, seed: int, points: int,
+             on_shape: Callable[[], None] | None = None) -> tuple[PointCloudSet, str]:
+    """`count` shapes of a procedural family, and the source text the version records."""
+    from atlas_core.families import family_names, family_source, generate_family
+
+    if kind not in family_names():
+        raise UserInputError(f"cannot generate {kind!r}: the procedural families are "
+                             f"{', '.join(family_names())}")
+    return generate_family(kind, count, seed, points, on_shape=on_shape), family_source(kind, count, seed)
+
+
+def mesh_files(root: Path) -> list[Path]:
+    from atlas_core.mesh_io import is_mesh_file
+
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_mesh_file(p))
+
+
+def shown_name(file: Path, root: Path) -> str:
+    """How a file found under `root` is named to the user (the skip table, the stored and
+    `--json` records): relative to the folder given, or its name when `root` is that file."""
+    if file == root:
+        return file.name
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return str(file)
+
+
+@dataclass
+class Ingested:
+    """What reading a folder gave: the usable shapes and the files skipped, with reasons."""
+
+    shapes: list[Shape]
+    skipped: list[dict[str, str]]
+    files: int
+
+
+def ingest(path: Path, points: int, seed: int, limits: Limits,
+           on_start: Callable[[int], None] | None = None,
+           on_file: Callable[[], None] | None = None) -> Ingested:
+    """Every mesh file under `path` (a file or a folder searched recursively) as a point cloud
+    of `points`; a file without a usable surface is skipped with its reason. `on_start` hears
+    how many files there are, `on_file` each one done. A missing path or one without mesh files
+    is a UserInputError; nothing is registered here."""
+    from atlas_core.mesh_io import MeshError, ingest_file
+
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist: give a mesh file or a folder of meshes")
+    files = mesh_files(path)
+    if not files:
+        raise UserInputError(f"no mesh files under {path} (looked for .obj .stl .ply .off .glb .gltf)")
+    if on_start is not None:
+        on_start(len(files))
+    shapes, skipped = [], []
+    for i, file in enumerate(files):
+        try:
+            shapes.append(ingest_file(file, n_points=points, seed=seed + i, limits=limits))
+        except MeshError as exc:
+            skipped.append({"file": shown_name(file, path), "reason": str(exc)})
+        if on_file is not None:
+            on_file()
+    dedupe_names(shapes, files)
+    return Ingested(shapes, skipped, len(files))
+
+
+def dedupe_names(shapes: list, files: list[Path]) -> None:
+    """Same stems in different folders get a short path hash so names stay unique."""
+    seen: dict[str, int] = {}
+    for shape in shapes:
+        seen[shape.name] = seen.get(shape.name, 0) + 1
+    for shape in shapes:
+        if seen[shape.name] > 1:
+            shape.name = f"{shape.name}-{hashlib.sha256(shape.source_sha256.encode()).hexdigest()[:6]}"
 
 
 def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: PointCloudSet,
@@ -29,3 +146,42 @@ def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: 
         s.add(row)
         s.flush()
         return dataset_summary(row)
+
+
+def list_datasets(settings: Settings) -> list[dict[str, Any]]:
+    """Every dataset version's summary, by name, newest version first."""
+    with session_scope(settings) as s:
+        return [dataset_summary(d) for d in
+                s.scalars(select(Dataset).order_by(Dataset.name, Dataset.version.desc()))]
+
+
+def get(settings: Settings, ref: str) -> dict[str, Any]:
+    """One version's summary by NAME (its newest) or NAME@V; unknown: the one-line error."""
+    with session_scope(settings) as s:
+        return dataset_summary(resolve_dataset(s, ref))
+
+
+def pictures(settings: Settings, store: ArtifactStore, ref: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The version's summary, and its thumbnail sheet (the first 100 shapes) and size histogram
+    as PNG bytes ({"shapes", "sizes"}), drawn from the cached point clouds (sha256 checked).
+    numpy and matplotlib only (no torch)."""
+    from atlas_core.data import PointCloudSet
+    from atlas_core.render import render_shape_sheet, render_size_histogram
+
+    with session_scope(settings) as s:
+        dataset = resolve_dataset(s, ref)
+        summary, uri, sha256 = dataset_summary(dataset), dataset.artifact_uri, dataset.artifact_sha256
+    try:
+        data = PointCloudSet.from_bytes(store.get_bytes(uri, sha256))
+    except ArtifactError as exc:
+        raise RodinError(f"cannot draw dataset {summary['ref']}: {exc}") from None
+    return summary, {
+        "shapes": render_shape_sheet(data.points, data.names, summary["ref"], normals=data.normals),
+        "sizes": render_size_histogram(data.scales, summary["ref"]),
+    }
+
+
+def plot_stem(name: str, version: int) -> str:
+    """`<name>-v<version>` as a file name: characters a file system may refuse become '_'."""
+    safe = re.sub(r"[^\w.+-]+", "_", name).strip(".") or "dataset"
+    return f"{safe}-v{version}"

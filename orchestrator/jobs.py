@@ -1,19 +1,18 @@
-"""The job service: the only code that creates, sends, claims, finishes, cancels and waits for jobs.
+"""The job service: the only code that moves a job from one state to another, or writes its
+heartbeat, and the one way to read and follow jobs.
 
 A job is a registry row first and a queue message second: the row says what to do and what
-happened, the message (a job id, JSON) only wakes a worker. Every state change is one short
-transaction here, so the CLI, the task bodies and the tests all move jobs the same way:
+happened, the message (a job id, JSON) only wakes a worker. Every move is one short transaction
+here, guarded by the one table of moves (`orchestrator.job_states.TRANSITIONS`; its diagram is
+at the top of that module): `_move` updates a row only if its status is one the event may leave,
+so the CLI, the task bodies, the reaper, bundle imports and the tests all move jobs the same way,
+and of two callers racing on one job only one wins.
 
-    waiting --settle_dependents--> queued (its dependency succeeded) | failed | cancelled
-    queued --claim--> running --finish--> succeeded | failed | cancelled
-    running --release (a worker stopping)--> queued
-    running --take_back (its job process died or hung) | the reaper (its worker silent)-->
-        queued | failed (RODIN_MAX_ATTEMPTS lost) | cancelled (asked)
-    queued | waiting --cancel--> cancelled
-
-Clients call `submit` (`submit_sweep` for a grid), `cancel`, `summary` and `wait` (`wait_sweep`);
-workers call `claim`, `report_progress`, `keep_alive` and `finish`, `take_back` and `release`.
-No torch here.
+Clients call `submit` (`submit_sweep` for a grid), `cancel`, `get` (`get_sweep`, `recent`) and
+`watch` (or `wait`, its last view); workers call `claim`, `report_progress`, `keep_alive`,
+`register_checkpoint` and `finish`, `take_back` and `release`; the reaper calls
+`take_back_silent` and `resend`; a bundle import calls `add_imported`. Jobs are read as typed
+views (`orchestrator.job_view.JobView`, `SweepView`). No torch here.
 """
 
 from __future__ import annotations
@@ -21,16 +20,20 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.errors import RegistryInvariantError, RodinError
+from orchestrator.job_states import Event, JobKind, JobStatus, sources
+from orchestrator.job_view import JobView, SweepView
+from orchestrator.kinds import JobParams, spec
 from orchestrator.registry.db import as_utc, session_scope, with_retries
-from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint, Sweep
+from orchestrator.registry.models import Job, ModelCheckpoint, Sweep
 from orchestrator.settings import Settings, redact
 
 log = logging.getLogger(__name__)
@@ -57,17 +60,29 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _job(session: Any, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise RegistryInvariantError(f"job {job_id} vanished from the registry")
-    return job
+def _move(session: Session, event: Event, to: JobStatus, *where: ColumnElement[bool],
+          **values: Any) -> int:
+    """Move the jobs that `where` selects to `to` by `event`, those whose status the event may
+    leave (TRANSITIONS); returns how many moved. The only writer of `Job.status`."""
+    moved = session.execute(update(Job).where(Job.status.in_(sources(event, to)), *where)
+                            .values(status=to.value, **values))
+    return int(moved.rowcount)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------- clients
 
 
-def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any],
+def checked_params(kind: JobKind, params: dict[str, Any] | JobParams) -> dict[str, Any]:
+    """A job's parameters as stored, checked against its kind's declaration (orchestrator.kinds)."""
+    declared = spec(kind).params
+    if isinstance(params, JobParams):
+        if not isinstance(params, declared):
+            raise TypeError(f"a {kind.value} job takes {declared.__name__}, not {type(params).__name__}")
+        return params.to_json()
+    return declared.from_json(params).to_json()
+
+
+def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any] | JobParams,
            dataset_id: int | None = None, input_model_id: int | None = None,
            depends_on: int | None = None) -> int:
     """Register a queued job and send its message; returns the job id.
@@ -77,10 +92,12 @@ def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any],
     If the broker cannot take the message, the job is marked failed (so that it does not sit
     `queued` for ever) and a RodinError says where the broker was (without its password).
     """
+    status = JobStatus.waiting if depends_on else JobStatus.queued
+    sources(Event.submit, status)
+    params = checked_params(kind, params)
     with session_scope(settings) as s:
         job = Job(kind=kind.value, dataset_id=dataset_id, input_model_id=input_model_id,
-                  params=params, depends_on_job_id=depends_on,
-                  status=(JobStatus.waiting if depends_on else JobStatus.queued).value)
+                  params=params, depends_on_job_id=depends_on, status=status.value)
         s.add(job)
         s.flush()
         job_id = job.id
@@ -92,7 +109,7 @@ def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any],
 
 
 def submit_sweep(settings: Settings, *, dataset_id: int, grid: dict[str, list[Any]],
-                 fixed: dict[str, Any], params: list[dict[str, Any]],
+                 fixed: dict[str, Any], params: list[dict[str, Any]] | list[JobParams],
                  input_model_id: int | None = None) -> tuple[int, list[int]]:
     """Register a sweep and one queued training job per combination (`params`, in order), then
     send their messages; returns (the sweep id, the job ids).
@@ -106,7 +123,8 @@ def submit_sweep(settings: Settings, *, dataset_id: int, grid: dict[str, list[An
         s.add(sweep)
         s.flush()
         rows = [Job(kind=JobKind.train.value, dataset_id=dataset_id, input_model_id=input_model_id,
-                    params=p, sweep_id=sweep.id, status=JobStatus.queued.value) for p in params]
+                    params=checked_params(JobKind.train, p), sweep_id=sweep.id,
+                    status=JobStatus.queued.value) for p in params]
         s.add_all(rows)
         s.flush()
         sweep_id, job_ids = sweep.id, [job.id for job in rows]
@@ -125,8 +143,7 @@ def _fail_unsent(settings: Settings, job_ids: list[int], reason: str) -> None:
     if not job_ids:
         return
     with session_scope(settings) as s:
-        s.execute(update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.queued.value)
-                  .values(status=JobStatus.failed.value, error=reason, finished_at=now()))
+        _move(s, Event.send, JobStatus.failed, Job.id.in_(job_ids), error=reason, finished_at=now())
 
 
 def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
@@ -144,19 +161,18 @@ def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
         waiting = s.execute(select(Job.id, Job.kind, Job.cancel_requested).where(
             Job.depends_on_job_id == parent_id, Job.status == JobStatus.waiting.value)).all()
         for job_id, _kind, cancelled in waiting:
+            values: dict[str, Any]
             if cancelled:
-                values: dict[str, Any] = dict(status=JobStatus.cancelled.value, finished_at=now())
+                to, values = JobStatus.cancelled, dict(finished_at=now())
             elif parent.status == JobStatus.succeeded.value and (final is not None or parent.kind != "train"):
-                values = dict(status=JobStatus.queued.value, input_model_id=final)
+                to, values = JobStatus.queued, dict(input_model_id=final)
             else:
                 what = (f"{parent.status}: {parent.error}" if parent.error else parent.status) \
                     if parent.status != JobStatus.succeeded.value else "succeeded without a final model"
-                values = dict(status=JobStatus.failed.value, finished_at=now(),
-                              error=f"job {parent_id}, which this job waited for, {what}")
-            moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.waiting.value)
-                              .values(**values))
-            if moved.rowcount == 1:  # type: ignore[attr-defined]
-                (sent if values["status"] == JobStatus.queued.value else ended).append(job_id)
+                to, values = JobStatus.failed, dict(finished_at=now(),
+                                                    error=f"job {parent_id}, which this job waited for, {what}")
+            if _move(s, Event.settle, to, Job.id == job_id, **values):
+                (sent if to is JobStatus.queued else ended).append(job_id)
         kinds = {job_id: kind for job_id, kind, _ in waiting}
     for job_id in sent:
         send(settings, job_id, JobKind(kinds[job_id]), fail_job=False)
@@ -193,14 +209,25 @@ def send(settings: Settings, job_id: int, kind: JobKind, *, fail_job: bool = Tru
                         "be sent again", job_id, redact(settings.queue_url), reason)
             return False
         with session_scope(settings) as s:
-            job = _job(s, job_id)
-            job.status, job.error, job.finished_at = JobStatus.failed.value, f"could not queue: {reason}", now()
+            _move(s, Event.send, JobStatus.failed, Job.id == job_id, error=f"could not queue: {reason}",
+                  finished_at=now())
         raise RodinError(f"could not queue job {job_id} at {redact(settings.queue_url)}: "
                          f"{reason}") from None
     with session_scope(settings) as s:
-        job = _job(s, job_id)
-        job.celery_task_id, job.sent_at = task_id, now()
+        s.execute(update(Job).where(Job.id == job_id).values(celery_task_id=task_id, sent_at=now()))
     return True
+
+
+def resend(settings: Settings, job_id: int, kind: JobKind, sent_at: datetime | None, at: datetime) -> bool:
+    """The reaper sends a queued job's message again, presumed lost: only if nobody has sent
+    it since `sent_at` (as read), so that of several reapers one sends. Returns whether sent."""
+    with session_scope(settings) as s:
+        taken = s.execute(update(Job).where(
+            Job.id == job_id, Job.status == JobStatus.queued.value,
+            Job.sent_at.is_(None) if sent_at is None else Job.sent_at == sent_at).values(sent_at=at))
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+    return send(settings, job_id, kind, fail_job=False)
 
 
 def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
@@ -208,96 +235,112 @@ def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
     once, and so is a running one whose worker has gone silent; a live one stops at its next
     epoch boundary (the task body reads the flag) and keeps its checkpoints. Jobs waiting for
     a cancelled job fail with the reason."""
-    from orchestrator.registry.queries import get_job, is_stale
+    from orchestrator.job_view import is_stale
+    from orchestrator.registry.queries import get_job
 
     with session_scope(settings) as s:
         job = get_job(s, job_id)
-        if JobStatus(job.status).finished:
-            return job.status, f"job {job_id} already {job.status}; nothing to cancel"
+        seen = job.status
+        if JobStatus(seen).finished:
+            return seen, f"job {job_id} already {seen}; nothing to cancel"
         job.cancel_requested = True
-        if job.status in (JobStatus.queued.value, JobStatus.waiting.value):
+        if seen in (JobStatus.queued.value, JobStatus.waiting.value):
             message = f"job {job_id} cancelled before it started"
         elif is_stale(job.heartbeat_at, settings.stale_after_s):
             # Its worker is gone: nobody would read the flag. The lease goes with it, so a
             # worker that was only cut off stops at its next registry write.
             message = f"job {job_id} cancelled (its worker {job.worker} stopped answering)"
         else:
-            return job.status, f"job {job_id} will stop after its current epoch"
-        job.status, job.finished_at, job.lease_token = JobStatus.cancelled.value, now(), None
+            return seen, f"job {job_id} will stop after its current epoch"
+        s.flush()
+        if not _move(s, Event.cancel, JobStatus.cancelled, Job.id == job_id, Job.status == seen,
+                     finished_at=now(), lease_token=None):
+            return seen, f"job {job_id} moved on while it was being cancelled; see `rodin status {job_id}`"
     _settle_quietly(settings, job_id)
     return JobStatus.cancelled.value, message
 
 
-def summary(settings: Settings, job_id: int) -> dict[str, Any]:
-    """The job as the CLI shows it (see registry.queries.job_summary); unknown id: exit 2."""
-    from orchestrator.registry.queries import get_job, job_summary
+def get(settings: Settings, job_id: int) -> JobView:
+    """The job as it stands; an unknown id is a UserInputError naming the newest (exit 2)."""
+    from orchestrator.registry.queries import get_job
 
     with session_scope(settings) as s:
-        return job_summary(s, get_job(s, job_id))
+        return JobView.of(get_job(s, job_id))
 
 
-def wait(settings: Settings, job_id: int, on_update: Callable[[dict[str, Any]], None] | None = None,
-         poll_s: float = 0.5) -> dict[str, Any]:
-    """Poll the registry until the job has finished; returns its final summary.
-
-    `on_update` sees every summary on the way (a progress bar, a live table).
-    """
-    while True:
-        current = summary(settings, job_id)
-        if on_update is not None:
-            on_update(current)
-        if JobStatus(current["status"]).finished:
-            return current
-        time.sleep(poll_s)
+def recent(settings: Settings, limit: int) -> list[JobView]:
+    """The newest `limit` jobs, newest first."""
+    with session_scope(settings) as s:
+        # Checkpoints and datasets in one query each, not one per job: the registry may be a
+        # network hop away. Of a checkpoint only what a view needs: a final one's metrics hold
+        # its out-of-distribution statistics (hundreds of numbers).
+        checkpoints = selectinload(Job.checkpoints).load_only(ModelCheckpoint.id, ModelCheckpoint.final)
+        rows = s.scalars(select(Job).options(checkpoints, selectinload(Job.dataset))
+                         .order_by(Job.id.desc()).limit(limit)).all()
+        return [JobView.of(job) for job in rows]
 
 
-def sweep_summary(settings: Settings, sweep_id: int) -> dict[str, Any]:
-    """The sweep and its jobs (see registry.queries.sweep_summary); unknown id: exit 2."""
-    from orchestrator.registry.queries import get_sweep
-    from orchestrator.registry.queries import sweep_summary as summarise
+def get_sweep(settings: Settings, sweep_id: int) -> SweepView:
+    """The sweep and its jobs, each with its final model's metrics; unknown id: exit 2."""
+    from orchestrator.registry.models import Dataset
+    from orchestrator.registry.queries import get_sweep as sweep_row
 
     with session_scope(settings) as s:
-        return summarise(s, get_sweep(s, sweep_id))
+        sweep = sweep_row(s, sweep_id)
+        dataset = s.get(Dataset, sweep.dataset_id)
+        rows = s.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.id)
+                         .options(selectinload(Job.checkpoints), selectinload(Job.dataset))).all()
+        return SweepView.of(sweep, dataset.ref if dataset else None, list(rows))
 
 
-def wait_sweep(settings: Settings, sweep_id: int,
-               on_update: Callable[[dict[str, Any]], None] | None = None,
-               poll_s: float = 0.5) -> dict[str, Any]:
-    """Poll the registry until every job of the sweep has finished; returns its final summary.
-    `on_update` sees every summary on the way."""
-    while True:
-        current = sweep_summary(settings, sweep_id)
-        if on_update is not None:
-            on_update(current)
-        if all(JobStatus(job["status"]).finished for job in current["jobs"]):
-            return current
-        time.sleep(poll_s)
+@overload
+def watch(settings: Settings, *, job_id: int, poll_s: float = ...) -> Iterator[JobView]: ...
+@overload
+def watch(settings: Settings, *, sweep_id: int, poll_s: float = ...) -> Iterator[SweepView]: ...
+@overload
+def watch(settings: Settings, *, limit: int, poll_s: float = ...) -> Iterator[list[JobView]]: ...
 
 
-def eta_s(summary: dict[str, Any], at: datetime | None = None) -> float | None:
-    """Seconds a running job has left, from its elapsed time per epoch (or per shape) so far;
-    None when it is not running or has not reported progress yet.
-
-    The time per step is (last progress report - start) / steps done, so that the job's
-    start-up counts; the seconds since that report are taken off, so the ETA counts down
-    between two reports.
+def watch(settings: Settings, *, job_id: int | None = None, sweep_id: int | None = None,
+          limit: int | None = None, poll_s: float = 0.5) -> Iterator[Any]:
+    """Follow the registry: yield a job's view (`job_id`), a sweep's (`sweep_id`) or the newest
+    `limit` jobs now, then again every `poll_s`, until the job or every job of the sweep has
+    ended (the last view yielded is the ended one); the newest jobs are followed until the
+    caller stops. What every follower uses: `wait`, `--wait`'s progress bar, `status --watch`.
     """
-    from orchestrator.registry.queries import silent_for_s
-
-    progress = summary.get("progress") or {}
-    done, total = (progress.get("epoch"), progress.get("epochs")) if "epochs" in progress \
-        else (progress.get("done"), progress.get("total"))
-    if summary.get("status") != JobStatus.running.value or not done or not total:
-        return None
-    started, beat = summary.get("started_at"), summary.get("heartbeat_at")
-    since_beat = max(0.0, silent_for_s(beat, at)) if beat else 0.0
-    if started and beat:
-        per_step = (silent_for_s(started, at) - since_beat) / done
-    elif "seconds" in progress:  # no start time: the last epoch's own duration
-        per_step = float(progress["seconds"])
+    if (job_id is None) + (sweep_id is None) + (limit is None) != 2:
+        raise ValueError("watch one job, one sweep or the newest jobs")
+    read: Callable[[], Any]
+    if job_id is not None:
+        read = lambda: get(settings, job_id)  # noqa: E731
+    elif sweep_id is not None:
+        read = lambda: get_sweep(settings, sweep_id)  # noqa: E731
     else:
-        return None
-    return max(0.0, per_step * (total - done) - since_beat)
+        read = lambda: recent(settings, limit or 0)  # noqa: E731
+    while True:
+        current = read()
+        yield current
+        if not isinstance(current, list) and current.finished:
+            return
+        time.sleep(poll_s)
+
+
+def wait(settings: Settings, job_id: int, on_update: Callable[[JobView], None] | None = None,
+         poll_s: float = 0.5) -> JobView:
+    """Follow the job until it has ended; returns its final view. `on_update` sees every view."""
+    for current in watch(settings, job_id=job_id, poll_s=poll_s):
+        if on_update is not None:
+            on_update(current)
+    return current
+
+
+def wait_sweep(settings: Settings, sweep_id: int, on_update: Callable[[SweepView], None] | None = None,
+               poll_s: float = 0.5) -> SweepView:
+    """Follow the sweep until every job of it has ended; returns its final view."""
+    for current in watch(settings, sweep_id=sweep_id, poll_s=poll_s):
+        if on_update is not None:
+            on_update(current)
+    return current
 
 
 # ---------------------------------------------------------------------------------- workers
@@ -353,16 +396,15 @@ def _claim(settings: Settings, job_id: int, worker: str, device: str) -> tuple[L
         guard = (Job.id == job_id, Job.attempts == attempts, Job.status == seen.value)
         if job.cancel_requested or lost >= settings.max_attempts:
             cancelled = job.cancel_requested
-            ended = s.execute(update(Job).where(*guard).values(
-                status=(JobStatus.cancelled if cancelled else JobStatus.failed).value,
-                finished_at=now(), lost=lost, lease_token=None,
-                error=None if cancelled else lost_reason(lost, job.worker, job.heartbeat_at)))
-            return None, ended.rowcount == 1  # type: ignore[attr-defined]
+            ended = _move(s, Event.claim, JobStatus.cancelled if cancelled else JobStatus.failed, *guard,
+                          finished_at=now(), lost=lost, lease_token=None,
+                          error=None if cancelled else lost_reason(lost, job.worker, job.heartbeat_at))
+            return None, ended == 1
         token = secrets.token_hex(16)
-        taken = s.execute(update(Job).where(*guard).values(
-            status=JobStatus.running.value, attempts=attempts + 1, lost=lost, lease_token=token,
-            worker=worker, device=device, error=None, started_at=started or now(), heartbeat_at=now()))
-        if taken.rowcount != 1:  # type: ignore[attr-defined]
+        taken = _move(s, Event.claim, JobStatus.running, *guard,
+                      attempts=attempts + 1, lost=lost, lease_token=token, worker=worker, device=device,
+                      error=None, started_at=started or now(), heartbeat_at=now())
+        if taken != 1:
             log.info("job %s was claimed by another worker first", job_id)
             return None, False
         return Lease(job_id, token, attempts + 1), False
@@ -430,19 +472,22 @@ def register_checkpoint(settings: Settings, lease: Lease, **fields: Any) -> int:
                         "attempt") from None
 
 
-def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease | None = None,
+def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease,
            outputs: list[dict[str, Any]] | None = None, error: str | None = None,
            result: dict[str, Any] | None = None, final_model_id: int | None = None,
            final_metrics: dict[str, Any] | None = None) -> None:
     """End a job of any kind, in one transaction: status, outputs, result, and for a training
     job the checkpoint chosen as its final model (with `final_metrics` added to its metrics,
-    e.g. its out-of-distribution statistics). With a lease, only if it is still current."""
+    e.g. its out-of-distribution statistics). Only by the attempt that holds the job (its
+    lease): LeaseLost otherwise."""
     if not status.finished:
         raise ValueError(f"finish() needs a final status, not {status.value}")
+    if lease.job_id != job_id:
+        raise RegistryInvariantError(f"the lease of job {lease.job_id} cannot finish job {job_id}")
 
     def write() -> None:
         with session_scope(settings) as s:
-            job = _held(s, lease) if lease is not None else _job(s, job_id)
+            _held(s, lease)
             if final_model_id is not None:
                 model = s.get(ModelCheckpoint, final_model_id)
                 if model is None or model.job_id != job_id:
@@ -451,14 +496,14 @@ def finish(settings: Settings, job_id: int, status: JobStatus, *, lease: Lease |
                 model.final = True
                 if final_metrics:
                     model.metrics = {**(model.metrics or {}), **final_metrics}
-            job.status = status.value
-            job.finished_at = now()
-            job.lease_token = None
+            values: dict[str, Any] = dict(finished_at=now(), lease_token=None, error=error)
             if outputs is not None:
-                job.outputs = outputs
+                values["outputs"] = outputs
             if result is not None:
-                job.result = result
-            job.error = error
+                values["result"] = result
+            s.flush()
+            if not _move(s, Event.finish, status, Job.id == job_id, Job.lease_token == lease.token, **values):
+                raise LeaseLost(f"job {job_id} is no longer held by attempt {lease.attempt}")
 
     with_retries(settings, f"finish job {job_id}", write)
     _settle_quietly(settings, job_id)
@@ -485,24 +530,36 @@ def take_back(settings: Settings, job_id: int, attempt: int, worker: str, reason
     made no progress and was ended): at once, rather than after the reaper's stale window, and
     counted as a lost attempt. Only that very attempt: if the job has moved on (finished, taken
     back already, claimed again) nothing changes. Returns the job's new status, or None."""
+    return _take_back(settings, job_id, reason, Job.worker == worker, Job.attempts == attempt)
+
+
+def take_back_silent(settings: Settings, job_id: int, token: str | None, cutoff: datetime,
+                     reason: str) -> str | None:
+    """The reaper takes back a running job whose worker has been silent since before `cutoff`:
+    only the attempt it read (`token`), and only if it is still silent. Returns the job's new
+    status, or None if it moved on (another reaper, or the worker woke up)."""
+    return _take_back(settings, job_id, reason, Job.lease_token == token, Job.heartbeat_at < cutoff)
+
+
+def _take_back(settings: Settings, job_id: int, reason: str, *attempt: ColumnElement[bool]) -> str | None:
+    """A lost attempt (the one `attempt` selects) ends: the job's next state is
+    `after_lost_attempt`'s, then `after_taken_back` follows it."""
     at = now()
+    this = (Job.id == job_id, Job.status == JobStatus.running.value, *attempt)
     with session_scope(settings) as s:
-        row = s.execute(select(Job.kind, Job.lost, Job.cancel_requested, Job.heartbeat_at).where(
-            Job.id == job_id, Job.status == JobStatus.running.value, Job.worker == worker,
-            Job.attempts == attempt)).first()
+        row = s.execute(select(Job.kind, Job.lost, Job.cancel_requested, Job.heartbeat_at, Job.worker)
+                        .where(*this)).first()
         if row is None:
             return None
-        kind, lost, cancel, beat = row
+        kind, lost, cancel, beat, worker = row
         values = after_lost_attempt(settings, lost=lost + 1, cancel_requested=cancel, worker=worker,
                                     last_seen=beat, reason=reason, at=at)
-        moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value,
-                                            Job.worker == worker, Job.attempts == attempt)
-                          .values(**values))
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
+        status = JobStatus(values.pop("status"))
+        if not _move(s, Event.take_back, status, *this, **values):
             return None
-    log.warning("job %s attempt %s: %s; %s", job_id, attempt, reason, values["status"])
-    after_taken_back(settings, job_id, kind, values["status"])
-    return str(values["status"])
+    log.warning("job %s: %s; %s", job_id, reason, status.value)
+    after_taken_back(settings, job_id, kind, status.value)
+    return status.value
 
 
 def after_taken_back(settings: Settings, job_id: int, kind: str, status: str) -> None:
@@ -521,11 +578,21 @@ def release(settings: Settings, worker: str) -> list[int]:
         ids = list(s.scalars(select(Job.id).where(Job.status == JobStatus.running.value,
                                                   Job.worker == worker)))
         if ids:
-            s.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.running.value,
-                                        Job.worker == worker)
-                      .values(status=JobStatus.queued.value, lease_token=None, worker=None,
-                              sent_at=now()))  # its message goes back to the queue with it
+            _move(s, Event.release, JobStatus.queued, Job.id.in_(ids), Job.worker == worker,
+                  lease_token=None, worker=None, sent_at=now())  # its message goes back to the queue with it
         return ids
+
+
+def add_imported(session: Session, *, dataset_id: int, params: dict[str, Any] | JobParams,
+                 outputs: list[dict[str, Any]], at: datetime) -> Job:
+    """Register, in the caller's transaction, a succeeded training job that never ran here: the
+    job of a model imported from a bundle (`params.imported_from`). Returns the new row."""
+    sources(Event.imported, JobStatus.succeeded)
+    job = Job(kind=JobKind.train.value, status=JobStatus.succeeded.value, dataset_id=dataset_id,
+              params=checked_params(JobKind.train, params), outputs=outputs, progress={}, result={}, created_at=at, finished_at=at)
+    session.add(job)
+    session.flush()
+    return job
 
 
 def one_line(exc: BaseException) -> str:

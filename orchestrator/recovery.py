@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator import jobs
+from orchestrator.job_view import is_stale
 from orchestrator.kinds import spec
 from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, Worker
-from orchestrator.registry.queries import is_stale
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,27 +116,19 @@ class Reaper:
 def _take_back_stale(settings: Settings, now: datetime, done: Reaped) -> None:
     cutoff = now - timedelta(seconds=settings.stale_after_s)
     with session_scope(settings) as s:
-        stale = s.execute(select(Job.id, Job.kind, Job.lease_token, Job.lost, Job.worker,
-                                 Job.heartbeat_at, Job.cancel_requested)
+        stale = s.execute(select(Job.id, Job.lease_token, Job.worker, Job.heartbeat_at)
                           .where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)).all()
-    for job_id, kind, token, lost, worker, beat, cancel in stale:
+    buckets = {JobStatus.cancelled.value: done.cancelled, JobStatus.failed.value: done.failed,
+               JobStatus.queued.value: done.requeued}
+    for job_id, token, worker, beat in stale:
         seen = as_utc(beat)
         silent = (now - seen).total_seconds() if seen is not None else settings.stale_after_s
-        values = jobs.after_lost_attempt(
-            settings, lost=lost + 1, cancel_requested=cancel, worker=worker, last_seen=beat, at=now,
+        status = jobs.take_back_silent(
+            settings, job_id, token, cutoff,
             reason=f"taken back: its worker {worker or '?'} was silent for {silent:.0f} s "
                    f"(RODIN_STALE_AFTER_S={settings.stale_after_s:g})")
-        bucket = {JobStatus.cancelled.value: done.cancelled, JobStatus.failed.value: done.failed,
-                  JobStatus.queued.value: done.requeued}[values["status"]]
-        with session_scope(settings) as s:
-            # Only if nothing moved since it was read: the same attempt, still silent.
-            taken = s.execute(update(Job).where(
-                Job.id == job_id, Job.status == JobStatus.running.value, Job.lease_token == token,
-                Job.heartbeat_at < cutoff).values(**values))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                continue  # another reaper, or the worker woke up
-        bucket.append(job_id)
-        jobs.after_taken_back(settings, job_id, kind, values["status"])
+        if status is not None:
+            buckets[status].append(job_id)
 
 
 def _settle_waiting(settings: Settings, done: Reaped) -> None:
@@ -164,13 +156,7 @@ def _resend_lost(settings: Settings, now: datetime, done: Reaped) -> None:
     for job_id, kind, sent_at in waiting:
         if spec(kind).queue not in idle:
             continue  # every worker of its queue is busy: the message is waiting its turn
-        with session_scope(settings) as s:
-            taken = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued.value,
-                                                Job.sent_at.is_(None) if sent_at is None else Job.sent_at == sent_at)
-                              .values(sent_at=now))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                continue
-        if jobs.send(settings, job_id, JobKind(kind), fail_job=False):
+        if jobs.resend(settings, job_id, JobKind(kind), sent_at, now):
             done.resent.append(job_id)
 
 

@@ -27,10 +27,10 @@ from sqlalchemy.orm import Session
 from orchestrator import __version__
 from orchestrator.aliases import aliases_of
 from orchestrator.artifacts import ArtifactError, ArtifactStore
-from orchestrator.registry.db import as_utc
+from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
-from orchestrator.registry.queries import dataset_summary, model_summary
-from orchestrator.settings import redact
+from orchestrator.registry.queries import dataset_summary, get_model, model_summary
+from orchestrator.settings import Settings, redact
 
 #: Reconstructions shown (newest jobs first): enough to judge a model, few enough that the
 #: page stays a few megabytes.
@@ -85,6 +85,21 @@ def reconstruction_jobs(session: Session, model_id: int) -> list[Job]:
         Job.kind == JobKind.reconstruct.value, Job.input_model_id == model_id,
         Job.status == JobStatus.succeeded.value).order_by(Job.id.desc()))
     return [j for j in jobs if any(o.get("kind") == "render" for o in j.outputs or [])]
+
+
+def has_reconstructions(settings: Settings, model_id: int) -> bool:
+    """Whether the model has a succeeded reconstruction job with pictures."""
+    with session_scope(settings) as s:
+        return bool(reconstruction_jobs(s, model_id))
+
+
+def story_of(settings: Settings, store: ArtifactStore, model_id: int) -> Story:
+    """The model's story, read in one transaction (its lineage as `rodin models show` has it)."""
+    from orchestrator.lineage import model_lineage
+
+    with session_scope(settings) as s:
+        model = get_model(s, model_id)
+        return collect(s, store, model, model_lineage(s, model)[1])
 
 
 def collect(session: Session, store: ArtifactStore, model: ModelCheckpoint,

@@ -10,9 +10,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator.errors import UserInputError
+from orchestrator.job_states import JobStatus
+from orchestrator.job_view import JobView, SweepView
 
 #: More combinations than this is almost surely a typo (one comma list too many): refused
 #: before anything is queued.
@@ -59,49 +63,56 @@ def combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, chosen)) for chosen in itertools.product(*grid.values())]
 
 
-def val_chamfer(job: dict[str, Any]) -> float | None:
+def val_chamfer(job: JobView) -> float | None:
     """A sweep job's score: its final model's validation Chamfer (None before it has one)."""
-    value = (job.get("final_metrics") or {}).get("val_chamfer")
+    value = (job.final_metrics or {}).get("val_chamfer")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def rank(sweep: dict[str, Any], eta: Callable[[dict[str, Any]], float | None]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Ranked:
+    """One job of a sweep in its ranking (`rank` None: not ranked, not finished or no score)."""
+
+    rank: int | None
+    job: JobView
+    #: The job's value of each swept setting, in the grid's order.
+    settings: dict[str, Any]
+    val_chamfer: float | None
+    eta_s: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        """A row of `rodin status --sweep ID --json`."""
+        progress = self.job.progress
+        return {"rank": self.rank, "job_id": self.job.id, "status": self.job.status.value,
+                "settings": self.settings, "val_chamfer": self.val_chamfer,
+                "final_model_id": self.job.final_model_id, "epoch": progress.get("epoch"),
+                "epochs": progress.get("epochs"), "train_loss": progress.get("train_loss"),
+                "eta_s": self.eta_s, "worker": self.job.worker, "error": self.job.error}
+
+
+def rank(sweep: SweepView, at: datetime | None = None) -> list[Ranked]:
     """The sweep's jobs, best first: succeeded ones by validation Chamfer (rank 1, 2, ...),
     then running, then queued, then those that ended without a final model (rank None).
-
-    `sweep` is `registry.queries.sweep_summary`; `eta(job)` is the seconds a job has left
-    (`orchestrator.jobs.eta_s`). Each row carries the job's grid settings under `settings`.
-    """
-    def order(job: dict[str, Any]) -> tuple[int, float, int]:
+    ETAs are taken at `at` (default: now)."""
+    def order(job: JobView) -> tuple[int, float, int]:
         score = val_chamfer(job)
-        if job["status"] == "succeeded" and score is not None:
-            return 0, score, job["id"]
-        return _PENDING_ORDER.get(job["status"], 3), 0.0, job["id"]
+        if job.status is JobStatus.succeeded and score is not None:
+            return 0, score, job.id
+        return _PENDING_ORDER.get(job.status.value, 3), 0.0, job.id
 
     rows = []
     place = 0
-    for job in sorted(sweep["jobs"], key=order):
+    for job in sorted(sweep.jobs, key=order):
         score = val_chamfer(job)
-        ranked = job["status"] == "succeeded" and score is not None
+        ranked = job.status is JobStatus.succeeded and score is not None
         place += ranked
-        progress = job["progress"] or {}
-        rows.append({
-            "rank": place if ranked else None,
-            "job_id": job["id"],
-            "status": job["status"],
-            "settings": {name: (job["params"].get("sweep") or {}).get(name) for name in sweep["grid"]},
-            "val_chamfer": score,
-            "final_model_id": job["final_model_id"],
-            "epoch": progress.get("epoch"),
-            "epochs": progress.get("epochs"),
-            "train_loss": progress.get("train_loss"),
-            "eta_s": eta(job),
-            "worker": job["worker"],
-            "error": job["error"],
-        })
+        swept = job.params.get("sweep") or {}
+        rows.append(Ranked(rank=place if ranked else None, job=job,
+                           settings={name: swept.get(name) for name in sweep.grid},
+                           val_chamfer=score, eta_s=job.eta_s(at)))
     return rows
 
 
-def best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best(rows: list[Ranked]) -> Ranked | None:
     """The ranking's first row, if it is ranked (a succeeded job with a score)."""
-    return rows[0] if rows and rows[0]["rank"] == 1 else None
+    return rows[0] if rows and rows[0].rank == 1 else None

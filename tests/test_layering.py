@@ -146,3 +146,52 @@ def test_workers_never_start_the_cli() -> None:
     """The supervisor starts `python -m workers`: no call runs back up through the client layer."""
     for path in (ROOT / "workers").rglob("*.py"):
         assert '"orchestrator.cli"' not in path.read_text(), f"{path.name} starts the rodin CLI"
+
+
+#: What a CLI module may not import, lazily or not: the registry is reached through services.
+REGISTRY_INSIDES = ("sqlalchemy", "orchestrator.registry.models", "orchestrator.registry.queries")
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if _layer(_module_name(p)) == "cli"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_cli_imports_no_sqlalchemy_model(path: Path) -> None:
+    for imp in _imports(path):
+        assert not any(imp.module == banned or imp.module.startswith(banned + ".") for banned in REGISTRY_INSIDES), \
+            f"the CLI imports {imp.module}: call a service of orchestrator/ instead"
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (at any depth of a function)."""
+    names = {_module_name(p) for p in SOURCES}
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        found = set()
+        for imp in _imports(path):
+            parts = imp.module.split(".")
+            # `from orchestrator.cli import jobs` and `import orchestrator.cli.jobs` both name a module.
+            while parts and ".".join(parts) not in names:
+                parts.pop()
+            if parts:
+                found.add(".".join(parts))
+        graph[_module_name(path)] = found - {_module_name(path)}
+    return graph
+
+
+def test_no_import_circles() -> None:
+    """No module reaches itself through the modules it imports (a package's __init__ that
+    offers its modules' names is no circle: its modules import each other, not it)."""
+    graph = _graph()
+    packages = {m for m in graph if (ROOT.joinpath(*m.split(".")) / "__init__.py").is_file()}
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [m for m in graph[start] if m not in packages]
+        while stack:
+            module = stack.pop()
+            if module not in seen:
+                seen.add(module)
+                stack += [m for m in graph.get(module, ()) if m not in packages]
+        return seen
+
+    circles = sorted(m for m in graph if m not in packages and m in reach(m))
+    assert not circles, f"modules in an import circle: {', '.join(circles)}"

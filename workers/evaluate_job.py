@@ -18,6 +18,7 @@ from atlas_core.render import render_evaluation
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.errors import RegistryInvariantError
+from orchestrator.kinds import EvaluateParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
@@ -43,7 +44,7 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
             raise RegistryInvariantError(f"job {job_id} is not in the registry or has no model "
                                          "to evaluate")
         m = job.input_model
-        refine = job.params.get("refine")
+        refine = EvaluateParams.from_json(job.params).refine
         if job.dataset is None or job.dataset_id == m.dataset_id:
             return _Inputs(Blob.of_model(m), Blob.of_dataset(m.dataset), None,
                            f"{m.dataset.ref} (validation split)", refine)

@@ -25,6 +25,7 @@ from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
+from orchestrator.kinds import ReconstructParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, mesh_limits
@@ -56,11 +57,11 @@ def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
             raise RegistryInvariantError(f"reconstruction job {job_id} has no registered model")
         m = job.input_model
         # Jobs queued before refinement existed have no "refine" key: they ran without it.
-        inputs = _Inputs(Blob.of_model(m), list(job.params.get("inputs", [])),
-                         Blob.of_dataset(m.dataset), job.params.get("refine"),
-                         (m.metrics or {}).get("ood"))
-        if job.params.get("validation_of") is not None:
-            _use_validation_of(s, inputs, int(job.params["validation_of"]))
+        params = ReconstructParams.from_json(job.params)
+        inputs = _Inputs(Blob.of_model(m), list(params.inputs), Blob.of_dataset(m.dataset),
+                         params.refine, (m.metrics or {}).get("ood"))
+        if params.validation_of is not None:
+            _use_validation_of(s, inputs, int(params.validation_of))
         return inputs
 
 

@@ -16,6 +16,7 @@ from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, train
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.errors import RegistryInvariantError
+from orchestrator.kinds import TrainParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
@@ -40,7 +41,7 @@ def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
         job = s.get(Job, job_id)
         if job is None or job.dataset is None:
             raise RegistryInvariantError(f"training job {job_id} has no registered dataset")
-        config = TrainConfig.from_dict(job.params["config"])
+        config = TrainConfig.from_dict(TrainParams.from_json(job.params).config)
         config.device = device
         ds = job.dataset
         newest = newest_checkpoint(s, job_id)

@@ -2,18 +2,21 @@
 
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.context import mesh_limits, registry, store
+from orchestrator.cli.context import mesh_limits, settings, store
 from orchestrator.cli.follow import follow, queue_job, report_end
 from orchestrator.cli.output import Json, console, err
 from orchestrator.errors import UserInputError
+from orchestrator.job_states import JobKind
 from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
-from orchestrator.registry.models import JobKind
+
+if TYPE_CHECKING:
+    from orchestrator.job_view import JobView
 
 app = typer.Typer()
 
@@ -43,10 +46,9 @@ def reconstruct(
     """Reconstruct meshes with a registered model: a coloured-patch PLY and a PNG per input,
     fitted to the input by default, with a warning when an input looks unlike the model's
     training shapes."""
-    from orchestrator.aliases import resolve_model
+    from orchestrator.catalog import model_id as find_model
 
-    with registry() as s:
-        model_id = resolve_model(s, model).id  # an unknown one fails here, before anything is written
+    model_id = find_model(settings(), model)  # an unknown one fails here, before anything is written
     uploaded = upload_inputs(inputs or [])
     job_id = queue_job(JobKind.reconstruct, quiet=as_json, input_model_id=model_id,
                        params={"inputs": uploaded, "refine": refine_steps(refine)})
@@ -55,15 +57,15 @@ def reconstruct(
         err.print(f"Queued reconstruction job [bold]{job_id}[/]: model {model_id} on {what}.")
     follow(job_id, wait=wait, as_json=as_json, queued={"status": "queued", "outputs": []},
            download_to=out or Path("reconstructions") / f"job-{job_id}",
-           extra=lambda summary: {"results": (summary["result"] or {}).get("inputs", []),
-                                  "warnings": (summary["result"] or {}).get("warnings", [])},
+           extra=lambda job: {"results": (job.result or {}).get("inputs", []),
+                              "warnings": (job.result or {}).get("warnings", [])},
            show=_print_reconstruction)
 
 
-def _print_reconstruction(summary: dict[str, Any]) -> None:
+def _print_reconstruction(job: "JobView") -> None:
     """One line per input: the Chamfer before and after refinement, and any warning."""
-    report_end(summary)
-    for r in (summary["result"] or {}).get("inputs", []):
+    report_end(job)
+    for r in (job.result or {}).get("inputs", []):
         gain = (f"Chamfer {r['chamfer_before']:.5f} -> {r['chamfer_after']:.5f}"
                 if r["chamfer_after"] != r["chamfer_before"] else f"Chamfer {r['chamfer_after']:.5f}")
         err.print(f"  {escape(r['input'])}: {gain} ({r['seconds']:.1f} s)", highlight=False)
@@ -89,13 +91,10 @@ def evaluate(
     Retrieval copies the nearest shape of the model's own training set: a model that does
     not beat it has learned a lookup table, not shapes.
     """
-    from orchestrator.aliases import resolve_model
-    from orchestrator.registry.queries import resolve_dataset
+    from orchestrator import catalog
 
-    with registry() as s:
-        model_id = resolve_model(s, model).id
-        ds = resolve_dataset(s, dataset) if dataset else None
-        dataset_id, ref = (ds.id, ds.ref) if ds else (None, None)
+    model_id = catalog.model_id(settings(), model)
+    dataset_id, ref = catalog.dataset_ref(settings(), dataset)[:2] if dataset else (None, None)
     job_id = queue_job(JobKind.evaluate, quiet=as_json, input_model_id=model_id, dataset_id=dataset_id,
                        params={"dataset": ref, "refine": refine_steps(refine)})
     if not as_json:
@@ -103,8 +102,8 @@ def evaluate(
                   f"{escape(dataset or 'its validation shapes')}.")
     follow(job_id, wait=wait, as_json=as_json, queued={"status": "queued"},
            download_to=out or Path("evaluations") / f"job-{job_id}",
-           extra=lambda summary: summary["result"] or {},
-           show=lambda summary: print_evaluation(summary["result"] or {}))
+           extra=lambda job: job.result or {},
+           show=lambda job: print_evaluation(job.result or {}))
 
 
 def print_evaluation(r: dict[str, Any]) -> None:

@@ -7,9 +7,8 @@ gets one table, not a stream of them.
 """
 
 
-import time
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -20,16 +19,16 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import jobs
-from orchestrator.cli.context import ID_MAX, ID_MIN, registry, settings
-from orchestrator.cli.follow import Summary, report_end, wait_with_progress
+from orchestrator.cli.context import ID_MAX, ID_MIN, settings
+from orchestrator.cli.follow import report_end, wait_with_progress
 from orchestrator.cli.output import Json, age, console, emit_json, err, styled_status
 from orchestrator.errors import UserInputError
-from orchestrator.registry.models import JobStatus
+from orchestrator.job_states import JobStatus
+
+if TYPE_CHECKING:
+    from orchestrator.job_view import JobView, SweepView
 
 app = typer.Typer()
-
-#: A view to keep on screen: (what to draw, whether it has stopped changing).
-View = Callable[[], tuple[RenderableType, bool]]
 
 
 @app.command("status")
@@ -55,9 +54,9 @@ def status(
     elif job_id is not None:
         _job_status(job_id, watch=watch, as_json=as_json)
     elif as_json:
-        emit_json({"jobs": [{**r, "eta_s": jobs.eta_s(r)} for r in _recent(limit)]})
+        emit_json({"jobs": [_job_json(job) for job in jobs.recent(settings(), limit)]})
     else:
-        show(lambda: (_jobs_view(_recent(limit)), False), watch=watch)
+        show((_jobs_view(rows), False) for rows in jobs.watch(settings(), limit=limit))
 
 
 @app.command("cancel")
@@ -75,86 +74,67 @@ def cancel(job_id: Annotated[int, typer.Argument(help="The job to stop.", min=ID
 # ------------------------------------------------------------------------------------ views
 
 
-def show(view: View, *, watch: bool, on: Console = console, poll_s: float = 1.0) -> None:
-    """Print the view once; with `watch` on a terminal, redraw it in place every `poll_s`
-    until it has stopped changing or Ctrl-C."""
-    shown, finished = view()
+def show(views: Iterator[tuple[RenderableType, bool]], *, watch: bool = True, on: Console = console) -> None:
+    """Print the first view; with `watch` on a terminal, redraw each next one in place (they
+    come from `jobs.watch`, which paces them) until one has stopped changing, or Ctrl-C."""
+    shown, finished = next(views)
     if not watch or finished or not on.is_terminal:
         on.print(shown)
         return
     try:
         with Live(shown, console=on, refresh_per_second=4) as live:
-            while not finished:
-                time.sleep(poll_s)
-                shown, finished = view()
+            for shown, finished in views:
                 live.update(shown)
+                if finished:
+                    break
     except KeyboardInterrupt:
         pass
 
 
+def _job_json(job: "JobView") -> dict[str, Any]:
+    return {**job.as_json(), "eta_s": job.eta_s()}
+
+
 def _job_status(job_id: int, *, watch: bool, as_json: bool) -> None:
-    summary = jobs.summary(settings(), job_id)
+    job = jobs.get(settings(), job_id)
     if as_json:
-        emit_json({**summary, "eta_s": jobs.eta_s(summary)})
-    elif not watch or JobStatus(summary["status"]).finished:
-        _job_detail(summary)
+        emit_json(_job_json(job))
+    elif not watch or job.finished:
+        _job_detail(job)
     elif not console.is_terminal:  # a script: wait for the end, as `status ID --watch` always has
         report_end(wait_with_progress(job_id))
     else:
-        def view() -> tuple[RenderableType, bool]:
-            current = jobs.summary(settings(), job_id)
-            return jobs_table([current]), JobStatus(current["status"]).finished
+        last: list[JobView] = []
 
-        show(view, watch=True)
-        current = jobs.summary(settings(), job_id)
-        if JobStatus(current["status"]).finished:
-            report_end(current)
+        def views() -> Iterator[tuple[RenderableType, bool]]:
+            for current in jobs.watch(settings(), job_id=job_id, poll_s=1.0):
+                last[:] = [current]
+                yield jobs_table([current]), current.finished
+
+        show(views())
+        if last and last[0].finished:
+            report_end(last[0])
 
 
 def _sweep_status(sweep_id: int, *, watch: bool, as_json: bool) -> None:
-    summary = jobs.sweep_summary(settings(), sweep_id)
+    views = jobs.watch(settings(), sweep_id=sweep_id, poll_s=1.0)
     if as_json:
-        emit_json(sweep_json(summary))
+        emit_json(sweep_json(next(views)))
         return
-
-    def view() -> tuple[RenderableType, bool]:
-        current = jobs.sweep_summary(settings(), sweep_id)
-        return sweep_table(current), sweep_finished(current)
-
-    show(view, watch=watch)
+    show(((sweep_table(current), current.finished) for current in views), watch=watch)
 
 
-def _jobs_view(rows: list[Summary]) -> RenderableType:
+def _jobs_view(rows: list["JobView"]) -> RenderableType:
     return jobs_table(rows) if rows else "No jobs yet: `rodin submit train --dataset NAME`."
 
 
-def _recent(limit: int) -> list[Summary]:
-    from sqlalchemy import select
-    from sqlalchemy.orm import selectinload
-
-    from orchestrator.registry.models import Job, ModelCheckpoint
-    from orchestrator.registry.queries import job_summary
-
-    with registry() as s:
-        # Checkpoints and datasets in one query each, not one per job: the registry may be a
-        # network hop away. Of a checkpoint only what the table needs: a final one's metrics
-        # hold its out-of-distribution statistics (hundreds of numbers).
-        checkpoints = selectinload(Job.checkpoints).load_only(ModelCheckpoint.id, ModelCheckpoint.final)
-        rows = s.scalars(select(Job).options(checkpoints, selectinload(Job.dataset))
-                         .order_by(Job.id.desc()).limit(limit)).all()
-        return [job_summary(s, j) for j in rows]
-
-
-def stale_note(summary: dict[str, Any], short: bool = False) -> str:
+def stale_note(job: "JobView", short: bool = False) -> str:
     """For a running job whose worker has stopped beating (e.g. a machine that lost power): the
     reaper's and `rodin cancel`'s rule, RODIN_STALE_AFTER_S (a worker row's own is
     RODIN_WORKER_TIMEOUT_S)."""
-    from orchestrator.registry.queries import is_stale
-
-    beat = summary.get("heartbeat_at")
-    if summary.get("status") != "running" or not beat or not is_stale(beat, settings().stale_after_s):
+    if not job.stale(settings().stale_after_s):
         return ""
-    silent = age(str(beat))
+    silent = age(job.heartbeat_at)
     return f" [red]stale {silent}[/]" if short else f" [red](stale: no heartbeat for {silent})[/]"
 
 
@@ -198,7 +178,7 @@ def _loss(progress: dict[str, Any]) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def jobs_table(rows: list[Summary], width: int | None = None) -> Table:
+def jobs_table(rows: list["JobView"], width: int | None = None) -> Table:
     """The jobs as `rodin status` draws them: a bar with the epoch, loss and ETA for each.
 
     Fits `width` (the console's): ids, kinds, bars and numbers are never cut; the dataset, the
@@ -218,39 +198,34 @@ def jobs_table(rows: list[Summary], width: int | None = None) -> Table:
     for name, options in columns:
         table.add_column(name, **options)
     for r in rows:
-        target = r["dataset"] or ""
-        if r["input_model_id"]:
-            target += f" model {r['input_model_id']}" if target else f"model {r['input_model_id']}"
-        if r["status"] == "waiting":
-            target += f" (after job {r['depends_on_job_id']})"
-        progress = r["progress"] or {}
-        done, total, steps = _steps(progress)
+        target = r.dataset or ""
+        if r.input_model_id:
+            target += f" model {r.input_model_id}" if target else f"model {r.input_model_id}"
+        if r.status is JobStatus.waiting:
+            target += f" (after job {r.depends_on_job_id})"
+        done, total, steps = _steps(r.progress)
         progress_cell = Text("-", style="dim") if total is None else bar(done, total, width=6) + f" {steps}"
-        table.add_row(str(r["id"]), escape(r["kind"]), escape(target), styled_status(r["status"]) + stale_note(r, short=not with_age),
-                      progress_cell, _loss(progress), duration(jobs.eta_s(r)), escape(r["worker"] or "-"),
-                      *([age(r["created_at"])] if with_age else []))
+        table.add_row(str(r.id), escape(r.kind), escape(target),
+                      styled_status(r.status.value) + stale_note(r, short=not with_age),
+                      progress_cell, _loss(r.progress), duration(r.eta_s()), escape(r.worker or "-"),
+                      *([age(r.created_at)] if with_age else []))
     return table
 
 
 # ----------------------------------------------------------------------------------- sweeps
 
 
-def sweep_finished(summary: dict[str, Any]) -> bool:
-    return all(JobStatus(job["status"]).finished for job in summary["jobs"])
-
-
-def sweep_json(summary: dict[str, Any]) -> dict[str, Any]:
+def sweep_json(sweep: "SweepView") -> dict[str, Any]:
     """`rodin status --sweep ID --json`: the sweep, its columns and its jobs ranked."""
     from orchestrator.sweeps import rank
 
-    return {key: summary[key] for key in ("sweep_id", "dataset", "grid", "fixed", "created_at")} | {
-        "columns": list(summary["grid"]),
-        "job_ids": [job["id"] for job in summary["jobs"]],
-        "jobs": rank(summary, jobs.eta_s),
-    }
+    whole = sweep.as_json()
+    return {key: whole[key] for key in ("sweep_id", "dataset", "grid", "fixed", "created_at")} | {
+        "columns": list(sweep.grid), "job_ids": [job.id for job in sweep.jobs],
+        "jobs": [row.as_json() for row in rank(sweep)]}
 
 
-def sweep_table(summary: dict[str, Any]) -> Table:
+def sweep_table(sweep: "SweepView") -> Table:
     """A sweep's jobs ranked by validation Chamfer, with the settings that vary as columns.
 
     Narrow on purpose (three swept settings fit 80 columns): the settings are never cut, and the
@@ -259,16 +234,16 @@ def sweep_table(summary: dict[str, Any]) -> Table:
     from orchestrator.sweeps import rank
 
     flags = setting_flags()
-    rows = rank(summary, jobs.eta_s)
-    pending = not sweep_finished(summary)
+    rows = rank(sweep)
+    pending = not sweep.finished
     # One space of padding beside the box's own column divider: two between columns, not three.
-    table = Table(title=f"sweep {summary['sweep_id']} on {escape(summary['dataset'] or '?')}",
+    table = Table(title=f"sweep {sweep.id} on {escape(sweep.dataset or '?')}",
                   box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("job", justify="right", no_wrap=True)
-    for name in summary["grid"]:
+    for name in sweep.grid:
         header = flags.get(name, name).removeprefix("--")
-        widest = max([len(header), *(len(str(row["settings"].get(name))) for row in rows)])
+        widest = max([len(header), *(len(str(row.settings.get(name))) for row in rows)])
         table.add_column(escape(header), justify="right", no_wrap=True, min_width=widest)
     table.add_column("status")
     table.add_column("val chamfer", justify="right", no_wrap=True)
@@ -277,31 +252,32 @@ def sweep_table(summary: dict[str, Any]) -> Table:
         table.add_column("ETA", justify="right", no_wrap=True)
     table.add_column("model", justify="right", no_wrap=True)
     for row in rows:
-        score = row["val_chamfer"]
-        status = styled_status(row["status"])
-        if row["error"]:
-            status += f" [dim]{escape(row['error'][:40])}[/]"
-        done, total = row["epoch"], row["epochs"]
+        job, score = row.job, row.val_chamfer
+        status = styled_status(job.status.value)
+        if job.error:
+            status += f" [dim]{escape(job.error[:40])}[/]"
+        done, total = job.progress.get("epoch"), job.progress.get("epochs")
         table.add_row(
-            str(row["rank"] or "-"), str(row["job_id"]),
-            *(escape(str(value)) for value in row["settings"].values()),
+            str(row.rank or "-"), str(job.id),
+            *(escape(str(value)) for value in row.settings.values()),
             status, f"{score:.5f}" if score is not None else "-",
             f"{int(done)}/{int(total)}" if done is not None and total else "-",
-            *([duration(row["eta_s"])] if pending else []), str(row["final_model_id"] or "-"))
+            *([duration(row.eta_s)] if pending else []), str(job.final_model_id or "-"))
     return table
 
 
-def _job_detail(summary: Summary) -> None:
+def _job_detail(job: "JobView") -> None:
+    shown_fields = job.as_json()
     for key in ("id", "kind", "status", "dataset", "input_model_id", "sweep_id", "worker", "device",
                 "attempts", "created_at", "started_at", "finished_at", "error"):
-        value = summary[key]
+        value = shown_fields[key]
         if value is not None:
-            shown = styled_status(value) + stale_note(summary) if key == "status" else escape(str(value))
+            shown = styled_status(value) + stale_note(job) if key == "status" else escape(str(value))
             console.print(f"[bold]{key:15}[/] {shown}", highlight=False, soft_wrap=True)
-    if summary["progress"]:
-        console.print(f"[bold]{'progress':15}[/] {escape(str(summary['progress']))}", highlight=False)
-    if summary["model_ids"]:
-        console.print(f"[bold]{'checkpoints':15}[/] {', '.join(map(str, summary['model_ids']))}"
-                      + (f" (final {summary['final_model_id']})" if summary["final_model_id"] else ""))
-    for out in summary["outputs"]:
+    if job.progress:
+        console.print(f"[bold]{'progress':15}[/] {escape(str(job.progress))}", highlight=False)
+    if job.model_ids:
+        console.print(f"[bold]{'checkpoints':15}[/] {', '.join(map(str, job.model_ids))}"
+                      + (f" (final {job.final_model_id})" if job.final_model_id else ""))
+    for out in job.outputs:
         console.print(f"  output {escape(out['name'])}: {escape(out['uri'])}", highlight=False, soft_wrap=True)

@@ -1,226 +1,17 @@
 """`rodin models tree`: the whole registry as a forest, dataset -> job -> final model -> the
-jobs fine-tuned from it (across datasets), drawn like the lineage of `rodin models show`.
-
-The forest is read in four queries (datasets, training jobs, checkpoints, aliases), columns
-only, then assembled in memory: it stays fast on thousands of checkpoints.
-"""
+jobs fine-tuned from it (across datasets), drawn like the lineage of `rodin models show`
+(the forest itself: `orchestrator.lineage`)."""
 
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from orchestrator.cli.context import registry
-from orchestrator.cli.output import Json, console, emit_json, styled_status
-
-if TYPE_CHECKING:
-    from rich.tree import Tree
-    from sqlalchemy.orm import Session
+from orchestrator.cli.context import settings
+from orchestrator.cli.lineage_tree import forest_as_rich
+from orchestrator.cli.output import Json, console, emit_json
 
 app = typer.Typer()
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: int
-    status: str
-    dataset_id: int | None
-    input_model_id: int | None
-    depends_on_job_id: int | None
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    id: int
-    job_id: int
-    parent_id: int | None
-    epoch: int
-    final: bool
-    val_chamfer: float | None
-
-
-@dataclass
-class Registry:
-    """What the forest is drawn from: every dataset, training job, checkpoint and alias."""
-
-    datasets: dict[int, str]  # id -> name@version, in name and version order
-    jobs: dict[int, JobRow]  # in id order
-    models: dict[int, ModelRow]  # in id order
-    aliases: dict[int, list[str]] = field(default_factory=dict)  # model id -> its names
-
-    def checkpoints_of(self) -> dict[int, list[ModelRow]]:
-        """job id -> its checkpoints, by epoch."""
-        by_job: dict[int, list[ModelRow]] = defaultdict(list)
-        for m in self.models.values():
-            by_job[m.job_id].append(m)
-        for rows in by_job.values():
-            rows.sort(key=lambda m: (m.epoch, m.id))
-        return by_job
-
-
-def load_registry(session: "Session") -> Registry:
-    """The registry's datasets, training jobs, checkpoints and aliases, in four queries."""
-    from sqlalchemy import select
-
-    from orchestrator.registry.models import Dataset, Job, JobKind, ModelAlias, ModelCheckpoint
-
-    datasets = {id_: f"{name}@{version}" for id_, name, version in session.execute(
-        select(Dataset.id, Dataset.name, Dataset.version).order_by(Dataset.name, Dataset.version))}
-    jobs = {row.id: JobRow(*row) for row in session.execute(
-        select(Job.id, Job.status, Job.dataset_id, Job.input_model_id, Job.depends_on_job_id)
-        .where(Job.kind == JobKind.train.value).order_by(Job.id))}
-    # Only the one metric the tree shows, read inside the database: a final checkpoint's
-    # metrics also hold its out-of-distribution statistics, which the tree does not need.
-    models = {row.id: ModelRow(*row) for row in session.execute(
-        select(ModelCheckpoint.id, ModelCheckpoint.job_id, ModelCheckpoint.parent_id,
-               ModelCheckpoint.epoch, ModelCheckpoint.final,
-               ModelCheckpoint.metrics["val_chamfer"].as_float())
-        .order_by(ModelCheckpoint.id))}
-    aliases: dict[int, list[str]] = defaultdict(list)
-    for name, model_id in session.execute(select(ModelAlias.name, ModelAlias.model_id).order_by(ModelAlias.name)):
-        aliases[model_id].append(name)
-    return Registry(datasets, jobs, models, dict(aliases))
-
-
-def _start_of(reg: Registry, job: JobRow, checkpoints: list[ModelRow]) -> tuple[str, int] | None:
-    """Where a job hangs in the forest: ("model", id) it continued from, ("job", id) it waits
-    for (a fine-tune whose pre-training has no final model yet), or None (a fresh start)."""
-    if job.input_model_id in reg.models:
-        return "model", job.input_model_id
-    for m in checkpoints:  # an imported job, or one whose input was not recorded
-        parent = reg.models.get(m.parent_id) if m.parent_id is not None else None
-        if parent is not None and parent.job_id != job.id:
-            return "model", parent.id
-    if job.depends_on_job_id in reg.jobs and job.depends_on_job_id != job.id:
-        return "job", job.depends_on_job_id
-    return None
-
-
-def _kept_jobs(reg: Registry, starts: dict[int, tuple[str, int] | None],
-               dataset_ids: set[int]) -> set[int]:
-    """The jobs on these datasets, with the jobs they descend from and those fine-tuned from them."""
-    def parent_job(job_id: int) -> int | None:
-        start = starts[job_id]
-        if start is None:
-            return None
-        return reg.models[start[1]].job_id if start[0] == "model" else start[1]
-
-    children: dict[int, list[int]] = defaultdict(list)
-    for job_id in reg.jobs:
-        parent = parent_job(job_id)
-        if parent is not None:
-            children[parent].append(job_id)
-    here = [j.id for j in reg.jobs.values() if j.dataset_id in dataset_ids]
-    kept: set[int] = set()
-    for job_id in here:  # up to the root
-        current: int | None = job_id
-        while current is not None and current not in kept:
-            kept.add(current)
-            current = parent_job(current)
-    pending, below = list(here), set(here)
-    while pending:  # down to the leaves
-        for child in children[pending.pop()]:
-            if child not in below:
-                below.add(child)
-                pending.append(child)
-    return kept | below
-    return kept
-
-
-def build_forest(reg: Registry, dataset_ids: set[int] | None = None) -> list[dict[str, Any]]:
-    """The forest as nested objects, in the shape of `models.lineage_tree`: one
-    {"dataset", "jobs"} per dataset version that jobs started on afresh; under each job its
-    final checkpoints, the ones other jobs continued from (with those jobs under them, as
-    "continued_by") and, for a job without a final model yet, its newest checkpoint.
-
-    With `dataset_ids`, only the branches that hold a job on those datasets (and those
-    datasets, even without jobs)."""
-    checkpoints = reg.checkpoints_of()
-    starts = {j.id: _start_of(reg, j, checkpoints.get(j.id, [])) for j in reg.jobs.values()}
-    kept = set(reg.jobs) if dataset_ids is None else _kept_jobs(reg, starts, dataset_ids)
-    from_model: dict[int, list[int]] = defaultdict(list)
-    after_job: dict[int, list[int]] = defaultdict(list)
-    roots: dict[int | None, list[int]] = defaultdict(list)
-    for job_id in sorted(kept):
-        start = starts[job_id]
-        if start is None:
-            roots[reg.jobs[job_id].dataset_id].append(job_id)
-        else:
-            (from_model if start[0] == "model" else after_job)[start[1]].append(job_id)
-
-    drawn: set[int] = set()
-
-    def job_node(job_id: int) -> dict[str, Any]:
-        drawn.add(job_id)
-        job, rows = reg.jobs[job_id], checkpoints.get(job_id, [])
-        shown = [m for m in rows if m.final or m.id in from_model]
-        if not any(m.final for m in rows) and rows and rows[-1] not in shown:
-            shown.append(rows[-1])
-        return {
-            "job_id": job_id, "dataset": reg.datasets.get(job.dataset_id or -1, "?"),
-            "status": job.status, "checkpoint_count": len(rows),
-            "checkpoints": [checkpoint_node(m) for m in sorted(shown, key=lambda m: (m.epoch, m.id))],
-            "waiting_jobs": [job_node(j) for j in after_job.get(job_id, []) if j not in drawn],
-        }
-
-    def checkpoint_node(m: ModelRow) -> dict[str, Any]:
-        node: dict[str, Any] = {"model_id": m.id, "epoch": m.epoch, "final": m.final,
-                                "val_chamfer": m.val_chamfer, "aliases": reg.aliases.get(m.id, [])}
-        later = [job_node(j) for j in from_model.get(m.id, []) if j not in drawn]
-        if later:
-            node["continued_by"] = later
-        return node
-
-    # A dataset is a root where jobs started afresh on it, or where none trained yet (a
-    # dataset only fine-tuned on appears under the model its jobs started from).
-    trained_on = {j.dataset_id for j in reg.jobs.values()}
-    forest = []
-    for dataset_id, ref in reg.datasets.items():
-        unused = dataset_id not in trained_on and (dataset_ids is None or dataset_id in dataset_ids)
-        if roots.get(dataset_id) or unused:
-            forest.append({"dataset": ref, "jobs": [job_node(j) for j in roots.get(dataset_id, [])]})
-    # A job whose start lies outside the forest (a cycle a hand-edited registry could hold) is
-    # still shown, at the top level of its dataset, rather than dropped.
-    for job_id in sorted(kept - drawn):
-        if job_id not in drawn:
-            forest.append({"dataset": reg.datasets.get(reg.jobs[job_id].dataset_id or -1, "?"),
-                           "jobs": [job_node(job_id)]})
-    return forest
-
-
-def as_rich(tree: dict[str, Any]) -> "Tree":
-    """One dataset's tree as `rodin models show` draws a lineage, with each job's status and
-    checkpoint count and each model's aliases added."""
-    # Imported here: `rodin models` (models.py) imports this module to join its commands.
-    from orchestrator.cli.models import _as_rich
-
-    drawn = _as_rich(tree, this=0)
-    _annotate(list(drawn.children), tree["jobs"])
-    return drawn
-
-
-def _annotate(branches: list["Tree"], jobs: list[dict[str, Any]]) -> None:
-    """Add to the labels `_as_rich` drew (one branch per job, one leaf per checkpoint under it,
-    and under a leaf the jobs continued from it, in order) what the forest knows beyond a
-    lineage; jobs waiting for a job without a final model hang under that job."""
-    from orchestrator.cli.models import _as_rich
-
-    for branch, job in zip(branches, jobs):
-        count = job["checkpoint_count"]
-        branch.label = (f"{branch.label} {styled_status(job['status'])}"
-                        f" [dim]({count} checkpoint{'s' if count != 1 else ''})[/]")
-        for leaf, c in zip(list(branch.children), job["checkpoints"]):
-            if c["aliases"]:
-                leaf.label = f"{leaf.label} [magenta]{escape(', '.join(c['aliases']))}[/]"
-            _annotate(list(leaf.children), c.get("continued_by", []))
-        for waiting in job["waiting_jobs"]:
-            sub = _as_rich({"dataset": waiting["dataset"], "jobs": [waiting]}, this=0).children[0]
-            _annotate([sub], [waiting])
-            sub.label = f"{sub.label} [dim]waits for job {job['job_id']}[/]"
-            branch.children.append(sub)
 
 
 @app.command("tree")
@@ -232,30 +23,14 @@ def tree(
 ) -> None:
     """Every dataset, its training jobs, their final models and the jobs fine-tuned from them
     (across datasets), as one forest."""
-    with registry() as s:
-        reg = load_registry(s)
-        dataset_ids = _matching_datasets(s, dataset) if dataset else None
-    forest = build_forest(reg, dataset_ids)
+    from orchestrator.lineage import forest
+
+    found = forest(settings(), dataset)
     if as_json:
-        emit_json({"datasets": forest, "jobs": len(reg.jobs), "models": len(reg.models)})
+        emit_json({"datasets": found.trees, "jobs": found.jobs, "models": found.models})
         return
-    if not forest:
+    if not found.trees:
         console.print("No datasets yet: `rodin datasets make swords`.")
         return
-    for one in forest:
-        console.print(as_rich(one))
-
-
-def _matching_datasets(session: "Session", ref: str) -> set[int]:
-    """Ids of NAME's versions (or of NAME@V); an unknown one is the one-line error of
-    `resolve_dataset`."""
-    from sqlalchemy import select
-
-    from orchestrator.registry.models import Dataset
-    from orchestrator.registry.queries import parse_dataset_ref, resolve_dataset
-
-    name, version = parse_dataset_ref(ref)
-    if version is not None:
-        return {resolve_dataset(session, ref).id}
-    ids = set(session.scalars(select(Dataset.id).where(Dataset.name == name)))
-    return ids or {resolve_dataset(session, ref).id}
+    for one in found.trees:
+        console.print(forest_as_rich(one))

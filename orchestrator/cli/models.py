@@ -2,19 +2,15 @@
 
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.tree import Tree
 
-from orchestrator.cli.context import download_outputs, registry
+from orchestrator import catalog
+from orchestrator.cli.context import download_outputs, settings
+from orchestrator.cli.lineage_tree import as_rich
 from orchestrator.cli.output import NUMBER, TEXT, WORD, Json, age, console, emit_json, err, listing
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from orchestrator.registry.models import ModelCheckpoint
 
 app = typer.Typer(help="Registered models (one per checkpoint) and their lineage.",
                   no_args_is_help=True)
@@ -29,21 +25,7 @@ def list_(
     as_json: Json = False,
 ) -> None:
     """Registered models, newest first."""
-    from sqlalchemy import select
-
-    from orchestrator.registry.models import Dataset, ModelCheckpoint
-    from orchestrator.registry.queries import model_summary, parse_dataset_ref
-
-    with registry() as s:
-        query = select(ModelCheckpoint).join(Dataset, ModelCheckpoint.dataset_id == Dataset.id)
-        if dataset:
-            name, version = parse_dataset_ref(dataset)
-            query = query.where(Dataset.name == name)
-            if version is not None:
-                query = query.where(Dataset.version == version)
-        if final:
-            query = query.where(ModelCheckpoint.final.is_(True))
-        rows = [model_summary(s, m) for m in s.scalars(query.order_by(ModelCheckpoint.id.desc()))]
+    rows = catalog.list_models(settings(), dataset, final)
     if as_json:
         emit_json({"models": rows})
         return
@@ -72,17 +54,9 @@ def show(
 ) -> None:
     """A model: job, dataset@version, epoch, metrics, sha256, aliases, and its lineage back to
     the data, one line per checkpoint, with the models fine-tuned from it."""
-    from orchestrator.aliases import aliases_of, resolve_model
-    from orchestrator.bundles import describe_import, import_record
-    from orchestrator.registry.queries import model_summary
+    from orchestrator.bundles import describe_import
 
-    with registry() as s:
-        model = resolve_model(s, model_ref)
-        summary = model_summary(s, model)
-        summary["lineage"], summary["tree"] = model_lineage(s, model)
-        summary["aliases"] = aliases_of(s, model.id)
-        summary["imported_from"] = import_record(s, model.id)
-        outputs = list(model.job.outputs)
+    summary, outputs = catalog.show_model(settings(), model_ref)
     written = download_outputs(outputs, plots, kinds={"plot"}) if plots else []
     if as_json:
         emit_json({**summary, "plots": written})
@@ -108,78 +82,9 @@ def show(
         f"K={m['n_patches']} {m['template']}, {m['n_points']} points, "
         f"bottleneck {m['bottleneck']}, hidden {m['hidden']}x{m['layers']}, "
         f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']}"), highlight=False)
-    console.print(_as_rich(summary["tree"], model.id))
+    console.print(as_rich(summary["tree"], summary["id"]))
     for path in written:
         err.print(f"wrote {path}", markup=False, highlight=False)
-
-
-def model_lineage(session: "Session", model: "ModelCheckpoint") -> tuple[list[int], dict[str, Any]]:
-    """(the ancestor ids, newest first; the lineage as nested objects, see `lineage_tree`).
-
-    Besides the ancestors, the tree holds the checkpoints its own job registered after it (a
-    keep-best model is seldom the job's last epoch: the user sees what was chosen among) and the
-    first checkpoint of every other job fine-tuned from it. Each is one query, not one per
-    checkpoint: a lineage may be hundreds long."""
-    from sqlalchemy import select
-
-    from orchestrator.registry.models import ModelCheckpoint
-    from orchestrator.registry.queries import get_model, lineage, model_summary
-
-    chain = lineage(session, model)
-    loaded = {m.id: m for m in session.scalars(select(ModelCheckpoint).where(ModelCheckpoint.id.in_(chain)))}
-    ancestors = [model_summary(session, loaded.get(i) or get_model(session, i)) for i in chain]
-    later = [model_summary(session, m) for m in session.scalars(select(ModelCheckpoint).where(
-        ModelCheckpoint.job_id == model.job_id, ModelCheckpoint.epoch > model.epoch,
-        ModelCheckpoint.id != model.id).order_by(ModelCheckpoint.epoch, ModelCheckpoint.id))]
-    children = [model_summary(session, c) for c in session.scalars(select(ModelCheckpoint).where(
-        ModelCheckpoint.parent_id == model.id, ModelCheckpoint.job_id != model.job_id))]
-    return chain, lineage_tree([*reversed(ancestors), model_summary(session, model)], children, later)
-
-
-def lineage_tree(chain: list[dict[str, Any]], children: list[dict[str, Any]],
-                 later: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The lineage as nested objects: dataset -> job -> its checkpoints (a list, one per line),
-    and under the checkpoint a later job started from, that job (a fine-tune across datasets).
-
-    chain: the model's ancestors, oldest first, then the model itself; children: checkpoints of
-    other jobs whose parent is the model; later: checkpoints of the model's own job after it."""
-    def checkpoint(m: dict[str, Any]) -> dict[str, Any]:
-        return {"model_id": m["id"], "epoch": m["epoch"], "final": m["final"],
-                "val_chamfer": m["metrics"].get("val_chamfer")}
-
-    root: dict[str, Any] = {"dataset": chain[0]["dataset"], "jobs": []}
-    jobs_here = root["jobs"]
-    job: dict[str, Any] | None = None
-    for m in chain:
-        if job is None or m["job_id"] != job["job_id"]:
-            if job is not None:  # a new job continued from the previous job's last checkpoint
-                jobs_here = job["checkpoints"][-1].setdefault("continued_by", [])
-            job = {"job_id": m["job_id"], "dataset": m["dataset"], "checkpoints": []}
-            jobs_here.append(job)
-        job["checkpoints"].append(checkpoint(m))
-    if job is not None:
-        this = job["checkpoints"][-1]
-        if children:
-            this["continued_by"] = [
-                {"job_id": c["job_id"], "dataset": c["dataset"], "checkpoints": [checkpoint(c)]} for c in children]
-        job["checkpoints"].extend(checkpoint(m) for m in later or [])
-    return root
-
-
-def _as_rich(tree: dict[str, Any], this: int) -> Tree:
-    root = Tree(f"dataset [bold]{escape(tree['dataset'])}[/]")
-
-    def add_jobs(node: Tree, jobs: list[dict[str, Any]]) -> None:
-        for job in jobs:
-            branch = node.add(f"job [bold]{job['job_id']}[/] on {escape(job['dataset'])}")
-            for c in job["checkpoints"]:
-                val = f", val {c['val_chamfer']:.5f}" if c["val_chamfer"] is not None else ""
-                marks = (" [green]final[/]" if c["final"] else "") + (" [bold cyan]<- this model[/]" if c["model_id"] == this else "")
-                leaf = branch.add(f"model [bold]{c['model_id']}[/] (epoch {c['epoch']}{val}){marks}")
-                add_jobs(leaf, c.get("continued_by", []))
-
-    add_jobs(root, tree["jobs"])
-    return root
 
 
 @app.command("tag")
@@ -189,11 +94,7 @@ def tag(
     as_json: Json = False,
 ) -> None:
     """Name a model: `--model NAME` then means it. Moving a name keeps its history."""
-    from orchestrator import aliases
-
-    with registry() as s:
-        model_id = aliases.resolve_model(s, model_ref).id
-        before = aliases.tag(s, model_id, name)
+    model_id, before = catalog.tag(settings(), model_ref, name)
     if as_json:
         emit_json({"alias": name, "model_id": model_id, "previous_model_id": before})
     else:
@@ -205,10 +106,7 @@ def tag(
 def untag(name: Annotated[str, typer.Argument(help="The alias to remove.", show_default=False)],
           as_json: Json = False) -> None:
     """Remove an alias (its history stays)."""
-    from orchestrator import aliases
-
-    with registry() as s:
-        model_id = aliases.untag(s, name)
+    model_id = catalog.untag(settings(), name)
     if as_json:
         emit_json({"alias": name, "model_id": model_id})
     else:
@@ -219,14 +117,7 @@ def untag(name: Annotated[str, typer.Argument(help="The alias to remove.", show_
 def tags(name: Annotated[str | None, typer.Argument(help="One alias's history.", show_default=False)] = None,
          as_json: Json = False) -> None:
     """Aliases and the models they name, with the history of every change."""
-    from orchestrator import aliases
-
-    with registry() as s:
-        now, changes = aliases.current(s), aliases.history(s, name)
-        if name is not None and name not in now and not changes:
-            aliases.resolve_model(s, name)  # the one-line error for an unknown alias
-    if name is not None:
-        now = {k: v for k, v in now.items() if k == name}
+    now, changes = catalog.tags(settings(), name)
     if as_json:
         emit_json({"aliases": now, "history": changes})
         return

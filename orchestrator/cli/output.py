@@ -42,11 +42,12 @@ def emit_json(obj: dict[str, Any]) -> None:
     print(json.dumps(finite(obj), default=str, allow_nan=False))
 
 
-def age(iso: str | None) -> str:
-    """'3m', '2h', ... since an ISO timestamp."""
-    if not iso:
+def age(moment: datetime | str | None) -> str:
+    """'3m', '2h', ... since a moment (aware, or its ISO text)."""
+    if not moment:
         return "-"
-    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+    then = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    seconds = (datetime.now(timezone.utc) - then).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

@@ -2,18 +2,16 @@
 
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from orchestrator.cli.context import registry, store
+from orchestrator.cli.context import settings, store
 from orchestrator.cli.output import Json, console, emit_json, err
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from orchestrator.registry.models import ModelCheckpoint
+    from orchestrator.job_view import JobView
 
 app = typer.Typer()
 
@@ -35,22 +33,19 @@ def report(
     fetch). When the model has no reconstructions yet, a reconstruction job runs first on its
     validation shapes and the command waits for it; `--no-reconstruct` skips that.
     """
+    from orchestrator import catalog
     from orchestrator import report as pages
-    from orchestrator.aliases import resolve_model
 
-    with registry() as s:
-        model = resolve_model(s, model_ref)  # an unknown one fails here, before anything runs
-        model_id, missing = model.id, not pages.reconstruction_jobs(s, model.id)
+    model_id = catalog.model_id(settings(), model_ref)  # an unknown one fails here, before anything runs
+    missing = not pages.has_reconstructions(settings(), model_id)
     job = _reconstruct(model_id, quiet=as_json) if missing and not no_reconstruct else None
-    with registry() as s:
-        model = resolve_model(s, model_id)
-        story = pages.collect(s, store(), model, _lineage_tree(s, model))
-    if job is not None and job["status"] != "succeeded":  # the page is still worth writing: say why it has none
-        story.notes.append(f"reconstruction job {job['id']} {job['status']}: {job['error'] or 'no error recorded'}")
+    story = pages.story_of(settings(), store(), model_id)
+    if job is not None and job.status.value != "succeeded":  # the page is still worth writing: say why it has none
+        story.notes.append(f"reconstruction job {job.id} {job.status.value}: {job.error or 'no error recorded'}")
     path = pages.write(story, out)
     if as_json:
         emit_json({"report": str(path), "model_id": model_id, "title": pages.title_of(story),
-                   "reconstruct_job_id": job["id"] if job else None,
+                   "reconstruct_job_id": job.id if job else None,
                    "reconstructions": len(story.reconstructions), "evaluations": len(story.evaluations),
                    "loss_curves": sum(p.png is not None for p in story.loss_curves), "notes": story.notes})
         return
@@ -59,12 +54,12 @@ def report(
     console.print(str(path), markup=False, highlight=False, soft_wrap=True)  # whole, for copying
 
 
-def _reconstruct(model_id: int, quiet: bool) -> dict[str, Any]:
+def _reconstruct(model_id: int, quiet: bool) -> "JobView":
     """Reconstruct the model's validation shapes (default refinement) and wait for the job, with
     a progress line; returns the job's final summary."""
     from orchestrator.cli.follow import queue_job, wait_with_progress
+    from orchestrator.job_states import JobKind
     from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
-    from orchestrator.registry.models import JobKind
 
     job_id = queue_job(JobKind.reconstruct, quiet=quiet, input_model_id=model_id,
                        params={"inputs": [], "refine": refine_steps(DEFAULT_REFINE_STEPS)})
@@ -72,10 +67,3 @@ def _reconstruct(model_id: int, quiet: bool) -> dict[str, Any]:
         err.print(f"Model {model_id} has no reconstructions yet: queued job [bold]{job_id}[/] on its "
                   "validation shapes (skip with --no-reconstruct).")
     return wait_with_progress(job_id, quiet=quiet)
-
-
-def _lineage_tree(session: "Session", model: "ModelCheckpoint") -> dict[str, Any]:
-    """The lineage as `rodin models show` draws it."""
-    from orchestrator.cli.models import model_lineage
-
-    return model_lineage(session, model)[1]

@@ -10,6 +10,7 @@ the sweep and its jobs in one transaction.
 """
 
 
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from orchestrator.cli.context import settings
 from orchestrator.cli.output import Json, console, emit_json, err
 from orchestrator.cli.submitting import ensure_worker, flag_settings, given_settings, print_notes, with_settings
 from orchestrator.errors import UserInputError
+from orchestrator.job_states import JobStatus
 
 app = typer.Typer()
 
@@ -101,29 +103,27 @@ def _follow(sweep_id: int, *, quiet: bool, warnings: list[str]) -> None:
     from orchestrator.sweeps import best, rank
 
     try:
-        if quiet:
-            final = jobs.wait_sweep(settings(), sweep_id, poll_s=1.0)
-        else:
-            with Live(console=err, refresh_per_second=4, transient=True) as live:
-                final = jobs.wait_sweep(settings(), sweep_id, lambda s: live.update(sweep_table(s)),
-                                        poll_s=1.0)
+        with Live(console=err, refresh_per_second=4, transient=True) if not quiet else nullcontext() as live:
+            for final in jobs.watch(settings(), sweep_id=sweep_id, poll_s=1.0):
+                if live is not None:
+                    live.update(sweep_table(final))
     except KeyboardInterrupt:
         err.print(f"Stopped following; the jobs of sweep {sweep_id} go on "
                   f"(`rodin status --sweep {sweep_id}`, `rodin cancel JOB`).")
         raise typer.Exit(130) from None
-    rows = rank(final, jobs.eta_s)
+    rows = rank(final)
     top = best(rows)
-    failed = [row["job_id"] for row in rows if row["status"] != "succeeded"]
+    failed = [row.job.id for row in rows if row.job.status is not JobStatus.succeeded]
     if quiet:
         emit_json({**sweep_json(final), "status": "failed" if failed else "succeeded",
-                   "best_job_id": top["job_id"] if top else None,
-                   "best_model_id": top["final_model_id"] if top else None, "warnings": warnings})
+                   "best_job_id": top.job.id if top else None,
+                   "best_model_id": top.job.final_model_id if top else None, "warnings": warnings})
     else:
         console.print(sweep_table(final))
-        if top is not None:
-            err.print(f"Best: job {top['job_id']} ({escape(as_flags(top['settings']))}), validation "
-                      f"Chamfer {top['val_chamfer']:.5f}: model [bold]{top['final_model_id']}[/] "
-                      f"(`rodin models show {top['final_model_id']}`).")
+        if top is not None and top.val_chamfer is not None:
+            model = top.job.final_model_id
+            err.print(f"Best: job {top.job.id} ({escape(as_flags(top.settings))}), validation "
+                      f"Chamfer {top.val_chamfer:.5f}: model [bold]{model}[/] (`rodin models show {model}`).")
         if failed:
             err.print(f"[red]{len(failed)} of {len(rows)} jobs did not succeed[/] "
                       f"({', '.join(map(str, failed))}; `rodin status JOB` says why).")

@@ -75,7 +75,7 @@ def train(
         err.print(f"Queued training job [bold]{submitted.job_id}[/] on {escape(submitted.dataset_ref)}"
                   + (f", fine-tuning model {model_id}" if model_id else "") + ".")
     follow(submitted.job_id, wait=wait, as_json=as_json, queued={"warnings": warnings},
-           extra=lambda summary: {"model_id": summary["final_model_id"], "warnings": warnings})
+           extra=lambda job: {"model_id": job.final_model_id, "warnings": warnings})
 
 
 def _follow_finetune(job_id: int, ref: str, base: "Base", *, wait: bool, as_json: bool) -> None:
@@ -104,5 +104,5 @@ def _follow_finetune(job_id: int, ref: str, base: "Base", *, wait: bool, as_json
         if not as_json:
             report_end(pretrained)
     follow(job_id, wait=wait, as_json=as_json, queued={**ids, "base_model_id": base.model_id},
-           extra=lambda summary: {"model_id": summary["final_model_id"], **ids,
+           extra=lambda job: {"model_id": job.final_model_id, **ids,
                                   "base_model_id": base_model_id(settings(), base)})

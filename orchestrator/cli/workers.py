@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from orchestrator.cli.context import registry, settings
+from orchestrator.cli.context import settings
 from orchestrator.cli.output import TEXT, WORD, Json, age, console, emit_json, err, listing
 
 app = typer.Typer()
@@ -49,10 +49,9 @@ def list_workers(
 ) -> None:
     """Workers of every machine, from their heartbeats in the registry: name, queues, device,
     current job, last heartbeat."""
-    from orchestrator.registry.queries import worker_rows
+    from orchestrator.catalog import workers
 
-    with registry() as s:
-        rows = worker_rows(s, settings().worker_timeout_s, include_gone=all_)
+    rows = workers(settings(), include_gone=all_)
     if as_json:
         emit_json({"workers": rows})
         return

@@ -8,7 +8,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import waiting
 from orchestrator.errors import UserInputError
+from orchestrator.job_view import as_utc  # noqa: F401 - offered here to the registry's users
 from orchestrator.settings import Settings, load_settings, redact
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -214,13 +214,6 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; the registry always stores UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
 
 
 _T = TypeVar("_T")

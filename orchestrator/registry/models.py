@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +19,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from orchestrator.job_states import JobKind, JobStatus
+
+__all__ = ["Base", "JobKind", "JobStatus"]  # the states are the job service's (job_states); kept here for importers
+
 # Explicit constraint names so that SQLite and PostgreSQL migrations agree with the models.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -36,26 +39,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class JobKind(str, enum.Enum):
-    train = "train"
-    reconstruct = "reconstruct"
-    evaluate = "evaluate"
-
-
-class JobStatus(str, enum.Enum):
-    #: Registered, but not sent: it waits for the job it depends on (`depends_on_job_id`).
-    waiting = "waiting"
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
 class Dataset(Base):

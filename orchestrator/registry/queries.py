@@ -6,10 +6,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from orchestrator.errors import UserInputError
-from orchestrator.registry.db import as_utc
+from orchestrator.job_view import is_stale, silent_for_s
+from orchestrator.job_view import iso as _iso
 from orchestrator.registry.models import Dataset, Job, ModelCheckpoint, Sweep, Worker
 
 
@@ -88,21 +89,6 @@ def newest_checkpoint(session: Session, job_id: int) -> ModelCheckpoint | None:
     ).first()
 
 
-def silent_for_s(heartbeat: datetime | str | None, now: datetime | None = None) -> float:
-    """Seconds since a heartbeat (a datetime or its ISO text); infinite when there was none."""
-    if heartbeat is None:
-        return float("inf")
-    beat = datetime.fromisoformat(heartbeat) if isinstance(heartbeat, str) else as_utc(heartbeat)
-    return ((now or datetime.now(timezone.utc)) - beat).total_seconds()  # type: ignore[operator]
-
-
-def is_stale(heartbeat: datetime | str | None, timeout_s: float, now: datetime | None = None) -> bool:
-    """The one rule for a worker, or a running job, that has gone quiet: no heartbeat for
-    longer than `timeout_s` (a worker: `RODIN_WORKER_TIMEOUT_S`; a running job, wherever it is
-    judged (the reaper, `rodin cancel`, `rodin status`): `RODIN_STALE_AFTER_S`)."""
-    return silent_for_s(heartbeat, now) > timeout_s
-
-
 def live_workers(session: Session, timeout_s: float) -> list[Worker]:
     workers = session.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all()
     return [w for w in workers if not is_stale(w.last_heartbeat, timeout_s)]
@@ -137,37 +123,6 @@ def worker_rows(session: Session, timeout_s: float, include_gone: bool = False) 
     return rows
 
 
-def job_summary(session: Session, job: Job) -> dict[str, Any]:
-    """The job as the CLI shows it (and prints with --json)."""
-    model_ids = [m.id for m in job.checkpoints]
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "dataset": job.dataset.ref if job.dataset else None,
-        "input_model_id": job.input_model_id,
-        "depends_on_job_id": job.depends_on_job_id,
-        "sweep_id": job.sweep_id,
-        "params": job.params,
-        "progress": job.progress,
-        "worker": job.worker,
-        "device": job.device,
-        "attempts": job.attempts,
-        "lost": job.lost,
-        "error": job.error,
-        "model_ids": model_ids,
-        # The newest checkpoint marked final, from the loaded list (no query per job).
-        "final_model_id": max((m.id for m in job.checkpoints if m.final), default=None)
-        if job.kind == "train" else None,
-        "outputs": job.outputs,
-        "result": job.result,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
-    }
-
-
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
     sweep = session.get(Sweep, sweep_id)
     if sweep is None:
@@ -175,26 +130,6 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
         hint = f"newest is {newest}" if newest else "none yet: `rodin submit sweep --help`"
         raise UserInputError(f"sweep {sweep_id} does not exist ({hint})")
     return sweep
-
-
-def sweep_summary(session: Session, sweep: Sweep) -> dict[str, Any]:
-    """The sweep and its jobs (job_summary, plus `final_metrics`: the final model's metrics)."""
-    dataset = session.get(Dataset, sweep.dataset_id)
-    # Checkpoints and datasets in one query each, not one per job.
-    rows = session.scalars(select(Job).where(Job.sweep_id == sweep.id).order_by(Job.id)
-                           .options(selectinload(Job.checkpoints), selectinload(Job.dataset))).all()
-    jobs = []
-    for job in rows:
-        final = max((m for m in job.checkpoints if m.final), key=lambda m: m.id, default=None)
-        jobs.append({**job_summary(session, job), "final_metrics": final.metrics if final else None})
-    return {
-        "sweep_id": sweep.id,
-        "dataset": dataset.ref if dataset else None,
-        "grid": sweep.grid,
-        "fixed": sweep.fixed,
-        "created_at": _iso(sweep.created_at),
-        "jobs": jobs,
-    }
 
 
 def model_summary(session: Session, model: ModelCheckpoint) -> dict[str, Any]:
@@ -230,8 +165,3 @@ def dataset_summary(dataset: Dataset) -> dict[str, Any]:
         "artifact_uri": dataset.artifact_uri,
         "created_at": _iso(dataset.created_at),
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    moment = as_utc(moment)
-    return moment.isoformat() if moment else None

@@ -11,13 +11,13 @@ import pytest
 import trimesh
 from PIL import Image
 
-from orchestrator.cli.model_compare import (
+from atlas_core.config import flatten
+from orchestrator.compare import (
     CELL_HEIGHT,
     CELL_WIDTH,
     HEADER_HEIGHT,
     LABEL_WIDTH,
     differing_fields,
-    flatten,
     grid_size,
 )
 from tests.conftest import Rodin, stop_process

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator import jobs
 from orchestrator.errors import RegistryInvariantError, UserInputError
+from orchestrator.job_states import ENDED, TRANSITIONS, Event, IllegalMove, sources
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, load_settings, redact
@@ -26,15 +27,16 @@ def _checkpoint(settings: Settings, job_id: int, dataset_id: int, epoch: int) ->
 def test_submit_queues_a_message_and_the_lifecycle_runs(settings: Settings, dataset_id: int) -> None:
     job_id = jobs.submit(settings, JobKind.train, params={"config": {}}, dataset_id=dataset_id)
     assert list((settings.broker_folder / "queue").glob("*.msg"))  # the message is on the queue
-    assert jobs.summary(settings, job_id)["status"] == "queued"
+    assert jobs.get(settings, job_id).status is JobStatus.queued
     lease = jobs.claim(settings, job_id, "w", "cpu")
     assert lease is not None and lease.attempt == 1
     assert jobs.report_progress(settings, lease, {"epoch": 1})
     jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, result={"x": 1}, outputs=[])
-    done = jobs.summary(settings, job_id)
-    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"x": 1})
+    done = jobs.get(settings, job_id)
+    assert (done.status, done.attempts, done.result) == (JobStatus.succeeded, 1, {"x": 1})
+    assert done.as_json()["status"] == "succeeded"
     assert not jobs.claim(settings, job_id, "w", "cpu")  # a repeated delivery does nothing
-    assert jobs.wait(settings, job_id)["status"] == "succeeded"
+    assert jobs.wait(settings, job_id).status is JobStatus.succeeded
 
 
 def test_finish_marks_the_final_checkpoint_of_its_own_job_only(settings: Settings, dataset_id: int) -> None:
@@ -42,13 +44,15 @@ def test_finish_marks_the_final_checkpoint_of_its_own_job_only(settings: Setting
     a = jobs.submit(settings, JobKind.train, params={}, dataset_id=ds)
     b = jobs.submit(settings, JobKind.train, params={}, dataset_id=ds)
     other = _checkpoint(settings, b, ds, 1)
+    lease = jobs.claim(settings, a, "w", "cpu")
+    assert lease is not None
     with pytest.raises(RegistryInvariantError, match="not a checkpoint of job"):
-        jobs.finish(settings, a, JobStatus.succeeded, final_model_id=other)
+        jobs.finish(settings, a, JobStatus.succeeded, lease=lease, final_model_id=other)
     mine = _checkpoint(settings, a, ds, 1)
-    jobs.finish(settings, a, JobStatus.succeeded, final_model_id=mine)
-    assert jobs.summary(settings, a)["final_model_id"] == mine
+    jobs.finish(settings, a, JobStatus.succeeded, lease=lease, final_model_id=mine)
+    assert jobs.get(settings, a).final_model_id == mine
     with pytest.raises(ValueError, match="final status"):
-        jobs.finish(settings, b, JobStatus.running)
+        jobs.finish(settings, b, JobStatus.running, lease=lease)
 
 
 def test_cancel(settings: Settings) -> None:
@@ -65,11 +69,39 @@ def test_cancel(settings: Settings) -> None:
         jobs.cancel(settings, 999)
 
 
-def test_a_job_without_its_row_is_a_named_error(settings: Settings) -> None:
+def test_a_job_without_its_row_cannot_be_finished(settings: Settings) -> None:
     with session_scope(settings):
         pass  # creates the registry
-    with pytest.raises(RegistryInvariantError):
-        jobs.finish(settings, 12345, JobStatus.failed)
+    with pytest.raises(jobs.LeaseLost, match="job 12345"):
+        jobs.finish(settings, 12345, JobStatus.failed, lease=jobs.Lease(12345, "token", 1))
+    with pytest.raises(RegistryInvariantError, match="cannot finish job 12345"):
+        jobs.finish(settings, 12345, JobStatus.failed, lease=jobs.Lease(1, "token", 1))
+
+
+def test_every_move_follows_the_one_table() -> None:
+    # Every event reaches at least one status, and only an event that creates a row leaves none.
+    for event, (leave, reach) in TRANSITIONS.items():
+        assert reach, event
+        assert bool(leave) != (event in (Event.submit, Event.imported)), event
+    # What no event does: a finished job never moves again, and nothing runs without a claim.
+    assert not any(leave & ENDED for leave, _ in TRANSITIONS.values())
+    assert [e for e, (_, reach) in TRANSITIONS.items() if JobStatus.running in reach] == [Event.claim]
+    with pytest.raises(IllegalMove, match="cannot become succeeded by release"):
+        sources(Event.release, JobStatus.succeeded)
+
+
+def test_a_finished_job_is_not_moved_by_a_late_caller(settings: Settings, dataset_id: int) -> None:
+    """A worker's release, a take-back and a cancel that come after the end change nothing."""
+    job_id = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    lease = jobs.claim(settings, job_id, "w", "cpu")
+    assert lease is not None
+    jobs.finish(settings, job_id, JobStatus.failed, lease=lease, error="boom")
+    assert jobs.release(settings, "w") == []
+    assert jobs.take_back(settings, job_id, lease.attempt, "w", "late") is None
+    assert jobs.cancel(settings, job_id)[0] == "failed"
+    with pytest.raises(jobs.LeaseLost):
+        jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease)
+    assert (jobs.get(settings, job_id).status, jobs.get(settings, job_id).error) == (JobStatus.failed, "boom")
 
 
 @pytest.mark.parametrize("text, secret", [

@@ -7,12 +7,8 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.cli.jobs import jobs_table, sweep_table
-
-
-def _job(id_: int, kind: str, status: str, **extra: Any) -> dict[str, Any]:
-    return {"id": id_, "kind": kind, "status": status, "dataset": "swords-from-the-museum@12",
-            "input_model_id": 9001, "depends_on_job_id": None, "progress": {}, "worker": "gpu-a@lab-box-17",
-            "created_at": "2026-12-06T03:00:00+00:00", "started_at": None, "heartbeat_at": None, **extra}
+from orchestrator.job_view import SweepView
+from tests.orchestrator.views import view
 
 
 def _draw(table: Any, width: int) -> str:
@@ -22,9 +18,9 @@ def _draw(table: Any, width: int) -> str:
 
 
 def test_status_fits_80_columns_without_cutting_a_word() -> None:
-    rows = [_job(1234, "reconstruct", "queued"),
-            _job(1233, "train", "running", progress={"epoch": 13, "epochs": 150, "train_loss": 0.00021}),
-            _job(1232, "train", "waiting", depends_on_job_id=1231)]
+    rows = [view(1234, "reconstruct", "queued"),
+            view(1233, "train", "running", progress={"epoch": 13, "epochs": 150, "train_loss": 0.00021}),
+            view(1232, "train", "waiting", depends_on_job_id=1231)]
     text = _draw(jobs_table(rows, width=80), 80)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
@@ -43,16 +39,16 @@ def test_status_fits_80_columns_without_cutting_a_word() -> None:
 
 
 def test_a_three_setting_sweep_fits_80_columns() -> None:
-    jobs = [{"id": 10 + i, "status": "succeeded" if i < 3 else "running", "worker": "w", "error": None,
-             "params": {"sweep": {"n_patches": p, "template": t, "lr": 3e-4}},
-             "progress": {"epoch": 40 if i < 3 else 7, "epochs": 40}, "started_at": None, "heartbeat_at": None,
-             "final_metrics": {"val_chamfer": 0.001 * (i + 1)} if i < 3 else None,
-             "final_model_id": 50 + i if i < 3 else None}
+    jobs = [view(10 + i, "train", "succeeded" if i < 3 else "running", worker="w", sweep_id=3,
+                 params={"sweep": {"n_patches": p, "template": t, "lr": 3e-4}},
+                 progress={"epoch": 40 if i < 3 else 7, "epochs": 40},
+                 final_metrics={"val_chamfer": 0.001 * (i + 1)} if i < 3 else None,
+                 final_model_id=50 + i if i < 3 else None)
             for i, (p, t) in enumerate([(1, "square"), (5, "sphere"), (25, "square"), (25, "sphere")])]
-    summary = {"sweep_id": 3, "dataset": "swords@1", "grid": {"n_patches": [1, 5, 25], "template": ["square", "sphere"],
-                                                             "lr": [1e-3, 3e-4]},
-               "fixed": {}, "created_at": None, "jobs": jobs}
-    text = _draw(sweep_table(summary), 80)
+    sweep = SweepView(id=3, dataset="swords@1", grid={"n_patches": [1, 5, 25], "template": ["square", "sphere"],
+                                                     "lr": [1e-3, 3e-4]},
+                      fixed={}, created_at=None, jobs=jobs)
+    text = _draw(sweep_table(sweep), 80)
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
     for word in ("patches", "template", "lr", "val chamfer", "ETA", "model", "succeeded", "running", "0.0003"):
         assert word in text

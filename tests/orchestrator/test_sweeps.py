@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from orchestrator import jobs
 from orchestrator.errors import RodinError, UserInputError
+from orchestrator.job_view import JobView, SweepView
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings
 from orchestrator.sweeps import MAX_COMBINATIONS, best, combinations, rank, split_grid, split_values
 from tests.conftest import Rodin, stop_process
+from tests.orchestrator.views import view
 
 # ------------------------------------------------------------------------- plain functions
 
@@ -66,24 +69,31 @@ def test_combinations_refuse_more_than_the_maximum() -> None:
         combinations({"a": list(range(side)), "b": list(range(side))})
 
 
-def _job(job_id: int, status: str, chamfer: float | None = None, **fields: Any) -> dict[str, Any]:
-    return {"id": job_id, "status": status, "params": {"sweep": {"n_patches": job_id}},
-            "final_metrics": {"val_chamfer": chamfer} if chamfer is not None else None,
-            "final_model_id": 100 + job_id if chamfer is not None else None, "progress": None,
-            "worker": None, "error": None, **fields}
+AT = datetime(2026, 12, 6, 12, tzinfo=timezone.utc)
+
+
+def _job(job_id: int, status: str, chamfer: float | None = None, **fields: Any) -> JobView:
+    return view(job_id, "train", status, sweep_id=1, params={"sweep": {"n_patches": job_id}},
+                final_metrics={"val_chamfer": chamfer} if chamfer is not None else None,
+                final_model_id=100 + job_id if chamfer is not None else None, worker=None, **fields)
+
+
+def _sweep(grid: dict[str, list[Any]], *jobs: JobView) -> SweepView:
+    return SweepView(id=1, dataset="d@1", grid=grid, fixed={}, created_at=None, jobs=list(jobs))
 
 
 def test_rank_puts_succeeded_jobs_by_chamfer_then_running_queued_and_failed() -> None:
-    sweep = {"grid": {"n_patches": [1, 2, 3, 4, 5, 6, 7]}, "jobs": [
-        _job(1, "failed", error="boom"),
-        _job(2, "succeeded", 0.3),
-        _job(3, "queued"),
-        _job(4, "running", progress={"epoch": 1, "epochs": 3, "train_loss": 0.5}),
-        _job(5, "succeeded", 0.1),
-        _job(6, "succeeded", float("nan")),  # a score that is no score: not ranked
-        _job(7, "succeeded", 0.2),
-    ]}
-    rows = rank(sweep, lambda job: 42.0 if job["status"] == "running" else None)
+    sweep = _sweep({"n_patches": [1, 2, 3, 4, 5, 6, 7]},
+                   _job(1, "failed", error="boom"),
+                   _job(2, "succeeded", 0.3),
+                   _job(3, "queued"),
+                   # one epoch of three took 21 s: 42 s to go
+                   _job(4, "running", progress={"epoch": 1, "epochs": 3, "train_loss": 0.5},
+                        started_at=AT - timedelta(seconds=21), heartbeat_at=AT),
+                   _job(5, "succeeded", 0.1),
+                   _job(6, "succeeded", float("nan")),  # a score that is no score: not ranked
+                   _job(7, "succeeded", 0.2))
+    rows = [row.as_json() for row in rank(sweep, at=AT)]
     assert [r["job_id"] for r in rows] == [5, 7, 2, 4, 3, 1, 6]
     assert [r["rank"] for r in rows] == [1, 2, 3, None, None, None, None]
     assert [r["val_chamfer"] for r in rows[:3]] == [0.1, 0.2, 0.3]
@@ -91,14 +101,15 @@ def test_rank_puts_succeeded_jobs_by_chamfer_then_running_queued_and_failed() ->
     running = rows[3]
     assert (running["epoch"], running["epochs"], running["train_loss"], running["eta_s"]) == (1, 3, 0.5, 42.0)
     assert rows[5]["error"] == "boom" and rows[6]["val_chamfer"] is None
-    assert best(rows) == rows[0]
-    assert best(rank({"grid": {}, "jobs": [_job(1, "running")]}, lambda job: None)) is None
+    ranked = rank(sweep, at=AT)
+    assert best(ranked) == ranked[0]
+    assert best(rank(_sweep({}, _job(1, "running")))) is None
     assert best([]) is None
 
 
 def test_rank_breaks_ties_by_job_id() -> None:
-    rows = rank({"grid": {}, "jobs": [_job(3, "succeeded", 0.5), _job(2, "succeeded", 0.5)]}, lambda j: None)
-    assert [(r["job_id"], r["rank"], r["settings"]) for r in rows] == [(2, 1, {}), (3, 2, {})]
+    rows = rank(_sweep({}, _job(3, "succeeded", 0.5), _job(2, "succeeded", 0.5)))
+    assert [(r.job.id, r.rank, r.settings) for r in rows] == [(2, 1, {}), (3, 2, {})]
 
 
 # ---------------------------------------------------------------- the job service, no worker
@@ -110,13 +121,12 @@ def test_submit_sweep_registers_the_sweep_and_queues_its_jobs(settings: Settings
         settings, dataset_id=dataset_id, grid=grid, fixed={"epochs": 1},
         params=[{"config": {}, "dataset": "d@1", "sweep": {"n_patches": k}} for k in (1, 2)])
     assert len(job_ids) == 2 and len(list((settings.broker_folder / "queue").glob("*.msg"))) == 2
-    summary = jobs.sweep_summary(settings, sweep_id)
-    assert (summary["sweep_id"], summary["dataset"], summary["grid"], summary["fixed"]) == \
-        (sweep_id, "d@1", grid, {"epochs": 1})
-    assert [j["id"] for j in summary["jobs"]] == job_ids
-    assert all(j["status"] == "queued" and j["sweep_id"] == sweep_id for j in summary["jobs"])
-    assert [j["params"]["sweep"] for j in summary["jobs"]] == [{"n_patches": 1}, {"n_patches": 2}]
-    assert jobs.summary(settings, job_ids[0])["sweep_id"] == sweep_id
+    sweep = jobs.get_sweep(settings, sweep_id)
+    assert (sweep.id, sweep.dataset, sweep.grid, sweep.fixed) == (sweep_id, "d@1", grid, {"epochs": 1})
+    assert [j.id for j in sweep.jobs] == job_ids
+    assert all(j.status is JobStatus.queued and j.sweep_id == sweep_id for j in sweep.jobs)
+    assert [j.params["sweep"] for j in sweep.jobs] == [{"n_patches": 1}, {"n_patches": 2}]
+    assert jobs.get(settings, job_ids[0]).sweep_id == sweep_id
 
     # Both end: the final model's metrics come with the summary, and the wait returns.
     for job_id, chamfer in zip(job_ids, (0.2, 0.1)):
@@ -127,20 +137,22 @@ def test_submit_sweep_registers_the_sweep_and_queues_its_jobs(settings: Settings
             s.add(model)
             s.flush()
             model_id = model.id
-        jobs.finish(settings, job_id, JobStatus.succeeded, final_model_id=model_id)
-    seen: list[dict[str, Any]] = []
+        lease = jobs.claim(settings, job_id, "w", "cpu")
+        assert lease is not None
+        jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, final_model_id=model_id)
+    seen: list[SweepView] = []
     final = jobs.wait_sweep(settings, sweep_id, seen.append, poll_s=0.01)
-    assert seen == [final] and [j["final_metrics"] for j in final["jobs"]] == [{"val_chamfer": 0.2},
-                                                                              {"val_chamfer": 0.1}]
-    assert [r["job_id"] for r in rank(final, jobs.eta_s)] == job_ids[::-1]
+    assert seen == [final] and [j.final_metrics for j in final.jobs] == [{"val_chamfer": 0.2},
+                                                                          {"val_chamfer": 0.1}]
+    assert [r.job.id for r in rank(final)] == job_ids[::-1]
 
 
 def test_an_unknown_sweep_is_a_user_error(settings: Settings, dataset_id: int) -> None:
     with pytest.raises(UserInputError, match=r"sweep 3 does not exist \(none yet"):
-        jobs.sweep_summary(settings, 3)
+        jobs.get_sweep(settings, 3)
     sweep_id, _ = jobs.submit_sweep(settings, dataset_id=dataset_id, grid={}, fixed={}, params=[{}])
     with pytest.raises(UserInputError, match=f"sweep {sweep_id + 1} does not exist \\(newest is {sweep_id}\\)"):
-        jobs.sweep_summary(settings, sweep_id + 1)
+        jobs.get_sweep(settings, sweep_id + 1)
 
 
 def test_a_broker_that_refuses_a_message_fails_the_unsent_jobs(settings: Settings, dataset_id: int,
@@ -161,11 +173,11 @@ def test_a_broker_that_refuses_a_message_fails_the_unsent_jobs(settings: Setting
         jobs.submit_sweep(settings, dataset_id=dataset_id, grid={"seed": [1, 2, 3, 4]}, fixed={},
                           params=[{"sweep": {"seed": i}} for i in range(4)])
     assert "broker gone" in str(caught.value)
-    summary = jobs.sweep_summary(settings, 1)
-    states = [(j["status"], j["error"]) for j in summary["jobs"]]
-    assert states[0] == ("queued", None)
+    sweep = jobs.get_sweep(settings, 1)
+    states = [(j.status.value, j.error or "") for j in sweep.jobs]
+    assert states[0] == ("queued", "")
     assert states[1][0] == "failed" and "broker gone" in states[1][1]
-    first_unsent = summary["jobs"][1]["id"]
+    first_unsent = sweep.jobs[1].id
     assert all(s == "failed" and f"job {first_unsent}" in e for s, e in states[2:])
 
 
@@ -201,7 +213,7 @@ def sweep_2x2(home: Rodin) -> dict[str, Any]:
     queued = home.json("submit", "sweep", "--dataset", "swords", "--patches", "1,2",
                        "--template", "square,sphere", *TINY)
     final = jobs.wait_sweep(home.settings(), queued["sweep_id"], poll_s=0.5)
-    return {"queued": queued, "final": final}
+    return {"queued": queued, "final": final.as_json()}
 
 
 def test_a_2x2_sweep_runs_its_4_jobs_on_two_workers(home: Rodin, sweep_2x2: dict[str, Any]) -> None:

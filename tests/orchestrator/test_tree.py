@@ -15,8 +15,8 @@ from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet
 from orchestrator import aliases, jobs
 from orchestrator.artifacts import open_store
-from orchestrator.cli.model_tree import build_forest, load_registry
 from orchestrator.datasets import register_dataset
+from orchestrator.lineage import build_forest, load_registry
 from orchestrator.registry.db import get_engine, session_scope
 from orchestrator.registry.models import JobKind, JobStatus
 from orchestrator.settings import Settings
