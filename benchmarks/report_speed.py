@@ -172,9 +172,8 @@ def fabricate(home: Path, *, epochs: int = 150, reconstructions: int = 12, evalu
 def _finished(settings, kind, model_id: int, result: dict[str, Any], outputs: list[dict[str, Any]]) -> int:  # type: ignore[no-untyped-def]
     """A job of `kind` on the model, claimed and finished as its worker would."""
     from orchestrator import jobs
-    from orchestrator.registry.models import JobStatus
-
     from orchestrator.kinds import spec
+    from orchestrator.registry.models import JobStatus
 
     job_id = jobs.submit(settings, kind, params=spec(kind).params(), input_model_id=model_id)
     lease = jobs.claim(settings, job_id, WORKER, "cpu")
