@@ -595,6 +595,11 @@ def add_imported(session: Session, *, dataset_id: int, params: dict[str, Any] | 
     return job
 
 
+def imported_model(job: Job, model_id: int, epoch: int) -> None:
+    """An imported job's result, once its model (registered after it) has an id."""
+    job.result = {"final_model_id": model_id, "final_epoch": epoch, "imported": True}
+
+
 def one_line(exc: BaseException) -> str:
     """A failure as one readable line for `rodin status`."""
     message = " ".join(str(exc).split()) or type(exc).__name__

@@ -195,3 +195,15 @@ def test_no_import_circles() -> None:
 
     circles = sorted(m for m in graph if m not in packages and m in reach(m))
     assert not circles, f"modules in an import circle: {', '.join(circles)}"
+
+
+def test_only_the_job_service_moves_jobs() -> None:
+    """A job's status is written by `orchestrator.jobs` alone (its table of moves), and a job
+    row is created there alone: elsewhere an update of the jobs table or a Job(...) row is a
+    second owner of its state."""
+    for path in SOURCES:
+        if _module_name(path) in ("orchestrator.jobs",) or path.parts[-2] == "migrations":
+            continue
+        text = path.read_text()
+        for banned in ("update(Job)", "Job(kind", "status=JobStatus."):
+            assert banned not in text, f"{path.relative_to(ROOT)} writes a job ({banned}): call orchestrator.jobs"

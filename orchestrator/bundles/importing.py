@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orchestrator import jobs
 from orchestrator.bundles.format import Bundle, BundleError, canonical, iso, parse_time
 from orchestrator.bundles.read import read_bundle
+from orchestrator.kinds import TrainParams
 from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Dataset, Job, JobKind, JobStatus, ModelCheckpoint, ModelImport
+from orchestrator.registry.models import Dataset, ModelCheckpoint, ModelImport
 from orchestrator.registry.queries import next_dataset_version
 from orchestrator.settings import Settings
 
@@ -119,7 +121,9 @@ def _register(session: Session, bundle: Bundle, dataset: Dataset, stored: dict[s
     """The job (succeeded, never run), the model and the model_imports row."""
     record = bundle.model
     origin = _origin(bundle)
-    job = _register_imported_job(session, record, dataset, origin, _job_outputs(bundle, stored))
+    job = jobs.add_imported(session, dataset_id=dataset.id, outputs=_job_outputs(bundle, stored),
+                            params=TrainParams(config=record["config"], dataset=dataset.ref, imported_from=origin),
+                            at=datetime.now(timezone.utc))
     weights = stored[record["sha256"]]
     model = ModelCheckpoint(job_id=job.id, dataset_id=dataset.id, parent_id=None, epoch=record["epoch"],
                             final=True, config=record["config"], metrics=record["metrics"],
@@ -128,7 +132,7 @@ def _register(session: Session, bundle: Bundle, dataset: Dataset, stored: dict[s
     session.add(model)
     session.flush()
     # The result names the model, whose row needed the job's id: so it is written last.
-    job.result = {"final_model_id": model.id, "final_epoch": record["epoch"], "imported": True}
+    jobs.imported_model(job, model.id, record["epoch"])
     session.add(ModelImport(model_id=model.id, source_registry=origin["registry"],
                             source_model_id=record["id"], source_job_id=record["job_id"],
                             source_dataset_id=record["dataset_id"], sha256=record["sha256"],
@@ -143,19 +147,6 @@ def _job_outputs(bundle: Bundle, stored: dict[str, StoredArtifact]) -> list[dict
                for b in bundle.manifest["blobs"] if b["role"] == "output"]
     outputs.append({"name": "bundle-manifest.json", "kind": "bundle", **stored["manifest"].as_dict()})
     return outputs
-
-
-def _register_imported_job(session: Session, record: dict[str, Any], dataset: Dataset, origin: dict[str, Any],
-                           outputs: list[dict[str, Any]]) -> Job:
-    """The imported model's training job, inserted as a succeeded row that never ran (its result,
-    which names the model, is written once the model has an id)."""
-    now = datetime.now(timezone.utc)
-    job = Job(kind=JobKind.train.value, status=JobStatus.succeeded.value, dataset_id=dataset.id,
-              params={"config": record["config"], "dataset": dataset.ref, "imported_from": origin},
-              outputs=outputs, progress={}, result={}, created_at=now, finished_at=now)
-    session.add(job)
-    session.flush()
-    return job
 
 
 def _origin(bundle: Bundle) -> dict[str, Any]:

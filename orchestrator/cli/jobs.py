@@ -56,7 +56,7 @@ def status(
     elif as_json:
         emit_json({"jobs": [_job_json(job) for job in jobs.recent(settings(), limit)]})
     else:
-        show((_jobs_view(rows), False) for rows in jobs.watch(settings(), limit=limit))
+        show((_jobs_view(rows), False) for rows in jobs.watch(settings(), limit=limit, poll_s=1.0))
 
 
 @app.command("cancel")

@@ -1,5 +1,5 @@
 """`rodin models export` and `rodin models import`: a model with its lineage in one file, for
-another registry (the format is described in orchestrator/bundles.py)."""
+another registry (the format is described in orchestrator/bundles/__init__.py)."""
 
 
 from pathlib import Path
