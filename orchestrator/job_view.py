@@ -135,7 +135,7 @@ class JobView:
         out = {
             "id": self.id, "kind": self.kind, "status": self.status.value, "dataset": self.dataset,
             "input_model_id": self.input_model_id, "depends_on_job_id": self.depends_on_job_id,
-            "sweep_id": self.sweep_id, "params": self.params, "progress": self.progress or None,
+            "sweep_id": self.sweep_id, "params": self.params, "progress": self.progress,
             "worker": self.worker, "device": self.device, "attempts": self.attempts,
             "lost": self.lost, "error": self.error, "model_ids": self.model_ids,
             "final_model_id": self.final_model_id, "outputs": self.outputs, "result": self.result,
