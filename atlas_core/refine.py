@@ -10,6 +10,8 @@ encoder's code and descends the same Chamfer distance the model was trained with
     1. latent:   z <- argmin_z chamfer(decode(z, template samples), input)     Adam, the decoders fixed
     2. decoders: (z, decoders) <- a few small Adam steps on both, from a private copy
 
+Both phases use torch.optim.Adam, with a LambdaLR for the learning-rate schedule (`_schedule`).
+
 The registered model is never touched: everything runs on `copy.deepcopy(model)`, in eval mode,
 so BatchNorm applies the running statistics of training (one shape is no batch) and the second
 phase changes only Linear weights and BatchNorm's affine parameters. Phase 2 is what moves a
@@ -35,6 +37,7 @@ from typing import cast
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 import torch.nn as nn
 from torch import Tensor
 
@@ -52,6 +55,10 @@ LATENT_STEPS, DECODER_STEPS = INFER.refine_split()
 #: call, so that `chamfer_before` of a shape does not depend on the refinement's generator and
 #: matches the figures that `atlas_core.ood` collects at the end of training.
 EVAL_SEED, ENCODE_SEED = 12345, 54321
+
+# torch.optim's first optimiser imports torch._dynamo (about 1 s on the 2-core development
+# machine). Imported with this module instead, that cost falls where the imports are paid: a
+# worker imports its task bodies once, before it forks the job processes that refine.
 
 
 # -----------------------------------------------------------------------------
@@ -266,54 +273,33 @@ def _schedule(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, steps - ramp)))
 
 
-class _Adam:
-    """Adam (Kingma and Ba, 2015) on parameter groups [(tensors, lr)], with the learning rates
-    scaled by a factor at each step.
-
-    Not torch.optim.Adam: an Optimizer's constructor imports torch._dynamo, which takes seconds
-    once per process, the largest cost of refining the first input in a fresh worker process.
-    """
-
-    def __init__(self, groups: list[tuple[list[Tensor], float]], betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
-        self.groups, self.betas, self.eps, self.t = groups, betas, eps, 0
-        self.m = [[torch.zeros_like(p) for p in params] for params, _ in groups]
-        self.v = [[torch.zeros_like(p) for p in params] for params, _ in groups]
-
-    @torch.no_grad()
-    def step(self, factor: float) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        correction1, correction2 = 1 - b1**self.t, 1 - b2**self.t
-        for (params, lr), ms, vs in zip(self.groups, self.m, self.v):
-            for p, m, v in zip(params, ms, vs):
-                if p.grad is None:
-                    continue
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                p.addcdiv_(m, (v / correction2).sqrt_().add_(self.eps), value=-lr * factor / correction1)
-                p.grad = None
-
-
 def _phase(net: StackedDecoders, template: Template, latent: Tensor, target: Tensor,
            groups: list[tuple[list[Tensor], float]], steps: int, points: tuple[int, int], warmup: float,
            patience: int, generator: torch.Generator, losses: list[float]) -> int:
-    """Adam on the parameter groups [(tensors, lr)] against the Chamfer to the input; returns
-    the steps taken.
+    """Adam on the parameter groups [(tensors, lr)] against the Chamfer to the input, the rates
+    scaled by `_schedule`; returns the steps taken.
 
     latent: (1, D) (a leaf with gradients when it is optimised), target: (1, N, 3).
     points: (generated, input) points per step; the input points are a fresh random subset
     each step and the template points a fresh random sample, as in training.
     """
+    if steps == 0:
+        return 0
     K = net.weights[0].shape[0]
-    optimizer = _Adam(groups)
+    # fused: one kernel per tensor; the loop of small ops per tensor otherwise costs about as
+    # much as the decoders' forward and backward at refinement's sizes.
+    optimizer = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in groups],
+                                 fused=latent.device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, steps, warmup))
     stop = _Plateau(patience)
     for step in range(steps):
         template_points = template.sample(K, max(1, points[0] // K), generator=generator).to(latent)
         seed = int(torch.randint(2**31, (1,), generator=generator))
         loss = chamfer_distance(net(template_points, latent), _subset(target, points[1], seed))
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step(_schedule(step, steps, warmup))
+        optimizer.step()
+        scheduler.step()
         losses.append(loss.item())
         if stop(step, losses[-1]):
             return step + 1
