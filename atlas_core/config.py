@@ -171,6 +171,12 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata=declare("Adam learning rate, /10 at 80, 93, 97% of epochs"))
     lr_decay_at: tuple[float, ...] = REFERENCE_LR_DECAY_AT
     val_fraction: float = field(default=0.1, metadata=declare("Shapes held out for validation"))
+    #: How shapes are held out (no flag): "identity", by a hash of each shape's content and the
+    #: seed, so a dataset's next version keeps its old shapes on the same side; "position", the
+    #: seeded permutation of positions of configs stored before the field existed (`from_dict`
+    #: reads a stored config without it so), which their resumed jobs and their models'
+    #: evaluations and reconstructions keep. One rule for all: `atlas_core.data.split_of`.
+    split: str = "identity"
     checkpoint_every: int = field(default=10, metadata=declare("Register a checkpoint every E epochs"))
     seed: int = field(default=0, metadata=declare("Seed for the split, sampling and initialisation"))
     device: str = "cpu"
@@ -206,6 +212,8 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
+            (self.split in ("identity", "position"),
+             f"split must be identity or position, not {self.split!r}"),
             (self.patience >= 0, "patience must be >= 0"),
         ]
         for ok, reason in checks:
@@ -249,6 +257,8 @@ class TrainConfig:
         """The inverse of to_dict; a key this version does not know is a ConfigError, so that a
         setting is never silently dropped."""
         d = dict(d)
+        # Stored before the identity split existed: those jobs split by position.
+        d.setdefault("split", "position")
         model = _build(ModelConfig, d.pop("model", {}), "model")
         augment = _build(AugmentConfig, d.pop("augment", {}), "augment")
         if "lr_decay_at" in d:

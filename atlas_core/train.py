@@ -3,7 +3,10 @@
     result = train(TrainConfig(epochs=20), PointCloudSet.from_bytes(...), TrainCallbacks(on_epoch=print))
 
 It knows nothing of queues or registries: whoever calls it stores checkpoints and reports
-progress through the callbacks. All randomness (shuffling, point subsets, template samples) comes
+progress through the callbacks. The data is any `atlas_core.data.ShapeSource`: a PointCloudSet
+in memory, or a sharded version read shard by shard (`ShardedPointClouds`), which is streamed
+when its training shapes do not fit the shuffle buffer (`buffer_bytes`): memory then holds the
+buffer and one shard, whatever the number of shapes. All randomness (shuffling, point subsets, template samples) comes
 from one seeded generator that is saved with every checkpoint, so a resumed run continues the
 same random stream.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +26,13 @@ from atlas_core.augment import augment, principal_axes
 from atlas_core.chamfer import chamfer_distance, nearest_neighbors
 from atlas_core.checkpoint import dump_checkpoint, load_checkpoint
 from atlas_core.config import TrainConfig
-from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.data import PointCloudSet, ShapeSource, gather_points, split_of
 from atlas_core.model import AtlasNet
+
+#: Points a streamed run holds in memory for shuffling (and for a validation set it keeps
+#: resident): a version whose training shapes fit is read once and kept, as a PointCloudSet is;
+#: a larger one is streamed through a buffer of this many bytes of points.
+BUFFER_BYTES = 128 * 1024 * 1024
 
 
 @dataclass
@@ -96,25 +104,141 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 @torch.no_grad()
 def evaluate_chamfer(
-    model: AtlasNet, clouds: torch.Tensor, n_points: int, batch_size: int, seed: int,
-    on_step: Callable[[], None] | None = None,
+    model: AtlasNet, clouds: torch.Tensor | Iterable[torch.Tensor], n_points: int, batch_size: int,
+    seed: int, on_step: Callable[[], None] | None = None,
 ) -> float:
     """Mean Chamfer (the training loss) over shapes, with seeded point subsets.
 
-    clouds: (S, P, 3) on the model's device. `on_step` is called after every chunk.
+    clouds: (S, P, 3) on the model's device, or its chunks of `batch_size` shapes in order (a
+    streamed validation set: the same value). `on_step` is called after every chunk.
     """
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for chunk in clouds.split(batch_size):
+    total, count = 0.0, 0
+    chunks = clouds.split(batch_size) if isinstance(clouds, torch.Tensor) else clouds
+    for chunk in chunks:
         x = _draw_points(chunk, n_points, generator)
         pred = model(x, generator=generator)
         total += float(chamfer_distance(pred, x, reduction="none").sum())
+        count += len(chunk)
         if on_step is not None:
             on_step()
     model.train(was_training)
-    return total / len(clouds)
+    return total / count
+
+
+class _Loader:
+    """The training and validation shapes of a ShapeSource, as train() draws them.
+
+    Resident (a PointCloudSet, or training shapes that fit the buffer): read once, kept on the
+    device, batches from a permutation of all of them, as before streaming existed. Streamed:
+    every epoch reads the blocks (shards) in a shuffled order, each block's training shapes in a
+    shuffled order, through a shuffle buffer of `buffer` shapes from which each batch draws at
+    random. The validation shapes are kept when they fit the buffer, read again in order each
+    epoch when they do not (the same chunks, the same Chamfer). All randomness comes from the
+    run's generator, so a resumed run draws what the uninterrupted one would.
+    """
+
+    def __init__(self, data: ShapeSource, train_idx: np.ndarray, val_idx: np.ndarray,
+                 buffer_bytes: int, device: torch.device):
+        self.data, self.device = data, device
+        self.train_idx = train_idx
+        self.val_idx = val_idx if len(val_idx) else train_idx
+        per_shape = max(1, data.points_per_shape * 3 * 4)
+        self.buffer = max(2, int(buffer_bytes // per_shape))
+        in_memory = isinstance(data, PointCloudSet)
+        self.resident = in_memory or len(train_idx) <= self.buffer
+        self.train_clouds: torch.Tensor | None = None
+        self.axes: torch.Tensor | None = None
+        if self.resident:
+            points = gather_points(data, train_idx)
+            self.train_clouds = torch.from_numpy(points).to(device)
+            self.axes = torch.from_numpy(principal_axes(points))
+        self.val_clouds: torch.Tensor | None = None
+        if in_memory or len(self.val_idx) <= self.buffer:
+            self.val_clouds = torch.from_numpy(gather_points(data, self.val_idx)).to(device)
+        #: Up to 8 validation shapes for the patch-health check.
+        self.health = (self.val_clouds[:8] if self.val_clouds is not None else
+                       torch.from_numpy(gather_points(data, self.val_idx[:8])).to(device))
+        # Per block: the positions (within the block) of its training and validation shapes.
+        blocks = data.blocks()
+        self._train_in = [np.flatnonzero(np.isin(m, train_idx)) for m in blocks]
+        self._val_in = [np.flatnonzero(np.isin(m, self.val_idx)) for m in blocks]
+
+    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(clouds (B, P, 3) on the device, principal axes (B, 3) or None) per training batch."""
+        if self.resident:
+            if self.train_clouds is None or self.axes is None:
+                raise RuntimeError("resident training shapes were not loaded")
+            for idx in _batches(len(self.train_clouds), batch_size, generator):
+                yield self.train_clouds[idx.to(self.device)], self.axes[idx]
+            return
+        for batch in _no_single_batches(self._streamed(generator), batch_size):
+            points = np.stack(batch)
+            yield torch.from_numpy(points).to(self.device), None
+
+    def _streamed(self, generator: torch.Generator) -> Iterator[np.ndarray]:
+        """Every training shape once, shuffled across blocks and within the buffer."""
+        buffer: list[np.ndarray] = []
+        for b in torch.randperm(len(self._train_in), generator=generator).tolist():
+            rows = self._train_in[b]
+            if not len(rows):
+                continue
+            points = self.data.read_points(b)
+            for r in torch.randperm(len(rows), generator=generator).tolist():
+                item = np.array(points[rows[r]], dtype=np.float32)  # a copy: the block is let go
+                if len(buffer) < self.buffer:
+                    buffer.append(item)
+                    continue
+                k = int(torch.randint(len(buffer), (1,), generator=generator))
+                out, buffer[k] = buffer[k], item
+                yield out
+            del points
+        for k in torch.randperm(len(buffer), generator=generator).tolist():
+            yield buffer[k]
+
+    def validation(self, batch_size: int) -> torch.Tensor | Iterator[torch.Tensor]:
+        """The validation shapes (the training shapes if none), whole or as ordered chunks."""
+        if self.val_clouds is not None:
+            return self.val_clouds
+        return self._val_chunks(batch_size)
+
+    def _val_chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
+        pending: list[np.ndarray] = []
+        for b, rows in enumerate(self._val_in):
+            if not len(rows):
+                continue
+            points = self.data.read_points(b)
+            for r in rows:
+                pending.append(np.array(points[r], dtype=np.float32))
+                if len(pending) == batch_size:
+                    yield torch.from_numpy(np.stack(pending)).to(self.device)
+                    pending = []
+        if pending:
+            yield torch.from_numpy(np.stack(pending)).to(self.device)
+
+
+def _no_single_batches(items: Iterator[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
+    """Batches of `batch_size` items; as `_batches`, never a batch of one: a last single item
+    joins the batch before it (or is shown twice when it is the only one)."""
+    held: list[np.ndarray] | None = None
+    pending: list[np.ndarray] = []
+    for item in items:
+        pending.append(item)
+        if len(pending) == batch_size:
+            if held is not None:
+                yield held
+            held, pending = pending, []
+    if len(pending) == 1:
+        if held is not None:
+            held, pending = held + pending, []
+        else:
+            pending = pending * 2
+    if held is not None:
+        yield held
+    if pending:
+        yield pending
 
 
 def _health(model: AtlasNet, clouds: torch.Tensor, n_points: int) -> dict[str, Any]:
@@ -138,13 +262,16 @@ def _health(model: AtlasNet, clouds: torch.Tensor, n_points: int) -> dict[str, A
 
 def train(
     config: TrainConfig,
-    data: PointCloudSet,
+    data: ShapeSource,
     callbacks: TrainCallbacks | None = None,
     resume_from: bytes | None = None,
     init_weights: dict[str, torch.Tensor] | None = None,
     registered_epochs: Collection[int] = (),
+    buffer_bytes: int = BUFFER_BYTES,
 ) -> TrainResult:
-    """Train AtlasNet on `data`; resume from checkpoint bytes or start from given weights.
+    """Train AtlasNet on `data` (a PointCloudSet, or any ShapeSource such as a sharded version);
+    resume from checkpoint bytes or start from given weights. The validation split is
+    `atlas_core.data.split_of` with the config's `val_fraction`, `seed` and `split`.
 
     Checkpoints go to `callbacks.on_checkpoint` every `checkpoint_every` epochs and at the end;
     with `keep_best`, the best validation epoch's checkpoint is also handed over (once) if it
@@ -161,10 +288,8 @@ def train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
-    train_clouds = torch.from_numpy(data.points[train_idx]).to(device)
-    val_clouds = torch.from_numpy(data.points[val_idx if len(val_idx) else train_idx]).to(device)
-    axes = torch.from_numpy(principal_axes(data.points[train_idx]))
+    train_idx, val_idx = split_of(data, config.val_fraction, config.seed, config.split)
+    loader = _Loader(data, train_idx, val_idx, buffer_bytes, device)
 
     model = AtlasNet(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -207,10 +332,12 @@ def train(
         started = time.perf_counter()
         model.train()
         losses = []
-        for idx in _batches(len(train_clouds), config.batch_size, generator):
-            x = _draw_points(train_clouds[idx.to(device)], n_points, generator)
+        for clouds, axes in loader.epoch(config.batch_size, generator):
+            x = _draw_points(clouds, n_points, generator)
             if config.augment.enabled:
-                x = augment(x, axes[idx], config.augment, generator)
+                if axes is None:  # streamed: each shape's axis from its whole cloud, as resident
+                    axes = torch.from_numpy(principal_axes(clouds.cpu().numpy()))
+                x = augment(x, axes, config.augment, generator)
             pred = model(x, generator=generator)
             loss = chamfer_distance(pred, x)
             optimizer.zero_grad(set_to_none=True)
@@ -221,8 +348,8 @@ def train(
                 callbacks.on_step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val = evaluate_chamfer(model, val_clouds, n_points, config.batch_size, config.seed + 1,
-                               callbacks.on_step)
+        val = evaluate_chamfer(model, loader.validation(config.batch_size), n_points,
+                               config.batch_size, config.seed + 1, callbacks.on_step)
         stats = EpochStats(epoch, config.epochs, float(np.mean(losses)), val, lr,
                            time.perf_counter() - started)
         if not math.isfinite(stats.train_loss):
@@ -243,12 +370,12 @@ def train(
                 if best_state is not None:  # stored before any later checkpoint: see above
                     emit(best_epoch, best_state, "best", best_extra)
                     best_state = None
-                extra = _health(model, val_clouds, n_points)
+                extra = _health(model, loader.health, n_points)
                 emit(epoch, snapshot(epoch), "last" if last else "periodic", extra)
                 if improved:
                     best_extra = extra
             elif improved and config.keep_best:
-                best_state, best_extra = snapshot(epoch), _health(model, val_clouds, n_points)
+                best_state, best_extra = snapshot(epoch), _health(model, loader.health, n_points)
         if callbacks.on_epoch and callbacks.on_epoch(stats) is False and not last:
             result.stopped = True
             return result

@@ -85,7 +85,7 @@ def test_every_setting_is_declared_once_with_its_flag_and_path() -> None:
     assert (by_name["keep_best"].off_flag, by_name["augment_rotate"].off_flag) == ("--keep-last", "--no-augment-rotate")
     assert (by_name["lr"].kind, by_name["template"].kind, by_name["keep_best"].kind) == (float, str, bool)
     # Settings no command offers: no flag, no help.
-    assert {s.name for s in settings if not s.flag} == {"activation", "lr_decay_at", "device"}
+    assert {s.name for s in settings if not s.flag} == {"activation", "lr_decay_at", "device", "split"}
     # Every flat name reaches its own field, and nothing else.
     for setting in settings:
         value = {int: 7, float: 0.5, str: "sphere", bool: True, tuple: (0.5,)}[setting.kind]
