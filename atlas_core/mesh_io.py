@@ -50,7 +50,14 @@ from atlas_core.mesh_files import (
     read_file,
     split_suffix,
 )
-from atlas_core.mesh_limits import Limits, counted_faces, estimated_faces, too_many_faces
+from atlas_core.mesh_limits import (
+    Limits,
+    counted_faces,
+    estimated_faces,
+    estimated_memory_bytes,
+    too_many_faces,
+    too_much_memory,
+)
 from atlas_core.mesh_sampling import (
     Shape,
     denormalise_points,
@@ -155,6 +162,10 @@ def _load(path: str | os.PathLike, limits: Limits) -> tuple[trimesh.Trimesh, str
     data = prepare_for_parser(data, file_type, path)
     if estimated_faces(data, file_type) > limits.max_faces:
         raise MeshError(too_many_faces(limits.max_faces), path)
+    if limits.max_memory_bytes:  # counted before the parse, which could not be stopped half-way
+        need = limits.memory_in_use + estimated_memory_bytes(data, file_type)
+        if need > limits.max_memory_bytes:
+            raise MeshError(too_much_memory(need, limits), path)
     draco = False
     if file_type in ("glb", "gltf"):
         doc = mesh_draco.gltf_json(data, file_type)

@@ -26,6 +26,7 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:
     from atlas_core.data import PointCloudSet
     from atlas_core.mesh_io import Limits, Shape
+    from orchestrator.ingest import Reading
 
 #: The registry's column width for dataset names.
 MAX_NAME_CHARS = 128
@@ -86,21 +87,26 @@ def shown_name(file: Path, root: Path) -> str:
 
 @dataclass
 class Ingested:
-    """What reading a folder gave: the usable shapes and the files skipped, with reasons."""
+    """What reading a folder gave: the usable shapes and the files skipped, with reasons;
+    `cached` of the shapes came from the cache of shapes read before."""
 
     shapes: list[Shape]
     skipped: list[dict[str, str]]
     files: int
+    cached: int = 0
 
 
 def ingest(path: Path, points: int, seed: int, limits: Limits,
            on_start: Callable[[int], None] | None = None,
-           on_file: Callable[[], None] | None = None) -> Ingested:
+           on_file: Callable[[], None] | None = None,
+           reading: Reading | None = None) -> Ingested:
     """Every mesh file under `path` (a file or a folder searched recursively) as a point cloud
-    of `points`; a file without a usable surface is skipped with its reason. `on_start` hears
-    how many files there are, `on_file` each one done. A missing path or one without mesh files
-    is a UserInputError; nothing is registered here."""
-    from atlas_core.mesh_io import MeshError, ingest_file
+    of `points` (the i-th file in sorted order sampled with seed `seed + i`); a file without a
+    usable surface is skipped with its reason. The files are read by `reading.jobs` reader
+    processes, each bounded in memory and time (`orchestrator.ingest`; default: the machine's
+    cores, no cache). `on_start` hears how many files there are, `on_file` each one done. A
+    missing path or one without mesh files is a UserInputError; nothing is registered here."""
+    from orchestrator.ingest import Reading, default_jobs, read_files
 
     if not path.exists():
         raise UserInputError(f"{path} does not exist: give a mesh file or a folder of meshes")
@@ -109,16 +115,17 @@ def ingest(path: Path, points: int, seed: int, limits: Limits,
         raise UserInputError(f"no mesh files under {path} (looked for .obj .stl .ply .off .glb .gltf)")
     if on_start is not None:
         on_start(len(files))
+    if reading is None:
+        reading = Reading(jobs=default_jobs(), file_timeout_s=0, memory_bytes=0, cache_dir=None)
+    outcomes = read_files(files, points, [seed + i for i in range(len(files))], limits, reading, on_file)
     shapes, skipped = [], []
-    for i, file in enumerate(files):
-        try:
-            shapes.append(ingest_file(file, n_points=points, seed=seed + i, limits=limits))
-        except MeshError as exc:
-            skipped.append({"file": shown_name(file, path), "reason": str(exc)})
-        if on_file is not None:
-            on_file()
+    for file, outcome in zip(files, outcomes):
+        if outcome.shape is not None:
+            shapes.append(outcome.shape)
+        else:
+            skipped.append({"file": shown_name(file, path), "reason": str(outcome.reason)})
     dedupe_names(shapes, files)
-    return Ingested(shapes, skipped, len(files))
+    return Ingested(shapes, skipped, len(files), cached=sum(o.cached for o in outcomes))
 
 
 def dedupe_names(shapes: list, files: list[Path]) -> None:

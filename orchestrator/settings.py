@@ -68,6 +68,11 @@ class Settings:
     max_file_bytes: int = 512 * 1024 * 1024
     max_inflated_bytes: int = 1024 * 1024 * 1024
     max_faces: int = 20_000_000
+    #: `rodin datasets add`: seconds one file may take in its reader process before it is
+    #: skipped (its process killed), and bytes of memory (address space) each reader process
+    #: may use; a file that would need more is skipped, counted before parsing where it can be.
+    ingest_file_timeout_s: float = 300.0
+    ingest_memory_bytes: int = 2 * 1024 * 1024 * 1024
 
     @property
     def registry_url(self) -> str:
@@ -117,6 +122,8 @@ class Settings:
             "max_file_bytes": str(self.max_file_bytes),
             "max_inflated_bytes": str(self.max_inflated_bytes),
             "max_faces": str(self.max_faces),
+            "ingest_file_timeout_s": f"{self.ingest_file_timeout_s:g}",
+            "ingest_memory_bytes": str(self.ingest_memory_bytes),
         }
 
 

@@ -2,16 +2,28 @@
 
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli.context import mesh_limits, settings, store
 from orchestrator.cli.output import NUMBER, TEXT, WORD, Json, age, console, emit_json, err, listing
 from orchestrator.errors import UserInputError
+
+if TYPE_CHECKING:
+    from rich.progress import Task
 
 app = typer.Typer(help="Register and inspect datasets (versioned collections of shapes).",
                   no_args_is_help=True)
@@ -51,28 +63,45 @@ def make(
                   f"{points} points each (dataset id {summary['id']}).")
 
 
+class _Rate(ProgressColumn):
+    """Shapes read per second, once there is a rate to show."""
+
+    def render(self, task: "Task") -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} shapes/s", style="progress.data.speed")
+
+
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Dataset name; each add makes a new version.", show_default=False)],
     path: Annotated[Path, typer.Argument(help="A mesh file or a folder searched recursively.", show_default=False)],
     points: Points = 5000,
     seed: Seed = 0,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Reader processes (default: the machine's cores).",
+        show_default=False)] = None,
     as_json: Json = False,
 ) -> None:
     """Register every mesh under PATH (OBJ, STL, PLY, OFF, GLB/GLTF) as a new version of NAME.
 
     Files without a usable surface are skipped with the reason. If none is usable, nothing is
-    registered and the exit code is 2.
+    registered and the exit code is 2. Each file is read in a process of its own, bounded in
+    time and memory (RODIN_INGEST_FILE_TIMEOUT_S, RODIN_INGEST_MEMORY_BYTES); shapes already
+    read (an interrupted add, the same files again) come from the cache under RODIN_HOME.
     """
     from atlas_core.data import PointCloudSet
     from orchestrator import datasets
+    from orchestrator.ingest import Reading
 
     datasets.check_name(name)
-    with _progress() as bar:
+    reading = Reading.from_settings(settings(), jobs)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
         task = bar.add_task("Ingesting", total=None)
         found = datasets.ingest(path, points, seed, mesh_limits(),
                                 on_start=lambda n: bar.update(task, total=n, description=f"Ingesting {n} files"),
-                                on_file=lambda: bar.advance(task))
+                                on_file=lambda: bar.advance(task), reading=reading)
     shapes, skipped = found.shapes, found.skipped
     if skipped and not as_json:
         table = Table(title=f"{len(skipped)} file(s) skipped", title_justify="left", show_lines=False)
@@ -87,10 +116,11 @@ def add(
     summary = datasets.register_dataset(settings(), store(), name, PointCloudSet.from_shapes(shapes),
                                         str(path.resolve()), skipped)
     if as_json:
-        emit_json({"dataset": summary, "skipped": skipped})
+        emit_json({"dataset": summary, "skipped": skipped, "cached": found.cached})
     else:
+        reused = f", {found.cached} read before and taken from the cache" if found.cached else ""
         err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {len(shapes)} shapes from {escape(str(path))} "
-                  f"({len(skipped)} skipped; dataset id {summary['id']}).")
+                  f"({len(skipped)} skipped{reused}; dataset id {summary['id']}).")
 
 
 @app.command("list")

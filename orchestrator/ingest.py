@@ -1,0 +1,456 @@
+"""Reading many mesh files at once, each in a process of its own, with a cache of the results.
+
+`read_files` hands files to `jobs` long-lived reader processes, one file at a time each. A
+reader holds every per-file limit of `atlas_core.mesh_io` (bytes, inflated bytes, faces), and
+two that only a separate process can: its memory (RLIMIT_AS = RODIN_INGEST_MEMORY_BYTES; a file
+whose stated counts need more is refused before it is parsed, and a MemoryError during a parse
+is that file's reason), and time (a reader past RODIN_INGEST_FILE_TIMEOUT_S on one file is
+killed). A reader that dies (a crash, the system's out-of-memory killer, a timeout) costs only
+its file, which is reported with the reason; a fresh reader takes the rest. Results come back
+in file order, so the outcome does not depend on `jobs`.
+
+Readers are forked from multiprocessing's fork server (spawned once per client, with the mesh
+libraries imported), never from the client itself, which may hold threads and open
+connections; where there is no fork server, they are spawned.
+
+Each shape read is kept in a content-addressed cache on the client (`RODIN_HOME/ingest-cache/
+<key>.npz`, apart from the workers' shard cache; key = sha256 of the file's content hash, the
+points per shape, the file's seed and the reading code's version), written atomically and
+checked when read back, so an ingest that was interrupted, or a folder ingested again, reads
+only what it has not read before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import ForkServerContext, SpawnContext
+    from multiprocessing.process import BaseProcess
+
+    from atlas_core.mesh_io import Limits, Shape
+    from orchestrator.settings import Settings
+
+#: Part of every cache key: raise it when what a shape holds changes in a way the sources of
+#: the modules below (which are hashed into the key too) do not show.
+CACHE_FORMAT = 1
+#: The atlas_core modules whose code decides the points of a shape (see atlas_core/mesh_io.py).
+_READING_MODULES = ("mesh_io", "mesh_errors", "mesh_limits", "mesh_files", "mesh_draco",
+                    "mesh_diagnosis", "mesh_surface", "mesh_sampling")
+#: Libraries whose versions can change what a file reads as.
+_READING_LIBRARIES = ("numpy", "trimesh")
+#: Test hooks only (read by the client, passed to its readers): the reader that gets a file of
+#: this name kills itself with SIGKILL, or hangs, as a crashing or frozen parser would.
+CRASH_ENV, HANG_ENV = "RODIN_INGEST_TEST_CRASH", "RODIN_INGEST_TEST_HANG"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How files are read: processes, each one's limits, and the cache."""
+
+    jobs: int
+    file_timeout_s: float
+    memory_bytes: int  # 0: unbounded
+    cache_dir: Path | None
+    crash_on: str = ""
+    hang_on: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, jobs: int | None = None) -> Reading:
+        return cls(jobs=jobs or default_jobs(), file_timeout_s=settings.ingest_file_timeout_s,
+                   memory_bytes=settings.ingest_memory_bytes, cache_dir=settings.home / "ingest-cache",
+                   crash_on=os.environ.get(CRASH_ENV, ""), hang_on=os.environ.get(HANG_ENV, ""))
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Outcome:
+    """One file's result: its shape, or the reason it was skipped; `cached` when the shape came
+    from the cache."""
+
+    shape: Shape | None = None
+    reason: str | None = None
+    cached: bool = False
+
+
+def read_files(files: list[Path], points: int, seeds: list[int], limits: Limits, reading: Reading,
+               on_file: Callable[[], None] | None = None) -> list[Outcome]:
+    """Each file read (into a Shape of `points`, sampled with its seed) in a reader process,
+    results in the order of `files`. An interruption (Ctrl-C) kills every reader and propagates."""
+    setup = _Setup(points=points, limits=limits, memory_bytes=reading.memory_bytes,
+                   cache_dir=str(reading.cache_dir) if reading.cache_dir else "",
+                   code_version=code_version(), crash_on=reading.crash_on, hang_on=reading.hang_on)
+    pool = _Pool(_context(), setup, max(1, min(reading.jobs, len(files))), reading.file_timeout_s)
+    outcomes: list[Outcome | None] = [None] * len(files)
+
+    def done(index: int, outcome: Outcome) -> None:
+        outcomes[index] = outcome
+        if on_file is not None:
+            on_file()
+
+    try:
+        pool.run(deque((i, str(f), seeds[i]) for i, f in enumerate(files)), done)
+    finally:
+        pool.close()
+    return [o if o is not None else Outcome(reason="not read") for o in outcomes]
+
+
+# --------------------------------------------------------------------------------------------
+# The client's side: a pool of readers, one file each at a time
+
+
+def _context() -> ForkServerContext | SpawnContext:
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["atlas_core.mesh_io"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Reader:
+    process: BaseProcess
+    conn: Connection
+    task: tuple[int, str, int] | None = None
+    started: float = 0.0
+
+
+class _Pool:
+    def __init__(self, context: ForkServerContext | SpawnContext, setup: _Setup, size: int, timeout_s: float) -> None:
+        self.context, self.setup, self.size, self.timeout_s = context, setup, size, timeout_s
+        self.readers: list[_Reader] = []
+
+    def _start(self) -> _Reader:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=_reader_main, args=(theirs, self.setup), daemon=True,
+                                       name="rodin-ingest-reader")
+        process.start()
+        theirs.close()
+        reader = _Reader(process, ours)
+        self.readers.append(reader)
+        return reader
+
+    def _give(self, reader: _Reader, tasks: deque[tuple[int, str, int]]) -> None:
+        reader.task, reader.started = tasks.popleft(), time.monotonic()
+        reader.conn.send(reader.task)
+
+    def _retire(self, reader: _Reader) -> None:
+        """End a reader (it died, hung or asked to go) and forget it."""
+        if reader.process.is_alive():
+            reader.process.kill()
+        reader.process.join()
+        reader.conn.close()
+        self.readers.remove(reader)
+
+    def run(self, tasks: deque[tuple[int, str, int]], done: Callable[[int, Outcome], None]) -> None:
+        from multiprocessing.connection import wait
+
+        for _ in range(min(self.size, len(tasks))):
+            self._give(self._start(), tasks)
+        while True:
+            busy = [r for r in self.readers if r.task is not None]
+            if not busy:
+                return
+            now = time.monotonic()
+            timeout = max(0.0, min(r.started + self.timeout_s for r in busy) - now) if self.timeout_s else None
+            ready = set(wait([r.conn for r in busy] + [r.process.sentinel for r in busy], timeout))
+            for reader in busy:
+                assert reader.task is not None
+                index = reader.task[0]
+                retire = False
+                if reader.conn in ready or reader.process.sentinel in ready:
+                    message = None
+                    try:
+                        if reader.conn.poll():  # a result sent just before dying still counts
+                            message = reader.conn.recv()
+                    except (EOFError, OSError):
+                        message = None
+                    if message is None:
+                        reader.process.join(5)
+                        done(index, Outcome(reason=_died(reader.process.exitcode)))
+                        retire = True
+                    else:
+                        outcome, retire = message
+                        done(index, outcome)
+                elif self.timeout_s and time.monotonic() - reader.started >= self.timeout_s:
+                    done(index, Outcome(reason=_took_too_long(self.timeout_s)))
+                    retire = True
+                else:
+                    continue
+                reader.task = None
+                if retire:
+                    self._retire(reader)
+                    if tasks:
+                        reader = self._start()
+                if tasks:
+                    self._give(reader, tasks)
+
+    def close(self) -> None:
+        """Stop every reader: idle ones are asked to leave, busy ones (an interrupted ingest)
+        are killed."""
+        for reader in list(self.readers):
+            if reader.task is None and reader.process.is_alive():
+                try:
+                    reader.conn.send(None)
+                    reader.process.join(2)
+                except OSError:
+                    pass
+            self._retire(reader)
+
+
+def _died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        hint = "; perhaps the system's out-of-memory killer" if -exitcode == signal.SIGKILL else ""
+        return (f"its reader process died (signal {-exitcode}, {name}{hint}): the mesh reader "
+                "cannot read this file; the other files were read")
+    return (f"its reader process ended (exit code {exitcode}) before reading it: the mesh reader "
+            "cannot read this file; the other files were read")
+
+
+def _took_too_long(timeout_s: float) -> str:
+    return (f"took longer than {timeout_s:g} s to read (RODIN_INGEST_FILE_TIMEOUT_S); raise that "
+            "setting if the file is genuine")
+
+
+def _needs_more_memory(memory_bytes: int) -> str:
+    return (f"reading it needs more memory than the {_size(memory_bytes)} each ingest process may use "
+            "(RODIN_INGEST_MEMORY_BYTES); raise that setting (and use fewer --jobs) if the file is genuine")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def code_version() -> str:
+    """What the cache key holds of the reading code: the sources of the modules that make a
+    shape and the versions of the libraries they use."""
+    from importlib import metadata
+
+    import atlas_core
+
+    digest = hashlib.sha256(f"rodin-shape-cache {CACHE_FORMAT}\n".encode())
+    folder = Path(atlas_core.__file__).parent
+    for module in _READING_MODULES:
+        digest.update((folder / f"{module}.py").read_bytes())
+    for library in _READING_LIBRARIES:
+        try:
+            digest.update(f"{library} {metadata.version(library)}\n".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{library} ?\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(content_sha256: str, points: int, seed: int, version: str) -> str:
+    return hashlib.sha256(f"{content_sha256}\n{points}\n{seed}\n{version}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The reader's side (runs in the reader process)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    points: int
+    limits: Limits
+    memory_bytes: int
+    cache_dir: str
+    code_version: str
+    crash_on: str
+    hang_on: str
+
+
+def _reader_main(conn: Connection, setup: _Setup) -> None:
+    """Read the files the client sends, one at a time, until it sends None or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
+    _die_with_parent()
+    if setup.memory_bytes:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = setup.memory_bytes if hard == resource.RLIM_INFINITY else min(setup.memory_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            outcome = _read_one(task[1], task[2], setup)
+            retire = False
+        except MemoryError:
+            outcome, retire = Outcome(reason=_needs_more_memory(setup.memory_bytes)), True
+        conn.send((outcome, retire))
+        if retire:  # a heap that ran out is not trusted with the next file
+            return
+
+
+def _die_with_parent() -> None:
+    """Linux: this reader is killed when its parent (the fork server, which ends with the
+    client) dies, even in the middle of a file."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_one(path: str, seed: int, setup: _Setup) -> Outcome:
+    from atlas_core.mesh_io import MeshError, ingest_file
+
+    name = Path(path).name
+    if setup.crash_on and name == setup.crash_on:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if setup.hang_on and name == setup.hang_on:
+        while True:
+            time.sleep(60)
+    key = None
+    if setup.cache_dir:
+        content = _file_sha256(path, setup.limits.max_file_bytes)
+        if content is not None:
+            key = cache_key(content, setup.points, seed, setup.code_version)
+            shape = _cached(Path(setup.cache_dir), key, path, content, setup.points)
+            if shape is not None:
+                return Outcome(shape=shape, cached=True)
+    limits = setup.limits
+    if setup.memory_bytes:
+        limits = replace(limits, max_memory_bytes=setup.memory_bytes, memory_in_use=_address_space())
+    try:
+        shape = ingest_file(path, n_points=setup.points, seed=seed, limits=limits)
+    except MeshError as exc:
+        if _ran_out_of_memory(exc):
+            raise MemoryError from None
+        return Outcome(reason=str(exc))
+    if key is not None:
+        _store(Path(setup.cache_dir), key, shape)
+    return Outcome(shape=shape)
+
+
+def _ran_out_of_memory(exc: BaseException) -> bool:
+    """True when a MeshError stands for a MemoryError (mesh_io folds every parser failure into
+    one line, keeping the cause as the exception's context)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, MemoryError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _address_space() -> int:
+    """Bytes of address space this process holds now (what RLIMIT_AS counts); 0 if unknown."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _file_sha256(path: str, limit: int) -> str | None:
+    """The file's sha256 (what Shape.source_sha256 holds), or None when it cannot be read within
+    the size limit (the reading itself then says why)."""
+    digest = hashlib.sha256()
+    try:
+        if os.stat(path).st_size > limit:
+            return None
+        with open(path, "rb") as fh:
+            total = 0
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    return None
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _arrays_sha256(arrays: dict[str, Any]) -> str:
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name} {value.dtype.str} {value.shape}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _cached(folder: Path, key: str, path: str, content: str, points: int) -> Shape | None:
+    """The cached shape of `key`, checked whole; None when absent or not sound (it is then read
+    again and the entry rewritten)."""
+    import numpy as np
+
+    from atlas_core.mesh_files import split_suffix
+    from atlas_core.mesh_io import Shape
+
+    entry = folder / f"{key}.npz"
+    try:
+        with np.load(entry, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in ("points", "normals", "center", "scale", "source_sha256", "key")}
+            stored = str(npz["arrays_sha256"])
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - truncated, not a zip, a member missing: read the file again
+        return None
+    points_, normals = arrays["points"], arrays["normals"]
+    sound = (stored == _arrays_sha256(arrays) and str(arrays["key"]) == key
+             and str(arrays["source_sha256"]) == content
+             and points_.shape == (points, 3) and normals.shape == (points, 3)
+             and points_.dtype == np.float32 and normals.dtype == np.float32
+             and arrays["center"].shape == (3,) and arrays["scale"].shape == ())
+    if not sound:
+        return None
+    return Shape(name=split_suffix(path)[0], points=points_, normals=normals,
+                 center=arrays["center"].astype(np.float64), scale=float(arrays["scale"]),
+                 source_sha256=content)
+
+
+def _store(folder: Path, key: str, shape: Shape) -> None:
+    """Write the entry under a temporary name, then rename it: a reader never sees half of one.
+    A cache that cannot be written (full disk) is only a cache: the shape is used anyway."""
+    import numpy as np
+
+    arrays = {"points": shape.points, "normals": shape.normals,
+              "center": np.asarray(shape.center, np.float64), "scale": np.float64(shape.scale),
+              "source_sha256": np.str_(shape.source_sha256), "key": np.str_(key)}
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, arrays_sha256=np.str_(_arrays_sha256(arrays)), **arrays)
+        os.replace(tmp, folder / f"{key}.npz")
+    except OSError:
+        tmp.unlink(missing_ok=True)
