@@ -9,18 +9,20 @@ by passes over large activations (BatchNorm, ReLU, the max over points) and by t
 allocating them afresh on every step.
 
     linear_batchnorm_relu(x, linear, bn)
-        relu(bn(linear(x))) for x: (R, Cin). With batch statistics, one autograd node: the ReLU
-        runs in place on the BatchNorm output, the backward is ReLU's mask then BatchNorm's own
-        backward kernel then the two products, and the Linear's bias, which BatchNorm cancels, is
-        not added to z (it would cost a pass over z; its gradient is exactly zero).
+        relu(bn(linear(x))) for x: (R, Cin), or for K patches' channels-first rows x: (K, Cin, R)
+        with K stacked Linear layers (`atlas_core.model.PatchLinear`) and bn over K*C channels.
+        With batch statistics, one autograd node: the ReLU runs in place on the BatchNorm
+        output, the backward is ReLU's mask then BatchNorm's own backward kernel then the two
+        products, and the Linear's bias, which BatchNorm cancels, is not added to z (it would
+        cost a pass over z; its gradient is exactly zero).
 
     latent_batchnorm_relu(t, linear, v, bn)
-        relu(bn(linear(t)[None, :, :] + v[:, None, :])) for t: (P, dim), v: (B, C) -> (B, P, C).
-        This is a patch decoder's first layer: the embedded template points u = linear(t), shared
-        by the batch, plus the latent code of each shape. On that full B x P grid the batch
-        statistics follow from u and v alone (mean = mean(u) + mean(v), var = var(u) + var(v):
-        the cross term vanishes), and the backward needs only the gradient summed over b and over
-        p, never the (B, P, C) input.
+        relu(bn(linear(t) + v)) for every patch k, shape b and template point p, t: (K, P, dim),
+        v: (B, C) -> (K, C, B*P). This is the patch decoders' first layer: the embedded template
+        points u = linear(t), shared by the batch, plus the latent code of each shape. On each
+        patch's full B x P grid the batch statistics follow from u and v alone (mean = mean(u) +
+        mean(v), var = var(u) + var(v): the cross term vanishes), and the backward needs only the
+        gradient summed over b and over p, never the (K, C, B, P) input.
 
     linear_batchnorm_max(h, linear, bn, batch)
         max over points of bn(linear(h)), h: (B*N, Cin) -> (B, C). This is PointNet's last point
@@ -45,11 +47,16 @@ autograd through the plain layers gives float rounding noise around zero.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
+
+if TYPE_CHECKING:
+    from atlas_core.model import PatchLinear
 
 # -----------------------------------------------------------------------------
 # BatchNorm bookkeeping shared by the fused layers
@@ -96,6 +103,15 @@ def _running(bn: nn.BatchNorm1d) -> tuple[Tensor | None, Tensor | None]:
     return bn.running_mean, bn.running_var
 
 
+def batchnorm(bn: nn.BatchNorm1d, z: Tensor) -> Tensor:
+    """bn over z's channels: z (R, C), rows; or (K, C, R), K patches' channels-first rows, with bn
+    over K*C channels (patch k's channel c is channel k*C + c), so that each patch's channels are
+    normalised over its own R rows, as K separate BatchNorm1d(C) layers would."""
+    if z.dim() == 2:
+        return bn(z)
+    return bn(z.reshape(1, -1, z.shape[-1])).view(z.shape)
+
+
 # -----------------------------------------------------------------------------
 # relu(bn(linear(x)))
 
@@ -105,43 +121,52 @@ class _LinearBatchNormReLU(Function):
     def forward(ctx, x, weight, bias, gamma, beta, running_mean, running_var, momentum, eps):
         # Batch statistics only. The Linear's bias shifts z and its batch mean alike, so it
         # changes neither the output nor any gradient (its own is zero): it is left out of z
-        # and added to the running mean only.
+        # and added to the running mean only. Stacked patches (x (K, Cin, R)) normalise the
+        # (1, K*C, R) view of z: BatchNorm's channels-first layout, without a copy.
         x = x.contiguous()
-        z = x @ weight.t()
+        stacked = x.dim() == 3
+        z = torch.bmm(weight, x) if stacked else x @ weight.t()
+        flat = z.view(1, -1, z.shape[-1]) if stacked else z
         y, save_mean, save_invstd = torch.native_batch_norm(
-            z, gamma, beta, running_mean, running_var, True, momentum, eps)
+            flat, gamma, beta, running_mean, running_var, True, momentum, eps)
         if running_mean is not None:
-            running_mean.add_(bias, alpha=momentum)
+            running_mean.add_(bias.reshape(-1), alpha=momentum)
         y.relu_()
-        ctx.save_for_backward(x, weight, z, y, gamma, save_mean, save_invstd)
-        ctx.eps = eps
-        return y
+        ctx.save_for_backward(x, weight, flat, y, gamma, save_mean, save_invstd)
+        ctx.eps, ctx.bias_shape = eps, bias.shape
+        return y.view(z.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, z, y, gamma, save_mean, save_invstd = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(dy.contiguous(), y, 0)
+        g = torch.ops.aten.threshold_backward(dy.contiguous().view(y.shape), y, 0)
         need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
         dz, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
             g, z, gamma, None, None, save_mean, save_invstd, True, ctx.eps,
             [need_x or need_w, need_gamma, need_beta])
         del g
-        dx = dz @ weight if need_x else None
-        dweight = dz.t() @ x if need_w else None
-        dbias = torch.zeros_like(weight[:, 0]) if need_b else None
+        if x.dim() == 3:
+            dz = dz.view(weight.shape[0], weight.shape[1], -1) if dz is not None else None
+            dx = torch.bmm(weight.transpose(1, 2), dz) if need_x else None
+            dweight = torch.bmm(dz, x.transpose(1, 2)) if need_w else None
+        else:
+            dx = dz @ weight if need_x else None
+            dweight = dz.t() @ x if need_w else None
+        dbias = weight.new_zeros(ctx.bias_shape) if need_b else None
         return dx, dweight, dbias, dgamma, dbeta, None, None, None, None
 
 
-def linear_batchnorm_relu(x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d) -> Tensor:
-    """relu(bn(linear(x))) for x: (R, Cin) -> (R, C); updates bn's running statistics.
+def linear_batchnorm_relu(x: Tensor, linear: nn.Linear | PatchLinear, bn: nn.BatchNorm1d) -> Tensor:
+    """relu(bn(linear(x))) for x: (R, Cin) -> (R, C), or for x: (K, Cin, R) -> (K, C, R) with a
+    PatchLinear and bn over K*C channels (see `batchnorm`); updates bn's running statistics.
 
     With batch statistics (training mode) one autograd node that skips the Linear's bias, which
     BatchNorm cancels (its gradient is exactly zero); otherwise the plain composition.
     """
     if not _uses_batch_stats(bn) or linear.bias is None:
-        return F.relu(bn(linear(x)))
-    if x.shape[0] < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {(x.shape[0], linear.out_features)}")
+        return F.relu(batchnorm(bn, linear(x)))
+    if x.shape[-1 if x.dim() == 3 else 0] < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     gamma, beta = _affine(bn, x)
     track = bn.track_running_stats and bn.running_mean is not None
     # native_batch_norm updates the running statistics itself (unbiased variance) when given them.
@@ -151,69 +176,79 @@ def linear_batchnorm_relu(x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d) -> T
 
 
 # -----------------------------------------------------------------------------
-# relu(bn(linear(t)[None] + v[:, None]))
+# relu(bn(linear(t) + v)) over K patches x B shapes x P template points
 
 
 class _LatentBatchNormReLU(Function):
     @staticmethod
     def forward(ctx, u, v, bias, gamma, beta, mean_u, mean_v, var, eps, batch_stats):
-        # u = linear(t) without the bias, which is added here (in eval mode; with batch
-        # statistics it cancels). mean_u + mean_v and var: the statistics to normalise with,
-        # constants here: the backward adds their gradient itself when they are the batch's own.
+        # u (K, C, P) = linear(t) without the bias, which is added here (in eval mode; with
+        # batch statistics it cancels); v (B, C); bias, gamma, beta, mean_u, var (K, C); mean_v
+        # (C,). mean_u + mean_v and var: the statistics to normalise with, constants here: the
+        # backward adds their gradient itself when they are the batch's own.
         invstd = torch.rsqrt(var + eps)
         scale = gamma * invstd
         if not batch_stats:
             mean_u = mean_u - bias
-        us = (u - mean_u) * scale                    # (P, C)
-        vs = torch.addcmul(beta, v - mean_v, scale)  # (B, C)
-        y = torch.add(us.unsqueeze(0), vs.unsqueeze(1)).relu_()  # (B, P, C)
+        us = (u - mean_u[..., None]) * scale[..., None]                       # (K, C, P)
+        vs = torch.addcmul(beta[..., None], (v - mean_v).t(), scale[..., None])  # (K, C, B)
+        # Written into a (K, C, B, P) tensor: left to itself, broadcasting may lay out its
+        # output otherwise, and the rows must be (b, p) in order.
+        K, C, P = u.shape
+        y = torch.add(us.unsqueeze(2), vs.unsqueeze(3), out=u.new_empty(K, C, v.shape[0], P)).relu_()
         ctx.save_for_backward(u, v, y, gamma, mean_u, mean_v, invstd)
         ctx.batch_stats = batch_stats
-        return y
+        return y.view(*y.shape[:2], -1)
 
     @staticmethod
     def backward(ctx, dy):
         u, v, y, gamma, mean_u, mean_v, invstd = ctx.saved_tensors
-        B, P, _ = y.shape
-        g = torch.ops.aten.threshold_backward(dy.contiguous(), y, 0)
-        g_p = g.sum(0)  # (P, C): summed over the shapes
-        g_b = g.sum(1)  # (B, C): summed over the template points
+        _, _, B, P = y.shape
+        g = torch.ops.aten.threshold_backward(dy.contiguous().view(y.shape), y, 0)
+        g_p = g.sum(2)  # (K, C, P): summed over the shapes
+        g_b = g.sum(3)  # (K, C, B): summed over the template points
         del g
-        xu = (u - mean_u) * invstd
-        xv = (v - mean_v) * invstd
-        dbeta = g_b.sum(0)
-        dgamma = (g_p * xu).sum(0) + (g_b * xv).sum(0)
-        scale = gamma * invstd
+        xu = (u - mean_u[..., None]) * invstd[..., None]      # (K, C, P)
+        xv = (v - mean_v).t() * invstd[..., None]             # (K, C, B)
+        dbeta = g_b.sum(2)
+        dgamma = (g_p * xu).sum(2) + (g_b * xv).sum(2)
+        scale = (gamma * invstd)[..., None]
         if ctx.batch_stats:
             # BatchNorm's backward, dx = scale (g - mean(g) - xhat mean(g xhat)), summed over b or
             # over p; xhat = xu[p] + xv[b], and xv (xu) sums to zero over b (over p).
             R = B * P
-            mg, mgx = dbeta / R, dgamma / R
+            mg, mgx = (dbeta / R)[..., None], (dgamma / R)[..., None]
             du = scale * (g_p - B * mg - B * xu * mgx)
             dv = scale * (g_b - P * mg - P * xv * mgx)
             dbias = torch.zeros_like(dbeta)
         else:
             du, dv = scale * g_p, scale * g_b
-            dbias = du.sum(0)
-        return du, dv, dbias, dgamma, dbeta, None, None, None, None, None
+            dbias = du.sum(2)
+        return du, dv.sum(0).t(), dbias, dgamma, dbeta, None, None, None, None, None
 
 
-def latent_batchnorm_relu(t: Tensor, linear: nn.Linear, v: Tensor, bn: nn.BatchNorm1d) -> Tensor:
-    """relu(bn(linear(t)[None] + v[:, None])) for t: (P, dim), v: (B, C) -> (B, P, C).
+def latent_batchnorm_relu(t: Tensor, linear: PatchLinear, v: Tensor, bn: nn.BatchNorm1d) -> Tensor:
+    """relu(bn(linear(t) + v)) for every patch k, shape b and template point p: t (K, P, dim),
+    v (B, C) -> (K, C, B*P), rows in (b, p) order; linear: K stacked Linear layers (dim -> C).
 
-    BatchNorm normalises over all B*P rows of the sum, exactly as bn on its (B*P, C) reshape.
+    BatchNorm (over K*C channels) normalises each patch's channels over its B*P rows, exactly as
+    `batchnorm(bn, linear(t.transpose(1, 2))[:, :, None, :] + v.t()[None, :, :, None])` on the
+    (K, C, B*P) view of that sum.
     """
-    u = F.linear(t, linear.weight)  # (P, C), without the bias
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(u[0])
-    gamma, beta = _affine(bn, u)
+    K = t.shape[0]
+    u = torch.bmm(linear.weight, t.transpose(1, 2))  # (K, C, P), without the bias
+    C = u.shape[1]
+    bias = linear.bias.view(K, C)
+    gamma, beta = (p.view(K, C) for p in _affine(bn, u))
     batch_stats = _uses_batch_stats(bn)
     with torch.no_grad():
         if batch_stats:
-            mean_u, mean_v = u.mean(0), v.mean(0)
-            var = (u - mean_u).square().mean(0) + (v - mean_v).square().mean(0)
-            _update_running_stats(bn, mean_u + mean_v + bias, var, u.shape[0] * v.shape[0])
+            mean_u, mean_v = u.mean(2), v.mean(0)
+            var = (u - mean_u[..., None]).square().mean(2) + (v - mean_v).square().mean(0)
+            _update_running_stats(bn, (mean_u + mean_v + bias).view(-1), var.view(-1), u.shape[2] * v.shape[0])
         else:
-            mean_u, mean_v, var = bn.running_mean, torch.zeros_like(bn.running_mean), bn.running_var
+            mean_u, var = bn.running_mean.view(K, C), bn.running_var.view(K, C)
+            mean_v = torch.zeros_like(mean_u[0])
     return _LatentBatchNormReLU.apply(u, v, bias, gamma, beta, mean_u, mean_v, var, bn.eps, batch_stats)
 
 

@@ -10,11 +10,11 @@ encoder's code and descends the same Chamfer distance the model was trained with
     1. latent:   z <- argmin_z chamfer(decode(z, template samples), input)     Adam, the decoders fixed
     2. decoders: (z, decoders) <- a few small Adam steps on both, from a private copy
 
-Both phases use torch.optim.Adam, with a LambdaLR for the learning-rate schedule (`_schedule`).
-
 The registered model is never touched: everything runs on `copy.deepcopy(model)`, in eval mode,
 so BatchNorm applies the running statistics of training (one shape is no batch) and the second
-phase changes only Linear weights and BatchNorm's affine parameters. Phase 2 is what moves a
+phase changes only Linear weights and BatchNorm's affine parameters. Both phases run the model's
+own decoders (`atlas_core.model.PatchDecoders`: one batched product per layer for all K patches)
+and torch.optim.Adam. Phase 2 is what moves a
 patch outside the model's learned shape space; it is kept short and slow so that patches bend
 towards the input without tearing into slivers that chase single points (see `refine`'s
 defaults and benchmarks/refine.py for the measurements behind them).
@@ -33,19 +33,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  (see below)
-import torch.nn as nn
 from torch import Tensor
 
 from atlas_core.chamfer import chamfer_distance
 from atlas_core.config import INFER
 from atlas_core.meshing import PatchMesh
-from atlas_core.model import AtlasNet, PatchDecoder
-from atlas_core.templates import Template
+from atlas_core.model import AtlasNet
 
 #: Points of the fixed evaluation sample, on both sides of the Chamfer before and after.
 EVAL_POINTS = INFER.eval_points
@@ -76,7 +73,7 @@ def _subset(points: Tensor, n: int, seed: int) -> Tensor:
 
 def _eval_template(model: AtlasNet, device: torch.device) -> Tensor:
     """Fixed template points (K, EVAL_POINTS // K, dim) for the before/after Chamfer."""
-    K = len(model.decoders)
+    K = model.config.n_patches
     generator = torch.Generator().manual_seed(EVAL_SEED)
     return model.template.sample(K, max(1, EVAL_POINTS // K), generator=generator).to(device)
 
@@ -109,80 +106,6 @@ def fit_chamfer(model: AtlasNet, latent: Tensor, points: Tensor) -> float:
     generated = model.decode(latent, template).flatten(1, 2)  # (1, K*P, 3)
     model.train(was_training)
     return float(chamfer_distance(generated, _subset(points, EVAL_POINTS, EVAL_SEED)))
-
-
-# -----------------------------------------------------------------------------
-# The K decoders as one batched network
-
-
-def _layers(decoder: PatchDecoder) -> tuple[list[nn.Linear], list[nn.BatchNorm1d]]:
-    """A decoder's Linear layers in order (fc_in, fc1, hidden..., fc_out) and the BatchNorm
-    after each but the last."""
-    linears = [decoder.fc_in, decoder.fc1, *[cast(nn.Linear, fc) for fc in decoder.fc_hidden], decoder.fc_out]
-    bns = [decoder.bn_in, decoder.bn1, *[cast(nn.BatchNorm1d, bn) for bn in decoder.bn_hidden]]
-    return linears, bns
-
-
-class StackedDecoders(nn.Module):
-    """An AtlasNet's K patch decoders in eval mode as stacked tensors: one batched product per
-    layer for all patches instead of K small ones. On the CPU a refinement step of the small
-    model is otherwise dominated by the overhead of ~100 tiny operations (measured: forward
-    10 ms -> 2-4 ms for 500 points, K=10).
-
-    The parameters are the decoders' own (Linear weights and biases, BatchNorm's gamma and
-    beta) on a leading K axis; BatchNorm applies its running statistics, as the decoders do in
-    eval mode, so the output is the same function as `AtlasNet.decode`. `write_to` copies the
-    parameters back into an AtlasNet's decoders.
-    """
-
-    def __init__(self, model: AtlasNet):
-        super().__init__()
-        layers = [_layers(cast(PatchDecoder, d)) for d in model.decoders]
-        self.act = cast(PatchDecoder, model.decoders[0]).act
-
-        def stack(tensors: list[Tensor]) -> nn.Parameter:
-            return nn.Parameter(torch.stack([t.detach() for t in tensors]).clone())
-
-        n_linear = len(layers[0][0])
-        # weights (K, in, out) and biases (K, 1, out): x @ w + b on (K, P, in) rows.
-        self.weights = nn.ParameterList(
-            [stack([lin[i].weight.transpose(0, 1) for lin, _ in layers]) for i in range(n_linear)])
-        self.biases = nn.ParameterList(
-            [stack([cast(Tensor, lin[i].bias).unsqueeze(0) for lin, _ in layers]) for i in range(n_linear)])
-        # gamma, beta (K, 1, C); the running statistics as buffers (never optimised).
-        self.gammas = nn.ParameterList(
-            [stack([bn[i].weight.unsqueeze(0) for _, bn in layers]) for i in range(n_linear - 1)])
-        self.betas = nn.ParameterList(
-            [stack([bn[i].bias.unsqueeze(0) for _, bn in layers]) for i in range(n_linear - 1)])
-        for i in range(n_linear - 1):
-            bns = [layer[1][i] for layer in layers]
-            mean = torch.stack([cast(Tensor, bn.running_mean) for bn in bns]).unsqueeze(1)
-            var = torch.stack([cast(Tensor, bn.running_var) for bn in bns]).unsqueeze(1)
-            self.register_buffer(f"mean{i}", mean.clone())
-            self.register_buffer(f"invstd{i}", torch.rsqrt(var + bns[0].eps))
-
-    def forward(self, template_points: Tensor, latent: Tensor) -> Tensor:
-        """template_points: (K, P, dim), latent: (1, D) -> generated points (1, K*P, 3)."""
-        x = template_points
-        for i, (gamma, beta) in enumerate(zip(self.gammas, self.betas)):
-            x = torch.baddbmm(self.biases[i], x, self.weights[i])  # (K, P, C)
-            if i == 0:
-                x = x + latent  # the code joins after the template's embedding, as in PatchDecoder
-            mean, invstd = getattr(self, f"mean{i}"), getattr(self, f"invstd{i}")
-            x = self.act((x - mean) * (invstd * gamma) + beta)
-        return torch.baddbmm(self.biases[-1], x, self.weights[-1]).reshape(1, -1, 3)
-
-    @torch.no_grad()
-    def write_to(self, model: AtlasNet) -> None:
-        """Copy these parameters into `model`'s decoders (whose running statistics they share)."""
-        for k, decoder in enumerate(model.decoders):
-            linears, bns = _layers(cast(PatchDecoder, decoder))
-            for linear, w, b in zip(linears, self.weights, self.biases):
-                linear.weight.copy_(w[k].transpose(0, 1))
-                cast(Tensor, linear.bias).copy_(b[k, 0])
-            for bn, gamma, beta in zip(bns, self.gammas, self.betas):
-                bn.weight.copy_(gamma[k, 0])
-                bn.bias.copy_(beta[k, 0])
 
 
 # -----------------------------------------------------------------------------
@@ -273,29 +196,31 @@ def _schedule(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, steps - ramp)))
 
 
-def _phase(net: StackedDecoders, template: Template, latent: Tensor, target: Tensor,
-           groups: list[tuple[list[Tensor], float]], steps: int, points: tuple[int, int], warmup: float,
-           patience: int, generator: torch.Generator, losses: list[float]) -> int:
+def _phase(model: AtlasNet, latent: Tensor, target: Tensor, groups: list[tuple[list[Tensor], float]],
+           steps: int, points: tuple[int, int], warmup: float, patience: int, generator: torch.Generator,
+           losses: list[float]) -> int:
     """Adam on the parameter groups [(tensors, lr)] against the Chamfer to the input, the rates
     scaled by `_schedule`; returns the steps taken.
 
-    latent: (1, D) (a leaf with gradients when it is optimised), target: (1, N, 3).
-    points: (generated, input) points per step; the input points are a fresh random subset
-    each step and the template points a fresh random sample, as in training.
+    model: in eval mode, its decoders decode; latent: (1, D) (a leaf with gradients when it is
+    optimised), target: (1, N, 3). points: (generated, input) points per step; the input points
+    are a fresh random subset each step and the template points a fresh random sample, as in
+    training.
     """
     if steps == 0:
         return 0
-    K = net.weights[0].shape[0]
-    # fused: one kernel per tensor; the loop of small ops per tensor otherwise costs about as
-    # much as the decoders' forward and backward at refinement's sizes.
+    K = model.config.n_patches
+    # fused: one kernel per tensor; the loop of small ops per tensor otherwise costs more than
+    # the decoders' forward and backward at refinement's sizes (measured: 8 -> 7.5 ms a step).
     optimizer = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in groups],
                                  fused=latent.device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, steps, warmup))
     stop = _Plateau(patience)
     for step in range(steps):
-        template_points = template.sample(K, max(1, points[0] // K), generator=generator).to(latent)
+        template_points = model.template.sample(K, max(1, points[0] // K), generator=generator).to(latent)
         seed = int(torch.randint(2**31, (1,), generator=generator))
-        loss = chamfer_distance(net(template_points, latent), _subset(target, points[1], seed))
+        generated = model.decoders(template_points, latent).flatten(1, 2)  # (1, K*P, 3)
+        loss = chamfer_distance(generated, _subset(target, points[1], seed))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -358,13 +283,11 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = LATENT_STEPS,
         work.requires_grad_(False)
         encoded = encode(work, points)
         before = fit_chamfer(work, encoded, points)
-        net = StackedDecoders(work)
-        net.requires_grad_(False)
         losses: list[float] = []
 
         latent = encoded.clone().requires_grad_(True)
-        taken_latent = _phase(net, work.template, latent, points, [([latent], latent_lr)], latent_steps,
-                              latent_points, 0.0, patience, generator, losses)
+        taken_latent = _phase(work, latent, points, [([latent], latent_lr)], latent_steps, latent_points, 0.0,
+                              patience, generator, losses)
         best_latent, best = encoded, before
         if taken_latent:
             after_latent = fit_chamfer(work, latent.detach(), points)
@@ -374,14 +297,15 @@ def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = LATENT_STEPS,
 
         refined = False
         if decoder_steps > 0:
-            net.requires_grad_(True)
-            latent = best_latent.clone().requires_grad_(True)
-            groups: list[tuple[list[Tensor], float]] = [([latent], decoder_latent_lr),
-                                                        (list(net.parameters()), decoder_lr)]
-            _phase(net, work.template, latent, points, groups, decoder_steps, decoder_points, warmup, 0,
-                   generator, losses)
+            # A second private copy: kept only if it fits better than `work`'s decoders.
             candidate = copy.deepcopy(work)
-            net.write_to(candidate)
+            decoders: list[Tensor] = list(candidate.decoders.parameters())
+            for p in decoders:
+                p.requires_grad_(True)
+            latent = best_latent.clone().requires_grad_(True)
+            _phase(candidate, latent, points, [([latent], decoder_latent_lr), (decoders, decoder_lr)], decoder_steps,
+                   decoder_points, warmup, 0, generator, losses)
+            candidate.requires_grad_(False)
             after_decoders = fit_chamfer(candidate, latent.detach(), points)
             if after_decoders <= best:
                 work, best_latent, best, refined = candidate, latent.detach(), after_decoders, True

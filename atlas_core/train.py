@@ -27,7 +27,7 @@ from atlas_core.chamfer import chamfer_distance, nearest_neighbors
 from atlas_core.checkpoint import dump_checkpoint, load_checkpoint
 from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet, ShapeSource, gather_points, split_of
-from atlas_core.model import AtlasNet
+from atlas_core.model import AtlasNet, restack_optimizer_state
 
 #: Points a streamed run holds in memory for shuffling (and for a validation set it keeps
 #: resident): a version whose training shapes fit is read once and kept, as a PointCloudSet is;
@@ -301,7 +301,7 @@ def train(
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(restack_optimizer_state(model, state["model"], state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
         history = list(state["history"])

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import atlas_core.fused as fused
-from atlas_core.fused import latent_batchnorm_relu, linear_batchnorm_max, linear_batchnorm_relu
+from atlas_core.fused import batchnorm, latent_batchnorm_relu, linear_batchnorm_max, linear_batchnorm_relu
+from atlas_core.model import PatchLinear
 
 
 def make_bn(C, dtype=torch.float32, seed=0, **kwargs):
@@ -26,12 +27,13 @@ def make_bn(C, dtype=torch.float32, seed=0, **kwargs):
     return bn
 
 
-def make_linear(Cin, C, dtype=torch.float32, seed=1):
+def make_linear(Cin, C, dtype=torch.float32, seed=1, patches=None):
+    """An nn.Linear, or with `patches` K a PatchLinear (K stacked Linear layers)."""
     g = torch.Generator().manual_seed(seed)
-    linear = nn.Linear(Cin, C).to(dtype)
+    linear = (nn.Linear(Cin, C) if patches is None else PatchLinear(patches, Cin, C)).to(dtype)
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(C, Cin, generator=g, dtype=dtype))
-        linear.bias.copy_(torch.randn(C, generator=g, dtype=dtype))
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=g, dtype=dtype))
+        linear.bias.copy_(torch.randn(linear.bias.shape, generator=g, dtype=dtype))
     return linear
 
 
@@ -42,25 +44,43 @@ def with_params(module, **params):
     return clone
 
 
-# The fused layers and the plain compositions they replace: fn(inputs, linear, bn).
+# The fused layers and the plain compositions they replace: fn(inputs, linear, bn), and the
+# patches K of a stacked layer (a PatchLinear, bn over K*C channels; None: an nn.Linear).
+K = 3
 LAYERS = {
     "linear_batchnorm_relu": (
         lambda x, lin, bn: linear_batchnorm_relu(x[0], lin, bn),
         lambda x, lin, bn: F.relu(bn(lin(x[0]))),
         lambda g, dt: [torch.randn(40, 5, generator=g, dtype=dt)],
+        None,
+    ),
+    "linear_batchnorm_relu_stacked": (
+        lambda x, lin, bn: linear_batchnorm_relu(x[0], lin, bn),
+        lambda x, lin, bn: F.relu(batchnorm(bn, lin(x[0]))),
+        lambda g, dt: [torch.randn(K, 5, 40, generator=g, dtype=dt)],
+        K,
     ),
     "latent_batchnorm_relu": (
         lambda x, lin, bn: latent_batchnorm_relu(x[0], lin, x[1], bn),
-        lambda x, lin, bn: F.relu(bn((lin(x[0])[None] + x[1][:, None]).reshape(-1, lin.out_features))).view(len(x[1]), len(x[0]), -1),
-        lambda g, dt: [torch.rand(7, 5, generator=g, dtype=dt), torch.randn(4, 6, generator=g, dtype=dt)],
+        lambda x, lin, bn: F.relu(batchnorm(bn, (lin(x[0].transpose(1, 2))[:, :, None, :] + x[1].t()[None, :, :, None])
+                                            .reshape(K, x[1].shape[1], -1))),
+        lambda g, dt: [torch.rand(K, 7, 5, generator=g, dtype=dt), torch.randn(4, 6, generator=g, dtype=dt)],
+        K,
     ),
     "linear_batchnorm_max": (
         lambda x, lin, bn: linear_batchnorm_max(x[0], lin, bn, 4),
         lambda x, lin, bn: bn(lin(x[0])).view(4, -1, lin.out_features).amax(dim=1),
         lambda g, dt: [torch.randn(4 * 10, 5, generator=g, dtype=dt)],  # no ties for the max
+        None,
     ),
 }
 C = 6
+
+
+def make_layer(name, dtype=torch.float32, **bn_options):
+    """The Linear and BatchNorm that the layer `name` runs with."""
+    patches = LAYERS[name][3]
+    return make_linear(5, C, dtype, patches=patches), make_bn(C * (patches or 1), dtype, **bn_options)
 
 
 def assert_same_stats(a: nn.BatchNorm1d, b: nn.BatchNorm1d, **tol):
@@ -76,9 +96,10 @@ def assert_same_stats(a: nn.BatchNorm1d, b: nn.BatchNorm1d, **tol):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_values_gradients_and_running_stats_match(name, training, dtype):
-    fused_fn, plain_fn, make_inputs = LAYERS[name]
+    fused_fn, plain_fn, make_inputs, _ = LAYERS[name]
     inputs = make_inputs(torch.Generator().manual_seed(0), dtype)
-    lin_a, bn_a = make_linear(5, C, dtype), make_bn(C, dtype).train(training)
+    lin_a, bn_a = make_layer(name, dtype)
+    bn_a.train(training)
     lin_b, bn_b = copy.deepcopy(lin_a), copy.deepcopy(bn_a)
     xa = [x.clone().requires_grad_() for x in inputs]
     xb = [x.clone().requires_grad_() for x in inputs]
@@ -99,9 +120,10 @@ def test_values_gradients_and_running_stats_match(name, training, dtype):
 @pytest.mark.parametrize("name", list(LAYERS))
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck(name, training):
-    fused_fn, _, make_inputs = LAYERS[name]
+    fused_fn, _, make_inputs, _ = LAYERS[name]
     inputs = [x.requires_grad_() for x in make_inputs(torch.Generator().manual_seed(0), torch.float64)]
-    lin, bn = make_linear(5, C, torch.float64), make_bn(C, torch.float64).train(training)
+    lin, bn = make_layer(name, torch.float64)
+    bn.train(training)
     bn.track_running_stats = not training  # gradcheck's repeated calls must not move them
     params = [p.detach().clone().requires_grad_() for p in (lin.weight, lin.bias, bn.weight, bn.bias)]
 
@@ -116,8 +138,8 @@ def test_gradcheck(name, training):
 @pytest.mark.parametrize("kwargs", [dict(momentum=None), dict(track_running_stats=False), dict(affine=False)])
 def test_batchnorm_options(name, kwargs):
     # The cumulative average, no running statistics, no affine parameters; over three steps.
-    fused_fn, plain_fn, make_inputs = LAYERS[name]
-    lin, bn_a = make_linear(5, C), make_bn(C, **kwargs)
+    fused_fn, plain_fn, make_inputs, _ = LAYERS[name]
+    lin, bn_a = make_layer(name, **kwargs)
     bn_b = copy.deepcopy(bn_a)
     for seed in range(3):
         inputs = make_inputs(torch.Generator().manual_seed(seed), torch.float32)

@@ -1,13 +1,16 @@
-import copy
+import io
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import atlas_core.model as model_module
 from atlas_core.chamfer import chamfer_distance
-from atlas_core.model import AtlasNet, ModelConfig, PatchDecoder, PointNetEncoder
+from atlas_core.checkpoint import dump_checkpoint, load_model
+from atlas_core.config import TrainConfig
+from atlas_core.model import AtlasNet, ModelConfig, PatchDecoders, PointNetEncoder
 from atlas_core.templates import SphereTemplate, SquareTemplate, make_template
 
 TEMPLATES = ["square", "sphere"]
@@ -87,10 +90,9 @@ def test_reference_defaults():
 def test_encoder_and_decoder_shapes():
     encoder = PointNetEncoder(bottleneck=32)
     assert encoder(torch.randn(3, 50, 3)).shape == (3, 32)
-    decoder = PatchDecoder(dim=2, bottleneck=32, hidden=16, layers=1)
-    latent = torch.randn(3, 32)
-    assert decoder(torch.rand(1, 20, 2), latent).shape == (3, 20, 3)
-    assert decoder(torch.rand(3, 20, 2), latent).shape == (3, 20, 3)
+    decoders = PatchDecoders(4, dim=2, bottleneck=32, hidden=16, layers=1)
+    assert decoders(torch.rand(4, 20, 2), torch.randn(3, 32)).shape == (3, 4, 20, 3)
+    assert decoders.eval()(torch.rand(4, 20, 2), torch.randn(1, 32)).shape == (1, 4, 20, 3)
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -155,6 +157,7 @@ def test_double_precision():
     assert model(torch.randn(2, 40, 3, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.slow  # 150 optimiser steps: ~12 s on 2 cores, the fast tier's largest item
 def test_overfits_one_cloud():
     # A tiny AtlasNet learns to cover one fixed shape (256 points on a saddle z = x^2 - y^2): a
     # check that the model, the template sampling and the Chamfer gradients fit together. A
@@ -182,8 +185,64 @@ def test_overfits_one_cloud():
 
 
 # -----------------------------------------------------------------------------
-# the specification: the plain composition of nn layers, from a model's own modules. The model
-# runs atlas_core.fused's kernels where they apply and must compute the same thing.
+# the specification: the plain composition of nn layers, on the model's layout before its K
+# decoders were stacked (K separate modules of nn.Linear and nn.BatchNorm1d layers, the layout of
+# the checkpoints registered then). The model runs stacked layers, and atlas_core.fused's kernels
+# where they apply, and must compute the same thing.
+
+
+class OldPatchDecoder(nn.Module):
+    """One patch's decoder as `AtlasNet.decoders[k]` held it before the decoders were stacked."""
+
+    def __init__(self, dim, bottleneck, hidden, layers, activation="relu"):
+        super().__init__()
+        self.act = model_module.ACTIVATIONS[activation]
+        self.fc_in = nn.Linear(dim, bottleneck)
+        self.bn_in = nn.BatchNorm1d(bottleneck)
+        self.fc1 = nn.Linear(bottleneck, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden)
+        self.fc_hidden = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
+        self.bn_hidden = nn.ModuleList([nn.BatchNorm1d(hidden) for _ in range(layers)])
+        self.fc_out = nn.Linear(hidden, 3)
+
+
+class OldAtlasNet(nn.Module):
+    """AtlasNet's parameters as they were laid out before: `decoders.{k}.fc_in.weight`, ..."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.template = make_template(config.template)
+        self.encoder = PointNetEncoder(config.bottleneck, fused=False)
+        self.decoders = nn.ModuleList([
+            OldPatchDecoder(self.template.dim, config.bottleneck, config.hidden, config.layers, config.activation)
+            for _ in range(config.n_patches)])
+
+
+def old_layout(tensors: dict[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:
+    """The model's parameters, buffers or gradients by name, in the old layout: written here
+    independently of the model's own converter (which goes the other way)."""
+    out = {}
+    for name, t in tensors.items():
+        if not name.startswith("decoders."):
+            out[name] = t
+            continue
+        rest = name[len("decoders."):]
+        for k in range(K):
+            if t.dim() == 0:  # num_batches_tracked: the same count in every patch
+                out[f"decoders.{k}.{rest}"] = t
+            elif t.dim() == 3:  # a stacked Linear: weight (K, out, in), bias (K, out, 1)
+                out[f"decoders.{k}.{rest}"] = t[k] if rest.endswith("weight") else t[k, :, 0]
+            else:  # BatchNorm over K*C channels
+                out[f"decoders.{k}.{rest}"] = t.view(K, -1)[k]
+    return out
+
+
+def as_old(model: AtlasNet) -> OldAtlasNet:
+    """An old-layout copy of the model, in its mode and dtype."""
+    old = OldAtlasNet(model.config).to(next(model.parameters()).dtype).train(model.training)
+    old.load_state_dict(old_layout(model.state_dict(), model.config.n_patches))
+    return old
 
 
 def reference_encode(encoder: PointNetEncoder, points: torch.Tensor) -> torch.Tensor:
@@ -197,8 +256,8 @@ def reference_encode(encoder: PointNetEncoder, points: torch.Tensor) -> torch.Te
     return F.relu(encoder.bn5(encoder.lin2(x)))
 
 
-def reference_decode(decoder: PatchDecoder, template_points: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """template_points (B or 1, P, dim), latent (B, D) -> (B, P, 3); BatchNorm over all B*P points."""
+def reference_decode(decoder: OldPatchDecoder, template_points: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """template_points (1, P, dim), latent (B, D) -> (B, P, 3); BatchNorm over all B*P points."""
     x = decoder.fc_in(template_points) + latent[:, None]  # (B, P, D)
     B, P, D = x.shape
     x = decoder.act(decoder.bn_in(x.reshape(B * P, D)))
@@ -208,8 +267,8 @@ def reference_decode(decoder: PatchDecoder, template_points: torch.Tensor, laten
     return decoder.fc_out(x).view(B, P, 3)
 
 
-def reference_forward(model: AtlasNet, points: torch.Tensor, seed: int) -> torch.Tensor:
-    """points (B, N, 3) -> (B, K*P, 3), the template drawn as model(points, generator=...) draws it."""
+def reference_forward(model: OldAtlasNet, points: torch.Tensor, seed: int) -> torch.Tensor:
+    """points (B, N, 3) -> (B, K*P, 3), the template drawn as AtlasNet(points, generator=...) draws it."""
     K = len(model.decoders)
     latent = reference_encode(model.encoder, points)
     g = torch.Generator().manual_seed(seed)
@@ -230,18 +289,22 @@ def no_fused_kernels(monkeypatch):
 
 
 def assert_matches_reference(model: AtlasNet, points: torch.Tensor, rtol: float = 1e-9, atol: float = 1e-11) -> None:
-    """model's forward and backward against the specification on a copy: same outputs, gradients
-    and BatchNorm running statistics, up to float rounding."""
-    reference = copy.deepcopy(model)
+    """model's forward and backward against the specification on an old-layout copy: same
+    outputs, gradients and BatchNorm running statistics, up to float rounding."""
+    K = model.config.n_patches
+    reference = as_old(model)
     out = model(points, generator=torch.Generator().manual_seed(1))
     expected = reference_forward(reference, points, seed=1)
     torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
     chamfer_distance(out, points).backward()
     chamfer_distance(expected, points).backward()
-    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=100 * rtol, atol=100 * atol, msg=name)
-    for (name, a), b in zip(model.named_buffers(), reference.buffers()):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=name)
+    grads = old_layout({name: p.grad for name, p in model.named_parameters()}, K)
+    assert grads.keys() == dict(reference.named_parameters()).keys()
+    for name, b in reference.named_parameters():
+        torch.testing.assert_close(grads[name], b.grad, rtol=100 * rtol, atol=100 * atol, msg=name)
+    buffers = old_layout(dict(model.named_buffers()), K)
+    for name, b in reference.named_buffers():
+        torch.testing.assert_close(buffers[name], b, rtol=rtol, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -271,24 +334,12 @@ def test_other_activations_fall_back_in_the_decoders():
     assert_matches_reference(model, torch.randn(3, 60, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_per_shape_template_points_fall_back(training, monkeypatch):
-    # Only the first layer: its fused kernel shares one set of template points across the batch.
-    monkeypatch.setattr(model_module, "latent_batchnorm_relu", _refuse)
-    torch.manual_seed(0)
-    decoder = PatchDecoder(dim=2, bottleneck=16, hidden=8, layers=1).double().train(training)
-    reference = copy.deepcopy(decoder)
-    template_points, latent = torch.rand(3, 20, 2, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
-    out = decoder(template_points, latent)
-    torch.testing.assert_close(out, reference_decode(reference, template_points, latent), rtol=1e-9, atol=1e-11)
-
-
 def test_autocast_falls_back(no_fused_kernels):
     # bf16 autocast (what --bf16 training uses on CUDA; the CPU has it too): the fused kernels are
     # fp32/fp64 only, so every layer runs the plain composition, in autocast's dtypes.
     torch.manual_seed(0)
     model = AtlasNet(tiny_config("square"))
-    reference = copy.deepcopy(model)
+    reference = as_old(model)
     points = torch.randn(3, 60, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(points, generator=torch.Generator().manual_seed(1))
@@ -306,3 +357,84 @@ def test_state_dict_round_trip():
     model.eval(), again.eval()
     g = torch.Generator().manual_seed(0)
     assert torch.equal(model(points, generator=g), again(points, generator=torch.Generator().manual_seed(0)))
+
+
+def _bytes(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_checkpoints_of_separate_decoders_load(template):
+    # A checkpoint registered before the decoders were stacked: K separate decoders' keys, as
+    # atlas_core.checkpoint wrote them, read back with weights_only.
+    torch.manual_seed(0)
+    config = tiny_config(template, activation="tanh" if template == "sphere" else "relu")
+    old = OldAtlasNet(config)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for p in old.parameters():
+            p.uniform_(-0.5, 0.5)
+        for seed in range(3):
+            reference_forward(old, torch.randn(3, 60, 3), seed)
+    train_config = TrainConfig(model=config)
+    optimizer = torch.optim.Adam(old.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1])
+    data = dump_checkpoint(config=train_config, model=old, optimizer=optimizer, scheduler=scheduler, epoch=1,
+                           generator=torch.Generator(), history=[])
+    assert any(key.startswith("decoders.3.fc_hidden.1.") for key in torch.load(io.BytesIO(data), weights_only=True)["model"])
+
+    model, _, _ = load_model(data)  # torch.load(weights_only=True), eval mode
+    assert old_layout(model.state_dict(), config.n_patches).keys() == old.state_dict().keys()
+    for name, tensor in old_layout(model.state_dict(), config.n_patches).items():
+        assert torch.equal(tensor, old.state_dict()[name]), name
+    points = torch.randn(2, 60, 3)
+    with torch.no_grad():
+        old.eval()
+        torch.testing.assert_close(model(points, generator=torch.Generator().manual_seed(1)),
+                                   reference_forward(old, points, seed=1))
+        old.train(), model.train()
+        torch.testing.assert_close(model(points, generator=torch.Generator().manual_seed(2)),
+                                   reference_forward(old, points, seed=2))
+
+
+def test_a_model_saved_now_loads_now_with_weights_only():
+    torch.manual_seed(0)
+    model = AtlasNet(tiny_config("sphere"))
+    with torch.no_grad():
+        model(torch.randn(3, 60, 3))  # running statistics moved
+    state = torch.load(io.BytesIO(_bytes(model.state_dict())), weights_only=True)
+    assert all(not key.split(".")[1].isdigit() for key in state if key.startswith("decoders."))
+    again = AtlasNet(tiny_config("sphere"))
+    again.load_state_dict(state)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_an_old_checkpoint_of_another_size_is_refused():
+    old = OldAtlasNet(tiny_config("square", n_patches=5, n_points=100))
+    with pytest.raises(RuntimeError, match="decoders"):
+        AtlasNet(tiny_config("square")).load_state_dict(old.state_dict())
+
+
+def test_an_old_optimizer_state_is_restacked_with_its_parameters():
+    # A job registered before the decoders were stacked resumes with its Adam moments.
+    torch.manual_seed(0)
+    config = tiny_config("square")
+    old = OldAtlasNet(config)
+    optimizer = torch.optim.Adam(old.parameters())
+    for p in old.parameters():  # one step's worth of moments, different for every tensor
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    model = AtlasNet(config)
+    model.load_state_dict(old.state_dict())
+    restacked = model_module.restack_optimizer_state(model, old.state_dict(), optimizer.state_dict())
+    fresh = torch.optim.Adam(model.parameters())
+    fresh.load_state_dict(restacked)  # the shapes fit
+    moments = {name: fresh.state[p]["exp_avg"] for name, p in model.named_parameters()}
+    expected = old_layout(moments, config.n_patches)
+    for name, p in old.named_parameters():
+        torch.testing.assert_close(expected[name], optimizer.state[p]["exp_avg"], rtol=0, atol=0)
+    # A state of the current layout is left alone.
+    current = fresh.state_dict()
+    assert model_module.restack_optimizer_state(model, model.state_dict(), current) is current

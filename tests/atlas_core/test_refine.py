@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -12,7 +13,7 @@ from atlas_core.config import ModelConfig
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.meshing import reconstruct
 from atlas_core.model import AtlasNet
-from atlas_core.refine import StackedDecoders, encode, fit_chamfer, mesh_latent, refine
+from atlas_core.refine import encode, fit_chamfer, mesh_latent, refine
 from atlas_core.swords import generate_swords
 
 FAST = dict(latent_steps=15, decoder_steps=10, latent_points=(60, 120), decoder_points=(60, 120))
@@ -87,21 +88,43 @@ def test_the_same_generator_gives_the_same_refinement(model: AtlasNet, points: t
     assert torch.get_num_threads() == threads  # refine's own thread setting is undone
 
 
-def test_stacked_decoders_compute_decode_and_write_back(model: AtlasNet) -> None:
-    net = StackedDecoders(model)
-    template = model.template.sample(3, 50, generator=torch.Generator().manual_seed(0))
+def test_refinement_decodes_each_patch_with_its_own_mlp(model: AtlasNet) -> None:
+    # Refinement optimises the model's own stacked decoders (a private copy of them). In eval mode
+    # patch k is its own MLP: its slice of every stacked Linear, and BatchNorm's running
+    # statistics and affine parameters of its channels.
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.decoders.named_parameters():
+            if ".bn" in f".{name}":
+                p.uniform_(-1, 1)
+    d = model.decoders
+    K, C = 3, 16
+    template = model.template.sample(K, 50, generator=torch.Generator().manual_seed(0))
     latent = torch.randn(1, 16)
+
+    def norm(x: torch.Tensor, bn: torch.nn.BatchNorm1d, k: int) -> torch.Tensor:
+        s = slice(k * C, (k + 1) * C)
+        return (x - bn.running_mean[s]) / torch.sqrt(bn.running_var[s] + bn.eps) * bn.weight[s] + bn.bias[s]
+
     with torch.no_grad():
-        expected = model.decode(latent, template).flatten(1, 2)
-        assert torch.allclose(net(template, latent), expected, rtol=1e-5, atol=1e-6)
-        for p in net.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-        changed = net(template, latent)
-    copy = AtlasNet(model.config).eval()
-    copy.load_state_dict(model.state_dict())
-    net.write_to(copy)
-    with torch.no_grad():
-        assert torch.allclose(copy.decode(latent, template).flatten(1, 2), changed, rtol=1e-5, atol=1e-6)
+        out = model.decode(latent, template)  # (1, K, P, 3)
+        for k in range(K):
+            x = torch.relu(norm(template[k] @ d.fc_in.weight[k].T + d.fc_in.bias[k, :, 0] + latent, d.bn_in, k))
+            for fc, bn in [(d.fc1, d.bn1), *zip(d.fc_hidden, d.bn_hidden)]:
+                x = torch.relu(norm(x @ fc.weight[k].T + fc.bias[k, :, 0], bn, k))
+            expected = x @ d.fc_out.weight[k].T + d.fc_out.bias[k, :, 0]
+            torch.testing.assert_close(out[0, k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_refined_decoders_are_the_result_models(model: AtlasNet, points: torch.Tensor) -> None:
+    # Only the decoders' parameters move, and the result meshes with them.
+    result = refine(model, points, **FAST)
+    before, after = model.state_dict(), result.model.state_dict()
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("decoders.") for name in changed)
+    assert not any(name.endswith(("running_mean", "running_var", "num_batches_tracked")) for name in changed)
+    assert not any(p.requires_grad for p in result.model.parameters())
 
 
 def test_mesh_latent_meshes_like_reconstruct(model: AtlasNet, points: torch.Tensor) -> None:
