@@ -40,7 +40,7 @@ import trimesh
 
 from atlas_core.checkpoint import load_model
 from atlas_core.config import TrainConfig
-from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.data import PointCloudSet, split_of
 from atlas_core.mesh_io import MeshError, Shape, ingest_file, shape_from_mesh
 from atlas_core.metrics import sample_mesh, surface_scores
 from atlas_core.model import AtlasNet
@@ -195,7 +195,7 @@ def reconstruction_rows(model: AtlasNet, tests: list[tuple[Shape, Shape]]) -> li
 def ood_rates(model: AtlasNet, config: TrainConfig, data: PointCloudSet, own: list[Shape],
               foreign: list[Shape]) -> dict[str, Any]:
     """False positives on the model's own held-out family, true positives on foreign shapes."""
-    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+    train_idx, val_idx = split_of(data, config.val_fraction, config.seed, config.split)
     # As workers/train_job.py does: the validation shapes from 2 of them, else the training ones.
     reference = data.points[val_idx] if len(val_idx) >= 2 else data.points[train_idx]
     stats = collect(model, reference, data.points[train_idx])
