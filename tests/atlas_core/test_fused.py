@@ -131,7 +131,9 @@ def test_gradcheck(name, training):
         *xs, weight, bias, gamma, beta = args
         return fused_fn(xs, with_params(lin, weight=weight, bias=bias), with_params(bn, weight=gamma, bias=beta))
 
-    assert torch.autograd.gradcheck(f, (*inputs, *params))
+    # fast_mode checks the Jacobian along random directions, not column by column: the same
+    # verdict on a wrong gradient at a fraction of the cost (11 s -> 2 s here, 2 cores under load).
+    assert torch.autograd.gradcheck(f, (*inputs, *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
