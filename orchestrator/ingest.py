@@ -52,6 +52,8 @@ _READING_LIBRARIES = ("numpy", "trimesh")
 #: Test hooks only (read by the client, passed to its readers): the reader that gets a file of
 #: this name kills itself with SIGKILL, or hangs, as a crashing or frozen parser would.
 CRASH_ENV, HANG_ENV = "RODIN_INGEST_TEST_CRASH", "RODIN_INGEST_TEST_HANG"
+#: Seconds a new reader may take to start (forked from the fork server: well under one).
+_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,29 @@ class _Pool:
         self.readers.append(reader)
         return reader
 
+    def _ready(self, reader: _Reader) -> _Reader:
+        """Wait for a new reader's first word: one that cannot start (an interpreter that cannot
+        import the mesh libraries) is the client's error, not a file's."""
+        from orchestrator.errors import RodinError
+
+        try:
+            if reader.conn.poll(_START_TIMEOUT_S) and reader.conn.recv() == "ready":
+                return reader
+        except (EOFError, OSError):
+            pass
+        reader.process.join(1)
+        code = reader.process.exitcode
+        self._retire(reader)
+        raise RodinError(f"could not start a reader process for the mesh files "
+                         f"({'still starting' if code is None else f'exit code {code}'} after "
+                         f"{_START_TIMEOUT_S:g} s at most); nothing was registered")
+
     def _give(self, reader: _Reader, tasks: deque[tuple[int, str, int]]) -> None:
         reader.task, reader.started = tasks.popleft(), time.monotonic()
-        reader.conn.send(reader.task)
+        try:
+            reader.conn.send(reader.task)
+        except OSError:  # it died between two files: its sentinel reports it with this file
+            pass
 
     def _retire(self, reader: _Reader) -> None:
         """End a reader (it died, hung or asked to go) and forget it."""
@@ -164,8 +186,9 @@ class _Pool:
     def run(self, tasks: deque[tuple[int, str, int]], done: Callable[[int, Outcome], None]) -> None:
         from multiprocessing.connection import wait
 
-        for _ in range(min(self.size, len(tasks))):
-            self._give(self._start(), tasks)
+        started = [self._start() for _ in range(min(self.size, len(tasks)))]  # they start side by side
+        for reader in started:
+            self._give(self._ready(reader), tasks)
         while True:
             busy = [r for r in self.readers if r.task is not None]
             if not busy:
@@ -200,7 +223,7 @@ class _Pool:
                 if retire:
                     self._retire(reader)
                     if tasks:
-                        reader = self._start()
+                        reader = self._ready(self._start())
                 if tasks:
                     self._give(reader, tasks)
 
@@ -295,6 +318,7 @@ def _reader_main(conn: Connection, setup: _Setup) -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         soft = setup.memory_bytes if hard == resource.RLIM_INFINITY else min(setup.memory_bytes, hard)
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    conn.send("ready")
     while True:
         try:
             task = conn.recv()
