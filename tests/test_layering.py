@@ -32,11 +32,13 @@ TORCH_FREE = {"atlas_core", "atlas_core.config", "atlas_core.mesh_io", "atlas_co
 class Import:
     module: str  # the imported module, absolute
     lazy: bool  # inside a function (or a TYPE_CHECKING block): not run at import time
+    typing_only: bool = False  # in a TYPE_CHECKING block: never run
 
 
 class _Imports(ast.NodeVisitor):
     def __init__(self, package: str) -> None:
         self.package, self.depth, self.found = package, 0, []  # type: list[Import]
+        self.typing = 0
 
     def _nested(self, node: ast.AST) -> None:
         self.depth += 1
@@ -47,12 +49,14 @@ class _Imports(ast.NodeVisitor):
 
     def visit_If(self, node: ast.If) -> None:
         if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            self.typing += 1
             self._nested(node)
+            self.typing -= 1
         else:
             self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
-        self.found += [Import(alias.name, self.depth > 0) for alias in node.names]
+        self.found += [Import(alias.name, self.depth > 0, self.typing > 0) for alias in node.names]
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:  # relative: resolve against this module's package
@@ -62,7 +66,7 @@ class _Imports(ast.NodeVisitor):
             module = node.module or ""
         # `from orchestrator import jobs` imports the module orchestrator.jobs.
         self.found += [Import(f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module,
-                              self.depth > 0) for alias in node.names]
+                              self.depth > 0, self.typing > 0) for alias in node.names]
 
 
 def _is_module(name: str) -> bool:
@@ -161,12 +165,15 @@ def test_the_cli_imports_no_sqlalchemy_model(path: Path) -> None:
 
 
 def _graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (at any depth of a function)."""
+    """module -> the project modules it imports when it runs (at any depth of a function; an
+    import for type checkers only never runs)."""
     names = {_module_name(p) for p in SOURCES}
     graph: dict[str, set[str]] = {}
     for path in SOURCES:
         found = set()
         for imp in _imports(path):
+            if imp.typing_only:
+                continue
             parts = imp.module.split(".")
             # `from orchestrator.cli import jobs` and `import orchestrator.cli.jobs` both name a module.
             while parts and ".".join(parts) not in names:
