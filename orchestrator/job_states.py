@@ -28,6 +28,8 @@ class JobKind(str, enum.Enum):
     train = "train"
     reconstruct = "reconstruct"
     evaluate = "evaluate"
+    ingest = "ingest"  # one part of a collection read by a worker
+    assemble = "assemble"  # a dataset version registered from its parts
 
 
 class JobStatus(str, enum.Enum):

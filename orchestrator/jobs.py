@@ -84,17 +84,23 @@ def checked_params(kind: JobKind, params: dict[str, Any] | JobParams) -> dict[st
 
 def submit(settings: Settings, kind: JobKind, *, params: dict[str, Any] | JobParams,
            dataset_id: int | None = None, input_model_id: int | None = None,
-           depends_on: int | None = None) -> int:
+           depends_on: int | list[int] | None = None) -> int:
     """Register a queued job and send its message; returns the job id.
 
     With `depends_on`, the job is registered `waiting` and sent only when that job succeeds
-    (`settle_dependents`); its `input_model_id` is then that job's final model.
+    (`settle_dependents`); its `input_model_id` is then that job's final model. With a list, it
+    waits for all of them (kept as `params.waits_for`; `depends_on_job_id` names one still
+    unfinished, moved on as each succeeds) and fails with the reason of the first that did not
+    succeed, found when the one it waits on ends.
     If the broker cannot take the message, the job is marked failed (so that it does not sit
     `queued` for ever) and a RodinError says where the broker was (without its password).
     """
     status = JobStatus.waiting if depends_on else JobStatus.queued
     sources(Event.submit, status)
     params = checked_params(kind, params)
+    if isinstance(depends_on, list):  # all of them: it waits for one unfinished at a time
+        params["waits_for"] = list(depends_on)
+        depends_on = depends_on[0]
     with session_scope(settings) as s:
         job = Job(kind=kind.value, dataset_id=dataset_id, input_model_id=input_model_id,
                   params=params, depends_on_job_id=depends_on, status=status.value)
@@ -152,17 +158,30 @@ def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
     each change is conditional on the job still waiting. Returns the ids sent to the queue."""
     sent: list[int] = []
     ended: list[int] = []
+    repointed: list[int] = []
     with session_scope(settings) as s:
         parent = s.get(Job, parent_id)
         if parent is None or not JobStatus(parent.status).finished:
             return sent
         final = s.scalar(select(func.max(ModelCheckpoint.id)).where(
             ModelCheckpoint.job_id == parent_id, ModelCheckpoint.final.is_(True)))
-        waiting = s.execute(select(Job.id, Job.kind, Job.cancel_requested).where(
+        waiting = s.execute(select(Job.id, Job.kind, Job.cancel_requested, Job.params).where(
             Job.depends_on_job_id == parent_id, Job.status == JobStatus.waiting.value)).all()
-        for job_id, _kind, cancelled in waiting:
+        for job_id, _kind, cancelled, params in waiting:
             values: dict[str, Any]
-            if cancelled:
+            others = [j for j in (params or {}).get("waits_for") or [] if j != parent_id]
+            verdict = _all_of(s, others) if others and not cancelled and \
+                parent.status == JobStatus.succeeded.value else None
+            if verdict is not None and isinstance(verdict[0], int):  # still waiting: on the next one
+                moved = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.waiting.value,
+                                                    Job.depends_on_job_id == parent_id)
+                                  .values(depends_on_job_id=verdict[0]))
+                if moved.rowcount == 1:  # type: ignore[attr-defined]
+                    repointed.append(verdict[0])
+                continue
+            if verdict is not None and verdict[1]:  # another job it waited for ended otherwise
+                to, values = JobStatus.failed, dict(finished_at=now(), error=verdict[1])
+            elif cancelled:
                 to, values = JobStatus.cancelled, dict(finished_at=now())
             elif parent.status == JobStatus.succeeded.value and (final is not None or parent.kind != "train"):
                 to, values = JobStatus.queued, dict(input_model_id=final)
@@ -173,12 +192,33 @@ def settle_dependents(settings: Settings, parent_id: int) -> list[int]:
                                                     error=f"job {parent_id}, which this job waited for, {what}")
             if _move(s, Event.settle, to, Job.id == job_id, **values):
                 (sent if to is JobStatus.queued else ended).append(job_id)
-        kinds = {job_id: kind for job_id, kind, _ in waiting}
+        kinds = {job_id: kind for job_id, kind, _, _ in waiting}
     for job_id in sent:
         send(settings, job_id, JobKind(kinds[job_id]), fail_job=False)
     for job_id in ended:
         settle_dependents(settings, job_id)  # a chain fails all the way down
+    for job_id in repointed:
+        sent += settle_dependents(settings, job_id)  # it may have ended while we read
     return sent
+
+
+def _all_of(session: Session, job_ids: list[int]) -> tuple[int | None, str | None]:
+    """For a job that waits for all of `job_ids` (its `params.waits_for`, the one that woke it
+    left out): (one of them still unfinished, None), or (None, why one ended otherwise than
+    succeeded), or (None, None) when all have succeeded."""
+    rows = {row.id: row for row in session.execute(
+        select(Job.id, Job.status, Job.error).where(Job.id.in_(job_ids)))}
+    for job_id in job_ids:
+        row = rows.get(job_id)
+        if row is None:
+            return None, f"job {job_id}, which this job waited for, is not in the registry"
+        if row.status == JobStatus.succeeded.value:
+            continue
+        if JobStatus(row.status).finished:
+            what = f"{row.status}: {row.error}" if row.error else row.status
+            return None, f"job {job_id}, which this job waited for, {what}"
+    unfinished = [j for j in job_ids if not JobStatus(rows[j].status).finished]
+    return (unfinished[0], None) if unfinished else (None, None)
 
 
 def _settle_quietly(settings: Settings, job_id: int) -> None:

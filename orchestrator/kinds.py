@@ -30,6 +30,9 @@ class JobParams:
     """A job's parameters, stored as the JSON object `jobs.params`. A field left None is left
     out, unless None means something there (`KEEP`: "no refinement")."""
 
+    #: Every job this one waits for (`jobs.submit(depends_on=[...])`), written by the job service.
+    waits_for: list[int] | None = None
+
     def to_json(self) -> dict[str, Any]:
         kept = {f.name for f in fields(self) if f.metadata.get("keep_none")}
         return {k: v for k, v in asdict(self).items() if v is not None or k in kept}
@@ -79,6 +82,29 @@ class EvaluateParams(JobParams):
 
 
 @dataclass(frozen=True)
+class IngestParams(JobParams):
+    """One part of a collection read by a worker (`rodin datasets add --on-workers`)."""
+
+    #: Where the collection lives, readable by every worker: a folder they all mount, or an
+    #: fsspec URL (`s3://bucket/prefix`).
+    root: str = ""
+    #: This part's files, relative to `root`, and the seed each is sampled with.
+    files: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    points: int = 5000
+
+
+@dataclass(frozen=True)
+class AssembleParams(JobParams):
+    """Register a dataset version from its parts' shapes once every part has succeeded."""
+
+    name: str = ""
+    root: str = ""
+    #: The part jobs, in file order.
+    parts: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class KindSpec:
     """One kind of job."""
 
@@ -100,6 +126,8 @@ KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (
     KindSpec(JobKind.train, TRAIN_QUEUE, "workers.train_job:run_train", TrainParams),
     KindSpec(JobKind.reconstruct, INFER_QUEUE, "workers.reconstruct_job:run_reconstruct", ReconstructParams),
     KindSpec(JobKind.evaluate, INFER_QUEUE, "workers.evaluate_job:run_evaluate", EvaluateParams),
+    KindSpec(JobKind.ingest, INFER_QUEUE, "workers.ingest_job:run_ingest", IngestParams),
+    KindSpec(JobKind.assemble, INFER_QUEUE, "workers.ingest_job:run_assemble", AssembleParams),
 )}
 
 

@@ -74,12 +74,21 @@ class _Rate(ProgressColumn):
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Dataset name; each add makes a new version.", show_default=False)],
-    path: Annotated[Path, typer.Argument(help="A mesh file or a folder searched recursively.", show_default=False)],
+    path: Annotated[str, typer.Argument(
+        metavar="PATH", help="A mesh file or a folder searched recursively; with --on-workers a folder "
+        "every worker mounts or a URL (s3://bucket/prefix).", show_default=False)],
     points: Points = 5000,
     seed: Seed = 0,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, help="Reader processes (default: the machine's cores).",
         show_default=False)] = None,
+    on_workers: Annotated[bool, typer.Option(
+        "--on-workers", help="Let the queue's workers read the files, in parts (one job each); the "
+        "version is registered once every part has succeeded, or not at all.")] = False,
+    part_size: Annotated[int, typer.Option(
+        "--part-size", min=1, help="Files per part with --on-workers.")] = 100,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="With --on-workers: follow the jobs until the version is registered.")] = False,
     as_json: Json = False,
 ) -> None:
     """Register every mesh under PATH (OBJ, STL, PLY, OFF, GLB/GLTF) as a new version of NAME.
@@ -94,12 +103,16 @@ def add(
     from orchestrator.ingest import Reading
 
     datasets.check_name(name)
+    if on_workers:
+        _add_on_workers(name, path, points, seed, part_size, wait, as_json)
+        return
+    folder = Path(path)
     reading = Reading.from_settings(settings(), jobs)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("Ingesting", total=None)
-        found = datasets.ingest(path, points, seed, mesh_limits(),
+        found = datasets.ingest(folder, points, seed, mesh_limits(),
                                 on_start=lambda n: bar.update(task, total=n, description=f"Ingesting {n} files"),
                                 on_file=lambda: bar.advance(task), reading=reading)
     shapes, skipped = found.shapes, found.skipped
@@ -111,16 +124,42 @@ def add(
             table.add_row(escape(row["file"]), escape(row["reason"]))
         err.print(table)
     if not shapes:
-        raise datasets.NoUsableFiles(f"none of the {found.files} files under {path} has a usable "
+        raise datasets.NoUsableFiles(f"none of the {found.files} files under {folder} has a usable "
                                      "surface; nothing registered", skipped)
     summary = datasets.register_dataset(settings(), store(), name, PointCloudSet.from_shapes(shapes),
-                                        str(path.resolve()), skipped)
+                                        str(folder.resolve()), skipped)
     if as_json:
         emit_json({"dataset": summary, "skipped": skipped, "cached": found.cached})
     else:
         reused = f", {found.cached} read before and taken from the cache" if found.cached else ""
-        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {len(shapes)} shapes from {escape(str(path))} "
+        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {len(shapes)} shapes from {escape(str(folder))} "
                   f"({len(skipped)} skipped{reused}; dataset id {summary['id']}).")
+
+
+def _add_on_workers(name: str, root: str, points: int, seed: int, part_size: int, wait: bool,
+                    as_json: bool) -> None:
+    """Queue the parts and their assembly (`orchestrator.worker_ingest`); with --wait follow
+    the assembly to the registered version."""
+    from orchestrator import worker_ingest
+    from orchestrator.cli.follow import follow
+    from workers.supervisor import ensure_local_worker
+
+    if "://" not in root:
+        root = str(Path(root).resolve())  # the workers' view of a mounted folder is absolute
+    files = worker_ingest.list_files(root)
+    started = ensure_local_worker(settings())
+    if started is not None and not as_json:
+        err.print(f"No worker was running: started one in the background (pid {started.pid}, "
+                  f"log {escape(str(started.log))}); stop it with `rodin down`.")
+    queued = worker_ingest.queue(settings(), name, root, files, points=points, seed=seed, part_size=part_size)
+    if not as_json:
+        err.print(f"Queued {len(queued.parts)} part job(s) for {queued.files} files "
+                  f"({', '.join(map(str, queued.parts))}) and job [bold]{queued.assemble}[/], which "
+                  f"registers {escape(name)} once every part has succeeded.")
+    ids = {"part_job_ids": queued.parts, "files": queued.files}
+    follow(queued.assemble, wait=wait, as_json=as_json, queued=ids,
+           extra=lambda job: {**ids, "dataset": (job.result or {}).get("dataset"),
+                              "skipped": (job.result or {}).get("skipped", [])})
 
 
 @app.command("list")

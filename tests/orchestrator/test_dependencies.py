@@ -111,10 +111,9 @@ def test_a_base_model_is_reused_and_not_retrained(settings: Settings) -> None:
 def test_a_dataset_lying_otherwise_gets_a_base_pre_trained_on_turned_shapes(settings: Settings) -> None:
     from dataclasses import replace
 
-    from atlas_core.data import PointCloudSet
     from atlas_core.families import generate_family
     from atlas_core.orientation import long_axis
-    from orchestrator.datasets import register_dataset
+    from orchestrator.datasets import load_version, register_dataset
     from orchestrator.pretrain import matching_turn
 
     quarter = ((0, -1, 0), (1, 0, 0), (0, 0, 1))  # blades along -x instead of +y
@@ -136,4 +135,42 @@ def test_a_dataset_lying_otherwise_gets_a_base_pre_trained_on_turned_shapes(sett
     assert "turned" not in sources[plain.pretrain_job_id][0]
     assert sources[turned.pretrain_job_id][0].endswith("turned x->y y->-x z->z)")
     _, uri, sha256 = sources[turned.pretrain_job_id]
-    assert long_axis(PointCloudSet.from_bytes(store.get_bytes(uri, sha256)).points) == "-x"
+    assert long_axis(load_version(store, uri, sha256).points) == "-x"
+
+
+def _finish(settings: Settings, job_id: int, status: JobStatus) -> None:
+    lease = jobs.claim(settings, job_id, "w", "cpu")
+    assert lease is not None
+    jobs.finish(settings, job_id, status, lease=lease, error="broken file system" if status is JobStatus.failed else None)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+def test_a_job_that_waits_for_all_is_sent_once_the_last_succeeds(settings: Settings, order: tuple[int, ...]) -> None:
+    parts = [jobs.submit(settings, JobKind.ingest, params={"files": [f"{i}.obj"]}) for i in range(3)]
+    after = jobs.submit(settings, JobKind.assemble, params={"name": "d", "parts": parts}, depends_on=parts)
+    assert _job(settings, after).params["waits_for"] == parts
+    for n, i in enumerate(order):
+        assert _job(settings, after).status == JobStatus.waiting.value
+        _finish(settings, parts[i], JobStatus.succeeded)
+        # It waits on one part still running, whichever ended first.
+        assert _job(settings, after).depends_on_job_id in ([parts[j] for j in order[n + 1:]] or [parts[i]])
+    assert _job(settings, after).status == JobStatus.queued.value
+
+
+def test_a_job_that_waits_for_all_fails_with_the_first_that_does_not_succeed(settings: Settings) -> None:
+    parts = [jobs.submit(settings, JobKind.ingest, params={}) for _ in range(3)]
+    after = jobs.submit(settings, JobKind.assemble, params={"parts": parts}, depends_on=parts)
+    _finish(settings, parts[0], JobStatus.succeeded)
+    _finish(settings, parts[2], JobStatus.failed)  # not the one it waits on now: found when that one ends
+    _finish(settings, parts[1], JobStatus.succeeded)
+    job = _job(settings, after)
+    assert job.status == JobStatus.failed.value
+    assert job.error == f"job {parts[2]}, which this job waited for, failed: broken file system"
+
+
+def test_a_job_that_waits_for_all_of_jobs_already_ended_settles_at_once(settings: Settings) -> None:
+    parts = [jobs.submit(settings, JobKind.ingest, params={}) for _ in range(2)]
+    for part in parts:
+        _finish(settings, part, JobStatus.succeeded)
+    after = jobs.submit(settings, JobKind.assemble, params={"parts": parts}, depends_on=parts)
+    assert _job(settings, after).status == JobStatus.queued.value

@@ -30,9 +30,17 @@ def test_the_worker_registers_a_task_per_kind_whose_body_takes_a_lease() -> None
 
 def test_every_kind_declares_its_parameters_and_they_round_trip() -> None:
     from orchestrator.jobs import checked_params
-    from orchestrator.kinds import KINDS, EvaluateParams, ReconstructParams, TrainParams
+    from orchestrator.kinds import (
+        KINDS,
+        AssembleParams,
+        EvaluateParams,
+        IngestParams,
+        ReconstructParams,
+        TrainParams,
+    )
 
-    assert {spec.params for spec in KINDS.values()} == {TrainParams, ReconstructParams, EvaluateParams}
+    assert {spec.params for spec in KINDS.values()} == {TrainParams, ReconstructParams, EvaluateParams,
+                                                        IngestParams, AssembleParams}
     # None that means something is stored; None that means "not this kind of training" is not.
     assert checked_params(JobKind.reconstruct, {"inputs": [], "refine": None}) == {"inputs": [], "refine": None}
     assert checked_params(JobKind.train, TrainParams(config={"epochs": 1}, dataset="d@1")) == \
