@@ -5,11 +5,13 @@ use, so that no command opens a registry session of its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrator import aliases
+from orchestrator.errors import UserInputError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset, ModelCheckpoint
 from orchestrator.registry.queries import model_summary, parse_dataset_ref, worker_rows
@@ -29,19 +31,61 @@ def model_config(settings: Settings, ref: str | int) -> tuple[int, dict[str, Any
         return model.id, model.config
 
 
-def list_models(settings: Settings, dataset: str | None = None, final: bool = False) -> list[dict[str, Any]]:
+#: `rodin models list` shows this many models unless told otherwise (--limit).
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of `rodin models list`: the models (newest first), how many match in all, and
+    where the next page starts (`next_before`: the `--before` that gives it; None on the last)."""
+
+    models: list[dict[str, Any]]
+    total: int
+    limit: int
+    before: int | None
+    page: int | None
+    next_before: int | None
+
+
+def page_models(settings: Settings, dataset: str | None = None, final: bool = False, *, limit: int = PAGE,
+                before: int | None = None, page: int | None = None) -> ModelPage:
     """Registered models, newest first: all, those trained on NAME (any version) or NAME@V,
-    and with `final` only each job's final checkpoint."""
+    and with `final` only each job's final checkpoint; `limit` of them (0: all) with ids below
+    `before`, or the `page`-th page of `limit` (1 the newest). Reads the page's rows only (by
+    the primary key's order) and one count."""
+    if before is not None and page is not None:
+        raise UserInputError("give --before ID or --page N, not both")
+    if page is not None and page < 1:
+        raise UserInputError(f"--page {page}: pages count from 1")
     with session_scope(settings) as s:
-        query = select(ModelCheckpoint).join(Dataset, ModelCheckpoint.dataset_id == Dataset.id)
+        where = []
         if dataset:
             name, version = parse_dataset_ref(dataset)
-            query = query.where(Dataset.name == name)
+            versions = select(Dataset.id).where(Dataset.name == name)
             if version is not None:
-                query = query.where(Dataset.version == version)
+                versions = versions.where(Dataset.version == version)
+            where.append(ModelCheckpoint.dataset_id.in_(versions))
         if final:
-            query = query.where(ModelCheckpoint.final.is_(True))
-        return [model_summary(s, m) for m in s.scalars(query.order_by(ModelCheckpoint.id.desc()))]
+            where.append(ModelCheckpoint.final.is_(True))
+        total = int(s.scalar(select(func.count()).select_from(ModelCheckpoint).where(*where)) or 0)
+        query = select(ModelCheckpoint).where(*where).order_by(ModelCheckpoint.id.desc())
+        if before is not None:
+            query = query.where(ModelCheckpoint.id < before)
+        if limit:
+            query = query.limit(limit + 1)
+            if page is not None:
+                query = query.offset((page - 1) * limit)
+        rows = list(s.scalars(query))
+        more = bool(limit) and len(rows) > limit
+        rows = rows[:limit] if limit else rows
+        return ModelPage([model_summary(s, m) for m in rows], total, limit, before, page,
+                         rows[-1].id if more and rows else None)
+
+
+def list_models(settings: Settings, dataset: str | None = None, final: bool = False) -> list[dict[str, Any]]:
+    """Every registered model that matches, newest first (`page_models` without a limit)."""
+    return page_models(settings, dataset, final, limit=0).models
 
 
 def show_model(settings: Settings, ref: str | int) -> tuple[dict[str, Any], list[dict[str, Any]]]:

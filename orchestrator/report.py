@@ -29,7 +29,7 @@ from orchestrator.aliases import aliases_of
 from orchestrator.artifacts import ArtifactError, ArtifactStore
 from orchestrator.registry.db import as_utc, session_scope
 from orchestrator.registry.models import Job, JobKind, JobStatus, ModelCheckpoint
-from orchestrator.registry.queries import dataset_summary, get_model, model_summary
+from orchestrator.registry.queries import ancestors, dataset_summary, get_model, model_summary
 from orchestrator.settings import Settings, redact
 
 #: Reconstructions shown (newest jobs first): enough to judge a model, few enough that the
@@ -40,6 +40,13 @@ MAX_EVALUATIONS = 3
 #: A job with more checkpoints than this lists them folded (`<details>`), the final one and
 #: this model still in sight.
 FOLD_CHECKPOINTS = 12
+#: A lineage longer than twice this (1,000 checkpoints over dozens of jobs) keeps its first and
+#: last FOLD_KEEP checkpoints and says how many it left out between (`rodin models show` keeps
+#: fewer: a page folds a job's checkpoints under `<details>`, a terminal cannot).
+FOLD_KEEP = 50
+#: Training jobs of the lineage shown with their loss curves: the model's own and the nearest
+#: before it (a lineage of 1,000 checkpoints may cross dozens of jobs); the rest are counted.
+MAX_TRAINING_JOBS = 6
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -72,6 +79,7 @@ class Story:
     evaluations: list[Evaluation]
     reconstructions: list[Picture]
     more_reconstructions: int = 0  # stored but not shown (beyond MAX_RECONSTRUCTIONS)
+    earlier_jobs: int = 0  # training jobs of the lineage before those shown (beyond MAX_TRAINING_JOBS)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
     generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -99,7 +107,7 @@ def story_of(settings: Settings, store: ArtifactStore, model_id: int) -> Story:
 
     with session_scope(settings) as s:
         model = get_model(s, model_id)
-        return collect(s, store, model, model_lineage(s, model)[1])
+        return collect(s, store, model, model_lineage(s, model, keep=FOLD_KEEP)[1])
 
 
 def collect(session: Session, store: ArtifactStore, model: ModelCheckpoint,
@@ -108,28 +116,26 @@ def collect(session: Session, store: ArtifactStore, model: ModelCheckpoint,
     checkpoints -> the jobs that continued from them)."""
     notes: list[str] = []
     jobs = _lineage_jobs(session, model)
+    earlier, jobs = max(0, len(jobs) - MAX_TRAINING_JOBS), jobs[-MAX_TRAINING_JOBS:]
     story = Story(model=model_summary(session, model), aliases=aliases_of(session, model.id),
                   tree=tree, dataset=dataset_summary(model.dataset),
                   jobs=[_job_row(j) for j in jobs],
                   loss_curves=[_loss_curves(session, store, j, notes) for j in jobs],
                   evaluations=_evaluations(session, store, model.id, notes), reconstructions=[],
-                  notes=notes)
+                  notes=notes, earlier_jobs=earlier)
     story.reconstructions, story.more_reconstructions = _reconstructions(session, store, model.id, notes)
     return story
 
 
 def _lineage_jobs(session: Session, model: ModelCheckpoint) -> list[Job]:
     """The training jobs whose checkpoints lead to the model (a pre-training, then its
-    fine-tunes), oldest first."""
+    fine-tunes), oldest first: the ancestors in one query (`ancestors`), the jobs in one more."""
     order: list[int] = []
-    node: ModelCheckpoint | None = model
-    seen: set[int] = set()
-    while node is not None and node.id not in seen:
-        seen.add(node.id)
-        if node.job_id not in order:
-            order.append(node.job_id)
-        node = node.parent
-    return [j for j in (session.get(Job, i) for i in reversed(order)) if j is not None]
+    for job_id in [model.job_id, *(a.job_id for a in ancestors(session, model))]:
+        if job_id not in order:
+            order.append(job_id)
+    found = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(order)))}
+    return [found[i] for i in reversed(order) if i in found]
 
 
 def _job_row(job: Job) -> dict[str, Any]:
@@ -361,11 +367,22 @@ def _tree_jobs(jobs: list[dict[str, Any]], this: int) -> str:
             chips = (f"{shown}<details><summary>{len(checkpoints)} checkpoints, epochs "
                      f"{esc(checkpoints[0]['epoch'])}\u2013{esc(checkpoints[-1]['epoch'])}</summary>{chips}</details>")
         later = "".join(
-            f"<li>from model {esc(c['model_id'])}:{_tree_jobs(c['continued_by'], this)}</li>"
+            f"<li>{_fold(c['folded']) + ', then' if c.get('folded') else 'from model ' + esc(c['model_id'])}:"
+            f"{_tree_jobs(c['continued_by'], this)}</li>"
             for c in checkpoints if c.get("continued_by"))
+        later += "".join(f"<li>{_fold(c['folded'])}</li>" for c in checkpoints
+                         if c.get("folded") and not c.get("continued_by"))
+        later += "".join(f"<li>{esc(c['continued_by_more'])} more jobs continued from model {esc(c['model_id'])}</li>"
+                         for c in checkpoints if c.get("continued_by_more"))
         items.append(f"<li>job <b>{esc(job['job_id'])}</b> on {esc(job['dataset'])}: {chips}"
                      + (f"<ul>{later}</ul>" if later else "") + "</li>")
     return f"<ul>{''.join(items)}</ul>"
+
+
+def _fold(folded: dict[str, Any]) -> str:
+    """What a folded lineage left out after a checkpoint (`orchestrator.lineage.lineage_tree`)."""
+    jobs = f" in {esc(folded['jobs'])} more jobs" if folded.get("jobs") else ""
+    return f"\u2026 {esc(folded['checkpoints'])} more checkpoints{jobs} \u2026"
 
 
 def _chip(c: dict[str, Any], this: int) -> str:
@@ -391,6 +408,9 @@ def _plain(value: Any) -> str:
 
 def _training(story: Story) -> str:
     parts = ["<h2>Training</h2>"]
+    if story.earlier_jobs:
+        parts.append(f"<p class=\"sub\">The {len(story.jobs)} training jobs nearest the model; "
+                     f"{esc(story.earlier_jobs)} earlier jobs of its lineage are not shown here.</p>")
     for job, curves in zip(story.jobs, story.loss_curves):
         facts = [("status", job["status"]), ("dataset", job["dataset"] or "-"),
                  ("started from model", job["input_model_id"] or "-"),

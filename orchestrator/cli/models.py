@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from orchestrator import catalog
-from orchestrator.cli.context import download_outputs, settings
+from orchestrator.cli.context import ID_MAX, ID_MIN, download_outputs, settings
 from orchestrator.cli.lineage_tree import as_rich
 from orchestrator.cli.output import NUMBER, TEXT, WORD, Json, age, console, emit_json, err, listing
 
@@ -22,15 +22,27 @@ def list_(
         "--dataset", "-d", help="Only models trained on NAME (any version) or NAME@V.",
         show_default=False)] = None,
     final: Annotated[bool, typer.Option("--final", help="Only each job's final checkpoint.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Models shown (0: all).")] = catalog.PAGE,
+    before: Annotated[int | None, typer.Option(
+        "--before", metavar="ID", min=ID_MIN, max=ID_MAX, show_default=False,
+        help="Only models older than ID (the next page: the line under the table says which ID).")] = None,
+    page: Annotated[int | None, typer.Option(
+        "--page", min=1, max=ID_MAX, show_default=False, help="The Nth page of --limit models (1: the newest).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Registered models, newest first."""
-    rows = catalog.list_models(settings(), dataset, final)
+    """Registered models, newest first, --limit at a time (the line under the table says how to
+    see more)."""
+    found = catalog.page_models(settings(), dataset, final, limit=limit, before=before, page=page)
+    rows = found.models
     if as_json:
-        emit_json({"models": rows})
+        emit_json({"models": rows, "total": found.total, "limit": found.limit, "before": found.before,
+                   "page": found.page, "next_before": found.next_before})
         return
     if not rows:
-        console.print("No models yet: `rodin submit train --dataset NAME --wait`.")
+        if found.total:
+            console.print(f"No models on this page ({found.total} in all): `rodin models list`.", highlight=False)
+        else:
+            console.print("No models yet: `rodin submit train --dataset NAME --wait`.")
         return
     table = listing(("id", NUMBER), ("job", NUMBER), ("dataset", TEXT), ("epoch", NUMBER), ("final", WORD),
                     ("val\nChamfer", NUMBER), ("coverage", NUMBER), ("parent", NUMBER), ("sha256", WORD),
@@ -43,6 +55,11 @@ def list_(
                       (f"{coverage:.2f}" if coverage is not None else "-") + flag,
                       str(r["parent_id"] or "-"), r["sha256"][:8], age(r["created_at"]))
     console.print(table)
+    if found.next_before is not None or len(rows) < found.total:
+        more = (f"; older: `rodin models list --before {found.next_before}`" if found.next_before is not None
+                else "")
+        err.print(f"{len(rows)} of {found.total} models (ids {rows[0]['id']}-{rows[-1]['id']}){more}; "
+                  "all: --limit 0.", highlight=False, markup=False)
 
 
 @app.command("show")

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -71,6 +72,14 @@ class Job(Base):
     """A unit of queued work. The registry, not Celery's result backend, owns its state."""
 
     __tablename__ = "jobs"
+    #: The reaper's periodic reads (orchestrator/recovery.py), every 5 s on every worker: running
+    #: jobs silent since a moment, and the jobs waiting jobs depend on. With the status first,
+    #: each is a range of one index, whatever the number of finished jobs (the plans:
+    #: tests/orchestrator/test_registry_scale.py, `python -m benchmarks.scale registry`).
+    __table_args__ = (
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_jobs_status_depends_on_job_id", "status", "depends_on_job_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)

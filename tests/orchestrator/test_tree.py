@@ -16,7 +16,15 @@ from atlas_core.data import PointCloudSet
 from orchestrator import aliases, jobs
 from orchestrator.artifacts import open_store
 from orchestrator.datasets import register_dataset
-from orchestrator.lineage import build_forest, load_registry
+from orchestrator.lineage import (
+    DEFAULT_DEPTH,
+    DEFAULT_ROOTS,
+    build_forest,
+    forest,
+    load_models,
+    load_registry,
+    plan_forest,
+)
 from orchestrator.registry.db import get_engine, session_scope
 from orchestrator.registry.models import JobKind, JobStatus
 from orchestrator.settings import Settings
@@ -152,32 +160,77 @@ def test_a_fine_tune_waiting_for_its_pre_training(rodin: Rodin) -> None:
 
 
 def test_an_empty_registry(rodin: Rodin) -> None:
-    assert rodin.json("models", "tree") == {"datasets": [], "jobs": 0, "models": 0}
+    assert rodin.json("models", "tree") == {"datasets": [], "jobs": 0, "models": 0, "depth": DEFAULT_DEPTH,
+                                            "roots": DEFAULT_ROOTS, "hidden_jobs": 0}
     assert "No datasets yet" in rodin.cli("models", "tree").stdout
 
 
-def test_few_queries_whatever_the_size(rodin: Rodin) -> None:
-    """The forest of 40 jobs and 200 checkpoints is read in the same few statements as that of
-    one job: nothing is queried per row."""
-    settings = rodin.settings()
-    swords = _dataset(settings, "swords")
-    previous: int | None = None
-    for i in range(40):
-        _, ids = _train(settings, swords, [1, 2, 3, 4, 5], from_model=previous if i % 2 else None)
-        previous = ids[-1]
+def _statements(settings: Settings, read: Any) -> tuple[Any, list[str]]:
     statements: list[str] = []
     engine = get_engine(settings)
     listen = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
     event.listen(engine, "before_cursor_execute", listen)
     try:
-        with session_scope(settings) as s:
-            reg = load_registry(s)
+        return read(), statements
     finally:
         event.remove(engine, "before_cursor_execute", listen)
-    assert len(statements) <= 4, statements
-    forest = build_forest(reg)
-    assert len(_walk_jobs(forest[0]["jobs"])) == 40
-    json.dumps(forest)  # plain data
+
+
+def test_few_queries_whatever_the_size(rodin: Rodin) -> None:
+    """The forest of 40 jobs and 200 checkpoints is read in the same few statements as that of
+    one job: nothing is queried per row, and the checkpoints read are those drawn."""
+    settings = rodin.settings()
+    swords = _dataset(settings, "swords")
+    _train(settings, swords, [1, 2, 3])
+    one, few = _statements(settings, lambda: forest(settings))
+    previous: int | None = None
+    for i in range(40):
+        _, ids = _train(settings, swords, [1, 2, 3, 4, 5], from_model=previous if i % 2 else None)
+        previous = ids[-1]
+    found, statements = _statements(settings, lambda: forest(settings, depth=0, roots=0))
+    assert len(statements) <= len(few) + 1 <= 11, statements
+    assert len(_walk_jobs(found.trees[0]["jobs"])) == 41 and found.models == 203 and found.hidden_jobs == 0
+    json.dumps(found.trees)  # plain data
+    with session_scope(settings) as s:  # the parts, as a notebook would call them
+        reg = load_registry(s)
+        plan = plan_forest(reg)
+        load_models(s, reg, plan.drawn)
+    assert build_forest(reg, plan=plan) == found.trees
+
+
+def test_the_forest_is_bounded(rodin: Rodin, lab: dict[str, Any]) -> None:
+    """--depth and --roots leave jobs out and count them where they hang; 0 lifts a bound."""
+    a, b, c, d, e = lab["jobs"]
+    a_models, b_models, *_ = lab["models"]
+    settings = lab["settings"]
+    out = rodin.json("models", "tree", "--depth", "1")
+    assert out["hidden_jobs"] == 3 and (out["depth"], out["roots"]) == (1, DEFAULT_ROOTS)
+    [job_a] = {t["dataset"]: t for t in out["datasets"]}["swords@1"]["jobs"]
+    early, final = job_a["checkpoints"]
+    assert (early["model_id"], early["more_jobs"], "continued_by" not in early) == (a_models[1], 1, True)
+    assert (final["model_id"], final["more_jobs"]) == (a_models[-1], 2)  # B, and C under it
+    text = rodin.cli("models", "tree", "--depth", "1").stdout
+    assert "... 2 more jobs continued from it" in text and "3 of 5 training jobs not drawn" in text
+    assert f"job {b} " not in text
+    # Two more fresh starts on swords@1: with --roots 2 the oldest of the three is counted.
+    f, _ = _train(settings, 1, [1])  # dataset 1: swords@1, the lab's first
+    g, _ = _train(settings, 1, [1])
+    out = rodin.json("models", "tree", "--roots", "2")
+    tree = {t["dataset"]: t for t in out["datasets"]}["swords@1"]
+    assert [j["job_id"] for j in tree["jobs"]] == [f, g] and tree["more_jobs"] == 4  # A, B, C, D
+    assert "... 4 more jobs on this dataset" in rodin.cli("models", "tree", "--roots", "2").stdout
+    everything = rodin.json("models", "tree", "--depth", "0", "--roots", "0")
+    assert everything["hidden_jobs"] == 0
+    assert sorted(j["job_id"] for t in everything["datasets"] for j in _walk_jobs(t["jobs"])) == [a, b, c, d, e, f, g]
+
+
+def test_the_cli_bounds_are_the_forests() -> None:
+    from orchestrator.cli import model_tree
+    from orchestrator.lineage import DEFAULT_DEPTH as depth
+    from orchestrator.lineage import DEFAULT_ROOTS as roots
+    from orchestrator.lineage import MAX_DRAWN
+
+    assert (model_tree.DEFAULT_DEPTH, model_tree.DEFAULT_ROOTS, model_tree.MAX_DRAWN) == (depth, roots, MAX_DRAWN)
 
 
 def test_tree_is_joined_into_models_help(rodin: Rodin, tmp_path: Path) -> None:
