@@ -190,6 +190,25 @@ class ArtifactStore:
     def exists(self, uri: str) -> bool:
         return self.fs.exists(self._local_path(uri))
 
+    def size(self, uri: str) -> int:
+        """A stored artifact's bytes, without reading it."""
+        try:
+            return int(self.fs.size(self._local_path(uri)))
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {uri} is missing from the store") from None
+
+    def relative(self, uri: str) -> str:
+        """A stored artifact's address relative to the store's root (`sha256/ab/ab12....npz`):
+        what a dataset manifest records for its shards, so that it holds wherever the store is."""
+        return self._local_path(uri)[len(self.root.rstrip("/")) + 1:]
+
+    def uri_of(self, relative: str) -> str:
+        """The URI of an address given relative to the store's root (read back with its sha256
+        as any other; `..` and absolute paths are refused as for any recorded URI)."""
+        uri = self._uri(f"{self.root.rstrip('/')}/{relative}")
+        self._local_path(uri)
+        return uri
+
 
 def open_store(settings=None, *, write_retry_s: float = 0.0) -> ArtifactStore:
     from orchestrator.settings import load_settings

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from orchestrator.artifacts import ArtifactError, ArtifactStore
+from orchestrator.artifacts import ArtifactError, ArtifactStore, StoredArtifact
 from orchestrator.errors import RodinError, UserInputError
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Dataset
@@ -24,9 +24,10 @@ from orchestrator.registry.queries import dataset_summary, next_dataset_version,
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from atlas_core.data import PointCloudSet
+    from atlas_core.data import Manifest, PointCloudSet, ShardedPointClouds
     from atlas_core.mesh_io import Limits, Shape
     from orchestrator.ingest import Reading
+    from orchestrator.shard_cache import ShardCache
 
 #: The registry's column width for dataset names.
 MAX_NAME_CHARS = 128
@@ -139,10 +140,12 @@ def dedupe_names(shapes: list, files: list[Path]) -> None:
 
 
 def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: PointCloudSet,
-                     source: str, skipped: list[dict[str, str]]) -> dict[str, Any]:
-    """Store the clouds, then the row (the next version of `name`); a failure before the commit
-    registers nothing. Returns the dataset's summary."""
-    blob = store.put_bytes(data.to_bytes(), ".npz")
+                     source: str, skipped: list[dict[str, str]],
+                     shard_bytes: int | None = None) -> dict[str, Any]:
+    """Store the clouds as shards and their manifest (`store_shards`), then the row (the next
+    version of `name`), which points at the manifest; a failure before the commit registers
+    nothing. Returns the dataset's summary."""
+    blob, _ = store_shards(store, data, shard_bytes)
     with session_scope(settings) as s:
         row = Dataset(
             name=name, version=next_dataset_version(s, name),
@@ -155,6 +158,108 @@ def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: 
         return dataset_summary(row)
 
 
+def store_shards(store: ArtifactStore, data: PointCloudSet,
+                 shard_bytes: int | None = None) -> tuple[StoredArtifact, Manifest]:
+    """Write `data` as shards of at most about `shard_bytes` (atlas_core.data.SHARD_BYTES by
+    default; each an `.npz` PointCloudSet, content-addressed), then their manifest (JSON, whose
+    sha256 the dataset row records). Shards first: a manifest never lists a missing shard."""
+    from atlas_core.data import SHARD_BYTES, Manifest, Shard, shard_sets
+
+    shards = []
+    for part in shard_sets(data, shard_bytes or SHARD_BYTES):
+        blob = store.put_bytes(part.to_bytes(), ".npz")
+        shards.append(Shard(uri=store.relative(blob.uri), sha256=blob.sha256, bytes=blob.size,
+                            names=tuple(part.names), source_sha256=tuple(part.source_sha256)))
+    manifest = Manifest(data.points_per_shape, data.content_sha256(), tuple(shards))
+    return store.put_bytes(manifest.to_bytes(), ".json"), manifest
+
+
+def read_manifest(store: ArtifactStore, uri: str, sha256: str,
+                  cache: ShardCache | None = None) -> Manifest | None:
+    """A version's manifest (sha256 checked), or None for a version stored before shards (one
+    `.npz` blob, which is not read here when its name says so)."""
+    from atlas_core.data import Manifest, ManifestError, is_manifest
+
+    if uri.endswith(".npz"):
+        return None
+    data = cache.read(uri, sha256) if cache is not None else store.get_bytes(uri, sha256)
+    if not is_manifest(data):
+        return None
+    try:
+        return Manifest.from_bytes(data)
+    except ManifestError as exc:
+        raise ArtifactError(f"dataset artifact {uri}: {exc}") from None
+
+
+def open_version(store: ArtifactStore, uri: str, sha256: str,
+                 cache: ShardCache | None = None) -> PointCloudSet | ShardedPointClouds:
+    """A stored version to read: sharded (each shard read when asked, through `cache` when
+    given, else from the store, its sha256 checked either way), or a version stored before
+    shards as one PointCloudSet in memory. A shard that does not match its sha256 is refused
+    with one line naming it (ArtifactError)."""
+    from atlas_core.data import PointCloudSet, Shard, ShardedPointClouds
+
+    manifest = read_manifest(store, uri, sha256, cache)
+    if manifest is None:
+        blob = cache.read(uri, sha256) if cache is not None else store.get_bytes(uri, sha256)
+        return PointCloudSet.from_bytes(blob)
+
+    def open_shard(shard: Shard) -> Any:
+        shard_uri = store.uri_of(shard.uri)
+        if cache is not None:
+            return cache.open(shard_uri, shard.sha256)
+        return store.get_bytes(shard_uri, shard.sha256)
+
+    return ShardedPointClouds(manifest, open_shard)
+
+
+def load_version(store: ArtifactStore, uri: str, sha256: str, cache: ShardCache | None = None,
+                 max_shapes: int | None = None) -> PointCloudSet:
+    """A stored version in memory (its first `max_shapes` shapes, when given, of a sharded one;
+    its shards are stored in a shuffled order, so those are a fair sample)."""
+    from atlas_core.data import PointCloudSet, concatenate
+
+    version = open_version(store, uri, sha256, cache)
+    if isinstance(version, PointCloudSet):
+        return version
+    parts: list[PointCloudSet] = []
+    for b in range(len(version.blocks())):
+        if max_shapes is not None and sum(len(p) for p in parts) >= max_shapes:
+            break
+        parts.append(version.read_set(b))
+    whole = concatenate(parts)
+    return whole if max_shapes is None or len(whole) <= max_shapes else whole.subset(range(max_shapes))
+
+
+def storage(store: ArtifactStore, uri: str, sha256: str) -> dict[str, Any]:
+    """How a version is stored: {"storage": "shards" or "one blob", "shards": n, "stored_bytes":
+    the shards' bytes (or the one blob's), "manifest_bytes": the manifest's (0 for one blob)}."""
+    manifest = read_manifest(store, uri, sha256)
+    if manifest is None:
+        return {"storage": "one blob", "shards": 1, "stored_bytes": store.size(uri), "manifest_bytes": 0}
+    return {"storage": "shards", "shards": len(manifest.shards), "stored_bytes": manifest.stored_bytes,
+            "manifest_bytes": store.size(uri)}
+
+
+def shard_uris(settings: Settings, store: ArtifactStore) -> set[str]:
+    """The URIs of every registered version's shards (what `rodin gc` must keep besides the rows'
+    own artifacts). A manifest that cannot be read is an error: collecting then could delete
+    shards a version needs."""
+    uris: set[str] = set()
+    with session_scope(settings) as s:
+        rows = s.execute(select(Dataset.name, Dataset.version, Dataset.artifact_uri,
+                                Dataset.artifact_sha256)).all()
+    for name, version, uri, sha256 in rows:
+        try:
+            manifest = read_manifest(store, uri, sha256)
+        except ArtifactError as exc:
+            raise RodinError(f"cannot read the manifest of dataset {name}@{version} ({exc}); "
+                             "nothing was collected") from None
+        if manifest is not None:
+            uris.update(store.uri_of(shard.uri) for shard in manifest.shards)
+    return uris
+
+
 def list_datasets(settings: Settings) -> list[dict[str, Any]]:
     """Every dataset version's summary, by name, newest version first."""
     with session_scope(settings) as s:
@@ -162,29 +267,51 @@ def list_datasets(settings: Settings) -> list[dict[str, Any]]:
                 s.scalars(select(Dataset).order_by(Dataset.name, Dataset.version.desc()))]
 
 
-def get(settings: Settings, ref: str) -> dict[str, Any]:
-    """One version's summary by NAME (its newest) or NAME@V; unknown: the one-line error."""
+def get(settings: Settings, ref: str, store: ArtifactStore | None = None) -> dict[str, Any]:
+    """One version's summary by NAME (its newest) or NAME@V; unknown: the one-line error. With
+    the store, how it is stored too (`storage`: shard count and bytes)."""
     with session_scope(settings) as s:
-        return dataset_summary(resolve_dataset(s, ref))
+        dataset = resolve_dataset(s, ref)
+        summary, uri, sha256 = dataset_summary(dataset), dataset.artifact_uri, dataset.artifact_sha256
+    if store is not None:
+        try:
+            summary.update(storage(store, uri, sha256))
+        except ArtifactError as exc:
+            raise RodinError(f"cannot read dataset {summary['ref']}: {exc}") from None
+    return summary
 
 
 def pictures(settings: Settings, store: ArtifactStore, ref: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The version's summary, and its thumbnail sheet (the first 100 shapes) and size histogram
     as PNG bytes ({"shapes", "sizes"}), drawn from the cached point clouds (sha256 checked).
     numpy and matplotlib only (no torch)."""
-    from atlas_core.data import PointCloudSet
+    import numpy as np
+
+    from atlas_core.data import PointCloudSet, concatenate
     from atlas_core.render import render_shape_sheet, render_size_histogram
 
     with session_scope(settings) as s:
         dataset = resolve_dataset(s, ref)
         summary, uri, sha256 = dataset_summary(dataset), dataset.artifact_uri, dataset.artifact_sha256
     try:
-        data = PointCloudSet.from_bytes(store.get_bytes(uri, sha256))
+        summary.update(storage(store, uri, sha256))
+        version = open_version(store, uri, sha256)
+        if isinstance(version, PointCloudSet):
+            data, scales = version, version.scales
+        else:  # shard by shard: the first 100 shapes and every shape's size, one shard in memory
+            shown: list[PointCloudSet] = []
+            sizes = []
+            for b in range(len(version.blocks())):
+                part = version.read_set(b)
+                sizes.append(part.scales)
+                if sum(len(p) for p in shown) < 100:
+                    shown.append(part.subset(range(min(len(part), 100 - sum(len(p) for p in shown)))))
+            data, scales = concatenate(shown), np.concatenate(sizes)
     except ArtifactError as exc:
         raise RodinError(f"cannot draw dataset {summary['ref']}: {exc}") from None
     return summary, {
         "shapes": render_shape_sheet(data.points, data.names, summary["ref"], normals=data.normals),
-        "sizes": render_size_histogram(data.scales, summary["ref"]),
+        "sizes": render_size_histogram(scales, summary["ref"]),
     }
 
 

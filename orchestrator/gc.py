@@ -53,7 +53,9 @@ def _modified(info: dict[str, Any]) -> datetime | None:
 
 def find_orphans(settings: Settings, store: ArtifactStore, grace_s: float = GRACE_S) -> list[Orphan]:
     """Blobs under the store's `sha256/` folder that no row references, older than `grace_s`."""
-    referenced = referenced_uris(settings)
+    from orchestrator.datasets import shard_uris
+
+    referenced = referenced_uris(settings) | shard_uris(settings, store)
     root = f"{store.root.rstrip('/')}/sha256"
     if not store.fs.exists(root):
         return []

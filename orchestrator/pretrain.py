@@ -44,20 +44,25 @@ class Base:
                 "pretrain_job_id": self.pretrain_job_id, "turn": self.turn}
 
 
+#: Shapes of a dataset that its pose is read from (a sharded version's first ones: its shards
+#: hold the shapes in a shuffled order, a fair sample); a version of fewer is read whole.
+TURN_SHAPES = 2000
+
+
 def matching_turn(settings: Settings, store: ArtifactStore, family: str, dataset_id: int) -> Turn:
     """The turn that makes the family's generated shapes lie as the dataset's do
     (atlas_core.orientation): read from the dataset's cached point clouds and a fixed sample
     of the family. No torch."""
-    from atlas_core.data import PointCloudSet
     from atlas_core.families import family_pose_sample
     from atlas_core.orientation import turn_between
+    from orchestrator.datasets import load_version
 
     with session_scope(settings) as s:
         dataset = s.get(Dataset, dataset_id)
         if dataset is None:
             raise RegistryInvariantError(f"dataset {dataset_id} vanished while a fine-tune was prepared")
         uri, sha256 = dataset.artifact_uri, dataset.artifact_sha256
-    target = PointCloudSet.from_bytes(store.get_bytes(uri, sha256))
+    target = load_version(store, uri, sha256, max_shapes=TURN_SHAPES)
     return turn_between(family_pose_sample(family).points, target.points)
 
 

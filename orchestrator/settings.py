@@ -68,6 +68,12 @@ class Settings:
     max_file_bytes: int = 512 * 1024 * 1024
     max_inflated_bytes: int = 1024 * 1024 * 1024
     max_faces: int = 20_000_000
+    #: The worker machine's cache of dataset shards (content-addressed, shared by every job
+    #: process of the machine); empty: `home/cache`.
+    cache_dir: str = ""
+    #: Bytes the shard cache may hold; least recently used shards go first (a shard in use is
+    #: never removed from under its reader: it is held open).
+    cache_bytes: int = 20 * 1024**3
     #: `rodin datasets add`: seconds one file may take in its reader process before it is
     #: skipped (its process killed), and bytes of memory (address space) each reader process
     #: may use; a file that would need more is skipped, counted before parsing where it can be.
@@ -86,6 +92,11 @@ class Settings:
     def broker_folder(self) -> Path:
         """Message folder of the embedded `filesystem://` broker."""
         return self.home / "broker"
+
+    @property
+    def cache_folder(self) -> Path:
+        """The shard cache's folder (`RODIN_CACHE_DIR`, default `home/cache`)."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else self.home / "cache"
 
     @property
     def artifact_root(self) -> str:
@@ -122,6 +133,8 @@ class Settings:
             "max_file_bytes": str(self.max_file_bytes),
             "max_inflated_bytes": str(self.max_inflated_bytes),
             "max_faces": str(self.max_faces),
+            "cache_dir": str(self.cache_folder),
+            "cache_bytes": str(self.cache_bytes),
             "ingest_file_timeout_s": f"{self.ingest_file_timeout_s:g}",
             "ingest_memory_bytes": str(self.ingest_memory_bytes),
         }

@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from atlas_core.checkpoint import load_model
-from atlas_core.data import PointCloudSet
-from atlas_core.evaluate import evaluate, validation_and_library
+from atlas_core.data import split_of
+from atlas_core.evaluate import evaluate
 from atlas_core.render import render_evaluation
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.datasets import load_version
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.kinds import EvaluateParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
+from orchestrator.shard_cache import ShardCache
 from workers import liveness
 from workers.blobs import Blob
 
@@ -64,15 +66,18 @@ def run_evaluate(settings: Settings, store: ArtifactStore, lease: jobs.Lease, de
     job_id = lease.job_id
     inputs = _load_inputs(settings, job_id)
     model, config, _ = load_model(inputs.model.read(store), device)
-    own = PointCloudSet.from_bytes(inputs.own.read(store))
-    validation, library = validation_and_library(own, config)
+    cache = ShardCache.for_settings(settings, store)
+    own = load_version(store, inputs.own.uri, inputs.own.sha256, cache)
+    # The split training used (its rule recorded in the model's config: atlas_core.data.split_of).
+    train_idx, val_idx = split_of(own, config.val_fraction, config.seed, config.split)
+    validation, library = own.subset(val_idx), own.subset(train_idx)
     if inputs.evaluated is None:
         if len(validation) == 0:
             raise ValueError(f"model {inputs.model.id} has no validation shapes: evaluate it on "
                              "another dataset with --dataset NAME")
         evaluated = validation
     else:
-        evaluated = PointCloudSet.from_bytes(inputs.evaluated.read(store))
+        evaluated = load_version(store, inputs.evaluated.uri, inputs.evaluated.sha256, cache)
         # Scored on other shapes, the model competes with copying the nearest of every shape
         # it was given, its validation ones included.
         library = own

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from atlas_core.checkpoint import load_model
 from atlas_core.config import INFER, TrainConfig
-from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.data import split_of
 from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
 from atlas_core.model import AtlasNet
@@ -23,12 +23,14 @@ from atlas_core.refine import encode, fit_chamfer, mesh_latent, refine
 from atlas_core.render import render_reconstruction
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
+from orchestrator.datasets import open_version
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 from orchestrator.kinds import ReconstructParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.settings import Settings, mesh_limits
+from orchestrator.shard_cache import ShardCache
 from workers import liveness
 from workers.blobs import Blob
 
@@ -46,8 +48,9 @@ class _Inputs:
     dataset: Blob  # whose validation shapes are reconstructed when no files are given
     refine: dict[str, int] | None  # atlas_core.refine.refine's phases; None: no refinement
     ood: dict[str, object] | None  # the model's in-distribution statistics (atlas_core.ood)
-    # (val_fraction, seed) of another model's split (`validation_of`); None: the model's own.
-    split: tuple[float, int] | None = None
+    # (val_fraction, seed, split method) of another model's split (`validation_of`); None: the
+    # model's own.
+    split: tuple[float, int, str] | None = None
 
 
 def _load_inputs(settings: Settings, job_id: int) -> _Inputs:
@@ -73,7 +76,8 @@ def _use_validation_of(session: Session, inputs: _Inputs, model_id: int) -> None
         raise RegistryInvariantError(f"model {model_id}, whose validation shapes this job "
                                      "reconstructs, is not in the registry")
     config = TrainConfig.from_dict(other.config)
-    inputs.dataset, inputs.split = Blob.of_dataset(other.dataset), (config.val_fraction, config.seed)
+    inputs.dataset = Blob.of_dataset(other.dataset)
+    inputs.split = (config.val_fraction, config.seed, config.split)
 
 
 def _input_name(f: dict[str, str]) -> str:
@@ -97,10 +101,12 @@ def _uploaded_shapes(store: ArtifactStore, files: list[dict[str, str]], n: int,
     return shapes
 
 
-def _validation_shapes(store: ArtifactStore, inputs: _Inputs, val_fraction: float,
-                       seed: int) -> list[Shape]:
-    data = PointCloudSet.from_bytes(inputs.dataset.read(store))
-    train_idx, val_idx = split_indices(len(data), val_fraction, seed)
+def _validation_shapes(store: ArtifactStore, cache: ShardCache, inputs: _Inputs, val_fraction: float,
+                       seed: int, method: str) -> list[Shape]:
+    """The model's validation shapes, split by training's rule (`split_of`); only the shards
+    that hold them are read (through the machine's cache)."""
+    data = open_version(store, inputs.dataset.uri, inputs.dataset.sha256, cache)
+    train_idx, val_idx = split_of(data, val_fraction, seed, method)
     chosen = data.subset(val_idx if len(val_idx) else train_idx[:1])
     return [
         Shape(chosen.names[i], chosen.points[i], chosen.normals[i], chosen.centers[i],
@@ -127,7 +133,8 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     if inputs.files:
         shapes = _uploaded_shapes(store, inputs.files, max(config.model.n_points, INFER.input_points), mesh_limits(settings))
     else:
-        shapes = _validation_shapes(store, inputs, *(inputs.split or (config.val_fraction, config.seed)))
+        shapes = _validation_shapes(store, ShardCache.for_settings(settings, store), inputs,
+                                    *(inputs.split or (config.val_fraction, config.seed, config.split)))
 
     outputs: list[dict[str, object]] = []
     results: list[dict[str, object]] = []

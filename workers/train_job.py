@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sqlalchemy import select
 
 from atlas_core.checkpoint import load_checkpoint
 from atlas_core.config import TrainConfig
-from atlas_core.data import PointCloudSet
+from atlas_core.data import PointCloudSet, ShapeSource, gather_points, split_of
 from atlas_core.render import render_loss_curves
 from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, train
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.datasets import open_version
 from orchestrator.errors import RegistryInvariantError
 from orchestrator.kinds import TrainParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
 from orchestrator.settings import Settings
+from orchestrator.shard_cache import ShardCache
 from workers import liveness, runtime
 from workers.blobs import Blob
 
@@ -94,7 +97,10 @@ def _registered_epochs(settings: Settings, job_id: int) -> dict[int, int]:
 def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
     job_id = lease.job_id
     plan = _plan(settings, job_id, device)
-    data = PointCloudSet.from_bytes(plan.dataset.read(store))
+    # Shards through the machine's cache (each fetched once per machine, sha256 checked), read
+    # as training goes; a version stored before shards is one blob in memory, as before.
+    data = open_version(store, plan.dataset.uri, plan.dataset.sha256,
+                        ShardCache.for_settings(settings, store))
     resume_bytes = plan.resume.read(store) if plan.resume else None
     init_weights = None
     if plan.start_from is not None and resume_bytes is None:
@@ -134,19 +140,34 @@ def _blob_of(settings: Settings, model_id: int) -> Blob:
         return Blob.of_model(model)
 
 
-def _ood_stats(store: ArtifactStore, final: Blob, data: PointCloudSet, config: TrainConfig,
+def _ood_stats(store: ArtifactStore, final: Blob, data: ShapeSource, config: TrainConfig,
                device: str, job_id: int) -> dict[str, object] | None:
     """What "in distribution" means for the final model (atlas_core.ood), from its validation
-    shapes (its training shapes if it has none); stored with the final checkpoint."""
+    shapes (its training shapes if it has none); stored with the final checkpoint. From a
+    sharded version, only the shapes the statistics use are read (at most ood.MAX_SHAPES of
+    each side, the same seeded choice `collect` makes)."""
     from atlas_core.checkpoint import load_model
-    from atlas_core.data import split_indices
-    from atlas_core.ood import collect
+    from atlas_core.ood import MAX_SHAPES, collect
 
     try:
         model, _, _ = load_model(final.read(store), device)
-        train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
-        held_out = data.points[val_idx] if len(val_idx) >= 2 else data.points[train_idx]
-        return collect(model, held_out, data.points[train_idx]).as_dict()
+        train_idx, val_idx = split_of(data, config.val_fraction, config.seed, config.split)
+        if isinstance(data, PointCloudSet):
+            held_out = data.points[val_idx] if len(val_idx) >= 2 else data.points[train_idx]
+            return collect(model, held_out, data.points[train_idx]).as_dict()
+        ref_idx = val_idx if len(val_idx) >= 2 else train_idx
+        training = gather_points(data, _capped(train_idx, MAX_SHAPES, 0))
+        if ref_idx is train_idx:
+            return collect(model, training, training).as_dict()
+        return collect(model, gather_points(data, _capped(ref_idx, MAX_SHAPES, 1)), training).as_dict()
     except Exception:  # noqa: BLE001 - a model without statistics still reconstructs; say so in the log
         log.warning("job %s: could not collect out-of-distribution statistics", job_id, exc_info=True)
         return None
+
+
+def _capped(indices: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` of the indices: atlas_core.ood's seeded choice of clouds, made on indices
+    so that only the chosen shapes are read."""
+    if len(indices) <= limit:
+        return indices
+    return indices[np.sort(np.random.default_rng(seed).choice(len(indices), limit, replace=False))]

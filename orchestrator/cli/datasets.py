@@ -189,7 +189,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_d
     from orchestrator import datasets
 
     if plots is None:
-        summary, written = datasets.get(settings(), ref), None
+        summary, written = datasets.get(settings(), ref, store()), None
     else:
         if plots.exists() and not plots.is_dir():
             raise UserInputError(f"--plots {plots} is a file: give a folder (it is created if missing)")
@@ -201,10 +201,17 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.", show_d
     for key in ("ref", "id", "shapes", "points_per_shape", "source", "content_sha256",
                 "artifact_uri", "created_at"):
         console.print(f"[bold]{key:17}[/] {escape(str(summary[key]))}", highlight=False, soft_wrap=True)
+    stored = (f"{summary['shards']} shard(s), {_mib(summary['stored_bytes'])}"
+              if summary["storage"] == "shards" else f"one blob, {_mib(summary['stored_bytes'])}")
+    console.print(f"[bold]{'stored':17}[/] {stored}", highlight=False, soft_wrap=True)
     for row in summary["skipped"]:
         console.print(f"  skipped {escape(str(row['file']))}: {escape(str(row['reason']))}", highlight=False)
     for what, written_path in (written or {}).items():
         err.print(f"Wrote {what} plot {escape(written_path)}", highlight=False, soft_wrap=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB ({n} bytes)"
 
 
 def _write(pngs: dict[str, bytes], folder: Path, stem: str) -> dict[str, str]:
