@@ -19,8 +19,8 @@ from atlas_core.evaluate import (
     validation_and_library,
 )
 from atlas_core.families import generate_family
-from atlas_core.metrics import retrieval_chamfer
 from atlas_core.mesh_io import shape_from_mesh
+from atlas_core.metrics import retrieval_chamfer
 from atlas_core.model import AtlasNet
 from atlas_core.swords import generate_swords
 from atlas_core.train import CheckpointEvent, TrainCallbacks, train
