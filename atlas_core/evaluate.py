@@ -53,7 +53,7 @@ HEALTH_MESHES, HEALTH_PER_BATCH = 16, 4
 #: A library of up to this many shapes is searched exactly (every pair's Chamfer).
 EXACT_RETRIEVAL_UP_TO = 64
 #: Past it, library shapes per evaluated shape whose exact Chamfer is computed, picked by descriptor.
-RETRIEVAL_CANDIDATES = 16
+RETRIEVAL_CANDIDATES = 32
 #: The descriptor: distances from this many probe points (drawn from the library's points) to
 #: the nearest point of a cloud, reduced to DESCRIPTOR_DIMS principal components.
 PROBES, DESCRIPTOR_DIMS = 512, 32
