@@ -32,7 +32,7 @@ from atlas_core.model import AtlasNet, restack_optimizer_state
 #: Points a streamed run holds in memory for shuffling (and for a validation set it keeps
 #: resident): a version whose training shapes fit is read once and kept, as a PointCloudSet is;
 #: a larger one is streamed through a buffer of this many bytes of points.
-BUFFER_BYTES = 128 * 1024 * 1024
+BUFFER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -179,24 +179,27 @@ class _Loader:
             yield torch.from_numpy(points).to(self.device), None
 
     def _streamed(self, generator: torch.Generator) -> Iterator[np.ndarray]:
-        """Every training shape once, shuffled across blocks and within the buffer."""
-        buffer: list[np.ndarray] = []
+        """Every training shape once, shuffled across blocks and within the buffer (one array
+        of `buffer` shapes, allocated once per epoch: memory is its size, not the data's)."""
+        buffer = np.empty((min(self.buffer, len(self.train_idx)), self.data.points_per_shape, 3), np.float32)
+        filled = 0
         for b in torch.randperm(len(self._train_in), generator=generator).tolist():
             rows = self._train_in[b]
             if not len(rows):
                 continue
             points = self.data.read_points(b)
             for r in torch.randperm(len(rows), generator=generator).tolist():
-                item = np.array(points[rows[r]], dtype=np.float32)  # a copy: the block is let go
-                if len(buffer) < self.buffer:
-                    buffer.append(item)
+                if filled < len(buffer):
+                    buffer[filled] = points[rows[r]]
+                    filled += 1
                     continue
                 k = int(torch.randint(len(buffer), (1,), generator=generator))
-                out, buffer[k] = buffer[k], item
+                out = buffer[k].copy()
+                buffer[k] = points[rows[r]]
                 yield out
             del points
-        for k in torch.randperm(len(buffer), generator=generator).tolist():
-            yield buffer[k]
+        for k in torch.randperm(filled, generator=generator).tolist():
+            yield buffer[k].copy()
 
     def validation(self, batch_size: int) -> torch.Tensor | Iterator[torch.Tensor]:
         """The validation shapes (the training shapes if none), whole or as ordered chunks."""

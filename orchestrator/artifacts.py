@@ -197,6 +197,15 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactError(f"artifact {uri} is missing from the store") from None
 
+    def head(self, uri: str, n: int) -> bytes:
+        """An artifact's first `n` bytes, unchecked (what kind of file it is; read it whole with
+        get_bytes to use it)."""
+        try:
+            with self.fs.open(self._local_path(uri), "rb") as fh:
+                return bytes(fh.read(n))
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {uri} is missing from the store") from None
+
     def relative(self, uri: str) -> str:
         """A stored artifact's address relative to the store's root (`sha256/ab/ab12....npz`):
         what a dataset manifest records for its shards, so that it holds wherever the store is."""

@@ -177,10 +177,11 @@ def store_shards(store: ArtifactStore, data: PointCloudSet,
 def read_manifest(store: ArtifactStore, uri: str, sha256: str,
                   cache: ShardCache | None = None) -> Manifest | None:
     """A version's manifest (sha256 checked), or None for a version stored before shards (one
-    `.npz` blob, which is not read here when its name says so)."""
+    `.npz` blob, not read here: its first byte tells; a bundle import may have named a manifest
+    `.npz`)."""
     from atlas_core.data import Manifest, ManifestError, is_manifest
 
-    if uri.endswith(".npz"):
+    if not is_manifest(store.head(uri, 1)):
         return None
     data = cache.read(uri, sha256) if cache is not None else store.get_bytes(uri, sha256)
     if not is_manifest(data):
