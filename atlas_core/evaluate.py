@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from atlas_core.config import INFER, TrainConfig
-from atlas_core.data import PointCloudSet, split_indices
+from atlas_core.data import PointCloudSet, split_of
 from atlas_core.meshing import PatchMesh, reconstruct
 from atlas_core.metrics import (
     FSCORE_THRESHOLD,
@@ -100,10 +100,11 @@ def validation_and_library(own: PointCloudSet,
                            config: TrainConfig) -> tuple[PointCloudSet, PointCloudSet]:
     """The model's own validation split and its training split (the retrieval library).
 
-    The split is the one training used (`config.val_fraction`, `config.seed`). The validation
-    set is empty when the split left none (e.g. a single shape): evaluate on another set then.
+    The split is the one training used (`data.split_of` with the config's rule, fraction and
+    seed). The validation set is empty when the split left none (e.g. a single shape):
+    evaluate on another set then.
     """
-    train_idx, val_idx = split_indices(len(own), config.val_fraction, config.seed)
+    train_idx, val_idx = split_of(own, config.val_fraction, config.seed, config.split)
     return own.subset(val_idx), own.subset(train_idx)
 
 

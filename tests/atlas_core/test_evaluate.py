@@ -10,7 +10,7 @@ import pytest
 
 from atlas_core.checkpoint import load_model
 from atlas_core.config import ModelConfig, TrainConfig
-from atlas_core.data import PointCloudSet
+from atlas_core.data import PointCloudSet, split_of
 from atlas_core.evaluate import (
     EvaluationReport,
     evaluate,
@@ -71,7 +71,10 @@ def test_a_checkpoint_scores_its_validation_split_against_its_training_split(
     report = _evaluate(model, shapes, library, batch=1,
                        on_progress=lambda *p: progress.append(p))
 
-    assert (len(shapes), len(library)) == (2, 4)
+    # Training's own split (by identity: a share of val_fraction on average, not exactly).
+    train_idx, val_idx = split_of(swords, config.val_fraction, config.seed, config.split)
+    assert (len(shapes), len(library)) == (len(val_idx), len(train_idx)) and len(val_idx) >= 1
+    assert library.names == [swords.names[i] for i in train_idx]
     assert list(report.as_dict()) == KEYS
     json.dumps(report.as_dict())  # what the worker stores
     assert report.shapes == 2 and report.retrieval_library == 4
