@@ -77,12 +77,13 @@ def test_a_checkpoint_scores_its_validation_split_against_its_training_split(
     assert library.names == [swords.names[i] for i in train_idx]
     assert list(report.as_dict()) == KEYS
     json.dumps(report.as_dict())  # what the worker stores
-    assert report.shapes == 2 and report.retrieval_library == 4
+    assert report.shapes == len(shapes) and report.retrieval_library == len(library)
     assert [r["name"] for r in report.per_shape] == shapes.names
     assert {r["retrieved"] for r in report.per_shape} <= set(library.names)
     assert 0 <= report.fscore <= 1 and 0 <= report.coverage <= 1
     assert f"{POINTS} points" in report.chamfer_units
-    assert progress == [(1, 2, "reconstruct"), (2, 2, "reconstruct"), (2, 2, "retrieval")]
+    n = len(shapes)
+    assert progress == [*((i, n, "reconstruct") for i in range(1, n + 1)), (n, n, "retrieval")]
     assert (report.retrieval_search, report.retrieval_candidates) == ("exact", None)  # a small library
     _assert_consistent(report)
     # Seeded: the same scores again, up to float rounding when the batches differ.
