@@ -62,7 +62,9 @@ def export_bundle(settings: Settings, store: ArtifactStore, model_ref: str, path
         model = resolve_model(s, model_ref)
         manifest = manifest_of(s, model, redact(settings.registry_url))
         sources = _sources(s, model)
-    if not _wants_data(store, sources["dataset"], include_data):
+    if _wants_data(store, sources["dataset"], include_data):
+        sources["shard"] = _shards(store, sources["dataset"][0])
+    else:
         del sources["dataset"]
     blobs: dict[str, bytes] = {}
     listed: list[dict[str, Any]] = []
@@ -130,14 +132,31 @@ def _sources(session: Session, model: ModelCheckpoint) -> dict[str, list[dict[st
     }
 
 
+def _shards(store: ArtifactStore, dataset: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shards of a version stored as shards (its blob is their manifest), each to travel
+    with the manifest: their addresses in it are relative to the store, and the importing
+    store puts each at the same content address. None for a version of one blob."""
+    from atlas_core.data import Manifest, is_manifest
+
+    data = store.get_bytes(dataset["uri"], dataset["sha256"])
+    if not is_manifest(data):
+        return []
+    return [{"uri": store.uri_of(shard.uri), "sha256": shard.sha256} for shard in Manifest.from_bytes(data).shards]
+
+
 def _wants_data(store: ArtifactStore, dataset: list[dict[str, Any]], include: bool | None) -> bool:
+    from atlas_core.data import Manifest, is_manifest
     from orchestrator.artifacts import ArtifactError
 
     if include is not None:
         return include
-    try:  # the size, without reading the blob: a dataset may be gigabytes
+    try:  # the size, without reading the clouds: a dataset may be gigabytes
         size = int(store.fs.size(store._local_path(dataset[0]["uri"])))
-    except (ArtifactError, OSError):
+        if size <= DATA_LIMIT_BYTES:
+            head = store.get_bytes(dataset[0]["uri"], dataset[0]["sha256"])
+            if is_manifest(head):  # a manifest is small; its shards are the size
+                size += Manifest.from_bytes(head).stored_bytes
+    except (ArtifactError, OSError, ValueError):
         return False
     return size <= DATA_LIMIT_BYTES
 

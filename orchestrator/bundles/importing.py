@@ -25,7 +25,7 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:  # fsspec stays out of `rodin models show`, which reads import records here
     from orchestrator.artifacts import ArtifactStore, StoredArtifact
 
-SUFFIX = {"weights": ".pt", "dataset": ".npz"}
+SUFFIX = {"weights": ".pt", "dataset": ".npz", "shard": ".npz"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _put_blobs(store: ArtifactStore, bundle: Bundle, skip_dataset: bool) -> dict
     """Blobs before rows; the manifest is kept too (a job output), so the record stays whole."""
     stored = {}
     for blob in bundle.manifest["blobs"]:
-        if blob["role"] == "dataset" and skip_dataset:
+        if blob["role"] in ("dataset", "shard") and skip_dataset:
             continue
         suffix = SUFFIX.get(blob["role"]) or Path(str(blob.get("name", ""))).suffix[:16]
         stored[blob["sha256"]] = store.put_bytes(bundle.blobs[blob["sha256"]], suffix)

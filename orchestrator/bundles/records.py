@@ -109,9 +109,10 @@ def _check_blobs(manifest: dict[str, Any], model: dict[str, Any], dataset: dict[
             _get(blob, "kind", str, f"blob {digest[:12]}…")
         seen[digest] = role
     roles = list(seen.values())
-    if any(r not in ("weights", "dataset", "output") for r in roles) or roles.count("weights") != 1 \
-            or roles.count("dataset") > 1:
-        raise Invalid("the manifest's blobs are not one weights blob, at most one dataset blob and outputs")
+    if any(r not in ("weights", "dataset", "shard", "output") for r in roles) or roles.count("weights") != 1 \
+            or roles.count("dataset") > 1 or ("shard" in roles and "dataset" not in roles):
+        raise Invalid("the manifest's blobs are not one weights blob, at most one dataset blob (with "
+                      "its shards) and outputs")
     weights = next(b for b in blobs if b["role"] == "weights")
     if (weights["sha256"], weights["size"]) != (model["sha256"], model["size_bytes"]):
         raise Invalid(f"the weights' blob is not model {model['id']}'s sha256 and size")

@@ -189,11 +189,17 @@ def test_import_into_a_fresh_registry_keeps_sha256s_and_lineage(source: Source, 
     with session_scope(rodin.settings()) as s:
         here = s.get(Dataset, out["dataset_id"])
         assert here is not None
-        content, clouds = here.content_sha256, here.artifact_sha256
+        content, clouds, where = here.content_sha256, here.artifact_sha256, here.artifact_uri
     with session_scope(source.rodin.settings()) as s:
         there = s.get(Dataset, source.dataset["id"])
         assert there is not None
         assert (content, clouds) == (there.content_sha256, there.artifact_sha256)
+    # A version stored as shards brings its shards: it loads here, each shard's sha256 checked.
+    from orchestrator.artifacts import open_store
+    from orchestrator.datasets import load_version
+
+    assert any(b["role"] == "shard" for b in manifest_of(source.bundle)["blobs"])
+    assert len(load_version(open_store(rodin.settings()), where, clouds)) == source.dataset["shapes"]
 
 
 def test_importing_twice_says_already_registered(source: Source, rodin: Rodin) -> None:
