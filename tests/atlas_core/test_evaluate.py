@@ -119,6 +119,7 @@ def many_swords() -> PointCloudSet:
     return generate_family("swords", 170, 0, POINTS)
 
 
+@pytest.mark.slow  # an exact search of 20 against 150 shapes to measure recall against: ~7 s
 def test_the_preselection_finds_what_the_exact_search_finds(many_swords: PointCloudSet) -> None:
     """The recall of the descriptor's pre-selection against the exact search, where both run:
     with 8 candidates of 150 swords, every exact nearest is among them (README: the figure on
