@@ -51,11 +51,18 @@ def _modified(info: dict[str, Any]) -> datetime | None:
     return None
 
 
-def find_orphans(settings: Settings, store: ArtifactStore, grace_s: float = GRACE_S) -> list[Orphan]:
-    """Blobs under the store's `sha256/` folder that no row references, older than `grace_s`."""
+def kept_uris(settings: Settings, store: ArtifactStore) -> set[str]:
+    """Every artifact the registry needs: those a row points at, and the shards their
+    dataset manifests list."""
     from orchestrator.datasets import shard_uris
 
-    referenced = referenced_uris(settings) | shard_uris(settings, store)
+    return referenced_uris(settings) | shard_uris(settings, store)
+
+
+def find_orphans(settings: Settings, store: ArtifactStore, grace_s: float = GRACE_S) -> list[Orphan]:
+    """Blobs under the store's `sha256/` folder that the registry does not need (`kept_uris`),
+    older than `grace_s`."""
+    referenced = kept_uris(settings, store)
     root = f"{store.root.rstrip('/')}/sha256"
     if not store.fs.exists(root):
         return []

@@ -490,12 +490,12 @@ def check_blobs(settings: Settings) -> Blobs:
     """Every file in the store is referenced by a row or listed by `rodin gc` (grace 0), and
     every referenced artifact exists."""
     from orchestrator.artifacts import open_store
-    from orchestrator.gc import find_orphans, referenced_uris
+    from orchestrator.gc import find_orphans, kept_uris
 
     store = open_store(settings)
     files = {store.fs.unstrip_protocol(p) for p in store.fs.find(store.root)} \
         if store.fs.exists(store.root) else set()
-    referenced = referenced_uris(settings)
+    referenced = kept_uris(settings, store)
     listed = {o.uri for o in find_orphans(settings, store, grace_s=0)}
     unlisted = sorted(files - referenced - listed)
     missing = sorted(referenced - files)

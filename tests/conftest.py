@@ -73,6 +73,22 @@ class Rodin:
 
         return load_settings(self.env)
 
+    def held_out(self, ref: str = "swords@1", val_fraction: float = 0.25, seed: int = 0) -> int:
+        """How many shapes of a version a training with this validation share holds out: the
+        split goes by shape identity (`atlas_core.data.split_of`), so the share on average,
+        not exactly."""
+        from atlas_core.data import split_of
+        from orchestrator import datasets
+        from orchestrator.artifacts import open_store
+        from orchestrator.registry.db import session_scope
+        from orchestrator.registry.queries import resolve_dataset
+
+        settings = self.settings()
+        with session_scope(settings) as s:
+            row = resolve_dataset(s, ref)
+            uri, sha256 = row.artifact_uri, row.artifact_sha256
+        return len(split_of(datasets.open_version(open_store(settings), uri, sha256), val_fraction, seed)[1])
+
     @property
     def worker_cwd(self) -> Path:
         """An empty folder the workers start in, to catch files written outside RODIN_HOME."""

@@ -20,6 +20,8 @@ from sqlalchemy import select
 from tests.conftest import Rodin, stop_process
 from tests.servers import REDIS_PASSWORD, free_port, redis_binary
 
+#: An epoch of this model on 8 swords takes ~50 ms: jobs meant to be interrupted midway run
+#: hundreds of epochs.
 TRAIN = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "32", "--layers", "1",
          "--batch-size", "4", "--checkpoint-every", "1", "--val-fraction", "0.25", "--keep-last"]
 # Heartbeats come every stale/3 s (workers/heartbeat.py): 6 s leaves room on a loaded machine.
@@ -112,7 +114,7 @@ def test_redis_worker_killed_the_job_runs_again_without_the_visibility_timeout(
     one = Rodin(tmp_path / "w1", extra_env=shared).start_worker("r1")
     two = None
     try:
-        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "25", *TRAIN)["job_id"]
+        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "300", *TRAIN)["job_id"]
         _until(lambda: _job(client, job_id)["worker"] == "r1", what="r1 to take the job")
         two = Rodin(tmp_path / "w2", extra_env=shared).start_worker("r2")  # idle beside it
         killed = _kill_when_training(client, one, job_id)
@@ -149,7 +151,7 @@ def test_postgres_restarted_during_training(tmp_path: Path, shared: dict[str, st
     client = _cluster(tmp_path, shared)
     worker = Rodin(tmp_path / "w", extra_env=shared).start_worker("p1")
     try:
-        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "30", *TRAIN)["job_id"]
+        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "300", *TRAIN)["job_id"]
         for _ in range(2):
             _until(lambda: len(_job(client, job_id)["model_ids"]) >= 3, what="checkpoints")
             postgres_server.restart()
@@ -160,7 +162,7 @@ def test_postgres_restarted_during_training(tmp_path: Path, shared: dict[str, st
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 1
     rows = _checkpoints_are_one_lineage(client, job_id)
-    assert [r.epoch for r in rows] == list(range(1, 31))
+    assert [r.epoch for r in rows] == list(range(1, 301))
 
 
 class _Redis:
@@ -279,7 +281,7 @@ def test_a_stopped_job_process_is_ended_and_its_job_runs_again(
     one = Rodin(tmp_path / "w1", extra_env=env).start_worker("s1")
     two = None
     try:
-        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "25", "--keep-best",
+        job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "300", "--keep-best",
                              *[f for f in TRAIN if f != "--keep-last"])["job_id"]
         _until(lambda: _job(client, job_id)["worker"] == "s1", what="s1 to take the job")
         two = Rodin(tmp_path / "w2", extra_env=env).start_worker("s2")

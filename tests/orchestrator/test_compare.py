@@ -87,7 +87,7 @@ def test_metrics_come_from_the_checkpoint_and_its_evaluation(home: Rodin, models
     assert evaluated["chamfer"] == job["result"]["chamfer"] and evaluated["fscore"] == job["result"]["fscore"]
     assert evaluated["coverage"] == job["result"]["coverage"]
     assert evaluated["margin_over_retrieval"] == pytest.approx(job["result"]["retrieval_chamfer"] - job["result"]["chamfer"])
-    assert evaluated["evaluated_shapes"] == 2
+    assert evaluated["evaluated_shapes"] == home.held_out()
     shown = home.json("models", "show", str(wide))
     assert plain["val_chamfer"] == shown["metrics"]["val_chamfer"] > 0
     assert plain["evaluation_job_id"] is None and plain["fscore"] is None and plain["margin_over_retrieval"] is None
@@ -114,19 +114,19 @@ def test_grid_of_the_first_models_validation_shapes_by_every_model(home: Rodin, 
     out = home.json("models", "compare", str(narrow), "wide", "--refine", "0", "--out", str(tmp_path))
     grid = out["grid"]
     assert grid["columns"] == [narrow, wide]
-    # wide's own validation split holds 1 blade: both models were given narrow's 2 held-out swords.
-    assert len(grid["rows"]) == 2 and all(name.startswith("sword") for name in grid["rows"])
+    # Both models were given narrow's held-out swords (wide's own split holds out blades).
+    assert len(grid["rows"]) == home.held_out() and all(name.startswith("sword") for name in grid["rows"])
     with Image.open(grid["path"]) as sheet:
         sheet.load()
     assert Path(grid["path"]).parent == tmp_path and sheet.format == "PNG"
-    assert sheet.size == grid_size(2, 2)
-    assert _cells_are_filled(sheet, 2, 2)
+    assert sheet.size == grid_size(len(grid["rows"]), 2)
+    assert _cells_are_filled(sheet, len(grid["rows"]), 2)
     for model_id, job_id in zip(grid["columns"], grid["job_ids"]):
         job = home.json("status", str(job_id))
         assert job["kind"] == "reconstruct" and job["input_model_id"] == model_id
         assert job["params"]["validation_of"] == narrow and job["params"]["refine"] is None
         assert [r["input"] for r in job["result"]["inputs"]] == grid["rows"]
-        assert [Path(p).parent.name for p in grid["pictures"][str(model_id)]] == [f"model-{model_id}"] * 2
+        assert [Path(p).parent.name for p in grid["pictures"][str(model_id)]] == [f"model-{model_id}"] * len(grid["rows"])
 
 
 def test_grid_of_files_the_user_gives(home: Rodin, models: tuple[int, int], tmp_path: Path) -> None:

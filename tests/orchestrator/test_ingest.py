@@ -168,7 +168,7 @@ def test_an_interrupted_add_registers_nothing_and_the_rerun_reuses_what_was_read
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -327,8 +327,8 @@ def test_report_reconstructs_validation_shapes_through_a_worker(rodin: Rodin, tm
         stop_process(worker)
     job = rodin.json("status", str(out["reconstruct_job_id"]))
     assert job["kind"] == "reconstruct" and job["status"] == "succeeded" and job["params"]["inputs"] == []
-    assert out["reconstructions"] == 2 and out["notes"] == []  # 25% of 8 swords are held out
+    assert out["reconstructions"] == rodin.held_out() and out["notes"] == []  # about 25% of 8 swords
     state, _ = open_in_chromium(Path(out["report"]), tmp_path / "trained.png")
     _keep(tmp_path / "trained.png", "report-trained-model.png")
-    assert len(state["images"]) == 3 and all(i["width"] > 0 for i in state["images"])  # curves + 2
+    assert len(state["images"]) == 1 + out["reconstructions"] and all(i["width"] > 0 for i in state["images"])
     assert state["metrics"]["val_chamfer"] == f"{_model(rodin, trained['model_id'])['metrics']['val_chamfer']:.6g}"
