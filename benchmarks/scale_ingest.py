@@ -56,7 +56,9 @@ def _run(command: list[str], home: Path, interrupt_at: int | None = None) -> dic
     """One `rodin datasets add`: seconds, the client's peak RSS (MiB), its JSON (if it ended
     by itself) and its exit code; with `interrupt_at`, SIGINT once that many shapes are cached."""
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # SIGINT at its default in the client, as from a terminal (a shell's background job has it ignored).
+    proc = subprocess.Popen(command, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if interrupt_at is not None:
         cache = home / "ingest-cache"
         while proc.poll() is None:

@@ -160,8 +160,11 @@ def test_an_interrupted_add_registers_nothing_and_the_rerun_reuses_what_was_read
     command = [sys.executable, "-m", "orchestrator.cli", "datasets", "add", "mine", str(folder),
                "--points-per-shape", POINTS, "--jobs", "1", "--json"]
     # the last file hangs, so that the add is surely midway when Ctrl-C comes
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored: the client must be given back the default, as a terminal has.
     proc = subprocess.Popen(command, env={**rodin.env, "RODIN_INGEST_TEST_HANG": last},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(list(cache.glob("*.npz"))) < len(names) - 1:
