@@ -98,7 +98,8 @@ def read_files(files: list[Path], points: int, seeds: list[int], limits: Limits,
     results in the order of `files`. An interruption (Ctrl-C) kills every reader and propagates."""
     setup = _Setup(points=points, limits=limits, memory_bytes=reading.memory_bytes,
                    cache_dir=str(reading.cache_dir) if reading.cache_dir else "",
-                   code_version=code_version(), crash_on=reading.crash_on, hang_on=reading.hang_on)
+                   code_version=code_version(), crash_on=reading.crash_on, hang_on=reading.hang_on,
+                   file_timeout_s=reading.file_timeout_s)
     pool = _Pool(_context(), setup, max(1, min(reading.jobs, len(files))), reading.file_timeout_s)
     outcomes: list[Outcome | None] = [None] * len(files)
 
@@ -306,6 +307,8 @@ class _Setup:
     code_version: str
     crash_on: str
     hang_on: str
+    #: The client's time bound per file (0: none); the reader keeps a looser one of its own.
+    file_timeout_s: float = 0.0
 
 
 def _reader_main(conn: Connection, setup: _Setup) -> None:
@@ -326,11 +329,16 @@ def _reader_main(conn: Connection, setup: _Setup) -> None:
             return
         if task is None:
             return
+        if setup.file_timeout_s:
+            # The client ends a reader that overruns; this SIGALRM (whose default ends the
+            # process) ends one whose client was killed outright and can no longer.
+            signal.alarm(int(2 * setup.file_timeout_s) + 10)
         try:
             outcome = _read_one(task[1], task[2], setup)
             retire = False
         except MemoryError:
             outcome, retire = Outcome(reason=_needs_more_memory(setup.memory_bytes)), True
+        signal.alarm(0)
         conn.send((outcome, retire))
         if retire:  # a heap that ran out is not trusted with the next file
             return

@@ -106,7 +106,11 @@ class Rodin:
             cwd=self.worker_cwd,
         )
         # Named as Celery names nodes: the registry holds the expanded name (%h: this host).
-        self._wait_ready(name.replace("%h", os.uname().nodename), proc, log_name=name.replace("%", ""))
+        try:
+            self._wait_ready(name.replace("%h", os.uname().nodename), proc, log_name=name.replace("%", ""))
+        except BaseException:
+            stop_process(proc)  # a worker that never got ready must not outlive the test
+            raise
         return proc
 
     def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], timeout: float = 60,
