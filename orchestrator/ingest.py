@@ -64,6 +64,8 @@ class Reading:
     file_timeout_s: float
     memory_bytes: int  # 0: unbounded
     cache_dir: Path | None
+    #: Bytes the cache may hold once an add is done (0: no bound); least recently used first.
+    cache_bytes: int = 0
     crash_on: str = ""
     hang_on: str = ""
 
@@ -71,6 +73,7 @@ class Reading:
     def from_settings(cls, settings: Settings, jobs: int | None = None) -> Reading:
         return cls(jobs=jobs or default_jobs(), file_timeout_s=settings.ingest_file_timeout_s,
                    memory_bytes=settings.ingest_memory_bytes, cache_dir=settings.home / "ingest-cache",
+                   cache_bytes=settings.ingest_cache_bytes,
                    crash_on=os.environ.get(CRASH_ENV, ""), hang_on=os.environ.get(HANG_ENV, ""))
 
 
@@ -112,6 +115,8 @@ def read_files(files: list[Path], points: int, seeds: list[int], limits: Limits,
         pool.run(deque((i, str(f), seeds[i]) for i, f in enumerate(files)), done)
     finally:
         pool.close()
+    if reading.cache_dir is not None and reading.cache_bytes:
+        prune_cache(reading.cache_dir, reading.cache_bytes)
     return [o if o is not None else Outcome(reason="not read") for o in outcomes]
 
 
@@ -440,6 +445,27 @@ def _arrays_sha256(arrays: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def prune_cache(folder: Path, max_bytes: int) -> int:
+    """Remove the least recently used entries (by modification time, which a hit renews) until
+    the cache holds at most `max_bytes`; returns how many went. An entry another add is reading
+    at that moment is read whole or not at all (a hit opens it once), so removing it costs that
+    add a read, never a wrong shape."""
+    entries = []
+    for entry in folder.glob("*.npz"):
+        try:
+            info = entry.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((info.st_mtime, info.st_size, entry))
+    total, removed = sum(size for _, size, _ in entries), 0
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        entry.unlink(missing_ok=True)
+        total, removed = total - size, removed + 1
+    return removed
+
+
 def _cached(folder: Path, key: str, path: str, content: str, points: int) -> Shape | None:
     """The cached shape of `key`, checked whole; None when absent or not sound (it is then read
     again and the entry rewritten)."""
@@ -465,6 +491,10 @@ def _cached(folder: Path, key: str, path: str, content: str, points: int) -> Sha
              and arrays["center"].shape == (3,) and arrays["scale"].shape == ())
     if not sound:
         return None
+    try:
+        os.utime(entry)  # used now: the last to go when the cache is pruned
+    except OSError:
+        pass
     return Shape(name=split_suffix(path)[0], points=points_, normals=normals,
                  center=arrays["center"].astype(np.float64), scale=float(arrays["scale"]),
                  source_sha256=content)

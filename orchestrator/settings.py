@@ -79,6 +79,9 @@ class Settings:
     #: may use; a file that would need more is skipped, counted before parsing where it can be.
     ingest_file_timeout_s: float = 300.0
     ingest_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Bytes `datasets add`'s cache of shapes already read (`home/ingest-cache`) may hold; the
+    #: least recently used entries go first, after each add. 0: no bound.
+    ingest_cache_bytes: int = 10 * 1024**3
 
     @property
     def registry_url(self) -> str:
@@ -137,6 +140,7 @@ class Settings:
             "cache_bytes": str(self.cache_bytes),
             "ingest_file_timeout_s": f"{self.ingest_file_timeout_s:g}",
             "ingest_memory_bytes": str(self.ingest_memory_bytes),
+            "ingest_cache_bytes": str(self.ingest_cache_bytes),
         }
 
 

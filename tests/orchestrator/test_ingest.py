@@ -6,6 +6,7 @@ and the next one reuses every shape already read."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -181,3 +182,17 @@ def test_an_interrupted_add_registers_nothing_and_the_rerun_reuses_what_was_read
     out = json.loads(rodin.run(*command[3:]).stdout)
     assert out["cached"] == len(names) - 1
     assert out["dataset"]["shapes"] == len(names)
+
+
+def test_the_cache_keeps_the_most_recently_used_entries_under_its_bound(tmp_path: Path) -> None:
+    from orchestrator.ingest import prune_cache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    for i in range(5):  # 100 bytes each, used in turn: 0 the longest ago
+        entry = folder / f"{i}.npz"
+        entry.write_bytes(b"x" * 100)
+        os.utime(entry, (1000 + i, 1000 + i))
+    assert prune_cache(folder, 250) == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["3.npz", "4.npz"]
+    assert prune_cache(folder, 250) == 0
