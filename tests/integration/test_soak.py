@@ -16,8 +16,9 @@ from tests.servers import ServerUnavailable
 
 def test_workers_killed_at_random_every_job_still_succeeds(tmp_path: Path) -> None:
     try:
-        # Kills aimed at workers that run a job, so that three kills do interrupt trainings.
-        result = soak(jobs=3, workers=2, kills=3, kill_every_s=3.0, timeout_s=180.0, epochs=12,
+        # Kills aimed at workers that run a job, so that three kills do interrupt trainings; an
+        # epoch of this model takes ~50 ms, so 150 of them keep each job running for the kills.
+        result = soak(jobs=3, workers=2, kills=3, kill_every_s=3.0, timeout_s=180.0, epochs=150,
                       target="busy", seed=0, root=tmp_path / "soak")
     except ServerUnavailable as exc:
         pytest.skip(str(exc))
