@@ -74,7 +74,7 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
     first = rodin.start_worker("e1")
     second = None
     try:
-        job_id = rodin.json("submit", "train", "--dataset", "swords", "--epochs", "25", *TRAIN)["job_id"]
+        job_id = rodin.json("submit", "train", "--dataset", "swords", "--epochs", "300", *TRAIN)["job_id"]
         killed = _kill_when_training(rodin, first, job_id)
         # The message died with the worker (the embedded broker had handed it over): only the
         # registry knows the job, and the new worker's reaper sends it again.
@@ -91,7 +91,7 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
     assert (done["attempts"], done["lost"]) == (2, 1)
     assert back_after < 60, back_after
     rows = _checkpoints_are_one_lineage(rodin, job_id)
-    assert rows[-1].epoch == 25
+    assert rows[-1].epoch == 300
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
     client = _cluster(tmp_path, shared)
     workers = [Rodin(tmp_path / f"w{i}", extra_env=shared).start_worker(f"o{i}") for i in (1, 2)]
     try:
-        ids = [client.json("submit", "train", "--dataset", "swords", "--epochs", "40", *TRAIN)["job_id"]
+        ids = [client.json("submit", "train", "--dataset", "swords", "--epochs", "400", *TRAIN)["job_id"]
                for _ in range(2)]
         for job_id in ids:
             _until(lambda j=job_id: len(_job(client, j)["model_ids"]) >= 2, what="both jobs training")
