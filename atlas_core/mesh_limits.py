@@ -43,12 +43,12 @@ def too_many_faces(limit: int) -> str:
 
 
 def too_much_memory(need: int, limits: Limits) -> str:
-    return (f"reading it would take about {_size(need)} of memory, more than the "
-            f"{_size(limits.max_memory_bytes)} each ingest process may use "
+    return (f"reading it would take about {size_text(need)} of memory, more than the "
+            f"{size_text(limits.max_memory_bytes)} each ingest process may use "
             "(RODIN_INGEST_MEMORY_BYTES); raise that setting (and use fewer --jobs) if the file is genuine")
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

@@ -265,15 +265,10 @@ def _took_too_long(timeout_s: float) -> str:
 
 
 def _needs_more_memory(memory_bytes: int) -> str:
-    return (f"reading it needs more memory than the {_size(memory_bytes)} each ingest process may use "
+    from atlas_core.mesh_limits import size_text
+
+    return (f"reading it needs more memory than the {size_text(memory_bytes)} each ingest process may use "
             "(RODIN_INGEST_MEMORY_BYTES); raise that setting (and use fewer --jobs) if the file is genuine")
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def code_version() -> str:

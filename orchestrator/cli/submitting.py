@@ -1,5 +1,5 @@
-"""What `rodin submit train` and `rodin submit sweep` share: their setting options, generated
-from atlas_core.config's declaration (`training_settings`), the local worker started before
+"""What `rodin submit train` and `rodin submit sweep` share: their setting options (generated
+from the declaration in atlas_core.config, `training_settings`), the local worker started before
 anything is written, and the notes printed with a submission.
 
 A command takes the settings with `@with_settings(grid=...)` on a function whose own options are
