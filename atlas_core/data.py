@@ -93,10 +93,7 @@ class PointCloudSet:
 
     def content_sha256(self) -> str:
         """Identity of the source shapes (names and source bytes), independent of sampling."""
-        h = hashlib.sha256()
-        for name, digest in zip(self.names, self.source_sha256):
-            h.update(f"{name}\0{digest}\n".encode())
-        return h.hexdigest()
+        return content_sha256(self.names, self.source_sha256)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -125,6 +122,34 @@ class PointCloudSet:
                 scales=z["scales"],
                 source_sha256=[str(s) for s in z["source_sha256"]],
             )
+
+
+def content_sha256(names: Sequence[str], source_sha256: Sequence[str]) -> str:
+    """A dataset's identity: its shapes' names and source bytes in order, not their sampling."""
+    h = hashlib.sha256()
+    for name, digest in zip(names, source_sha256):
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+class ShapeRows(Protocol):
+    """What a version is stored from (`shard_sets`): every shape's name and identity up front,
+    any few of them in memory on request. A PointCloudSet holds them all; the ingest's spool
+    (orchestrator/spool.py) holds them on disk, so that a client registering 44,000 shapes
+    keeps one shard's worth in memory."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def source_sha256(self) -> list[str]: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def points_per_shape(self) -> int: ...
+
+    def subset(self, indices: Iterable[int]) -> PointCloudSet: ...
 
 
 class ShapeSource(Protocol):
@@ -226,14 +251,15 @@ def is_manifest(data: bytes) -> bool:
     return data[:1] == b"{"
 
 
-def shard_sets(data: PointCloudSet, max_bytes: int = SHARD_BYTES) -> Iterator[PointCloudSet]:
+def shard_sets(data: ShapeRows, max_bytes: int = SHARD_BYTES) -> Iterator[PointCloudSet]:
     """`data` cut into shards of at most about `max_bytes` (at least one shape each), its shapes
     in an order shuffled once, seeded by the content: a folder read in order (one category after
     another) would otherwise make category-pure shards, and a streaming reader's batches would
-    see one or two categories at a time."""
-    order = np.random.default_rng(int(data.content_sha256()[:16], 16)).permutation(len(data))
+    see one or two categories at a time. One shard is in memory at a time."""
+    identity = content_sha256(data.names, data.source_sha256)
+    order = np.random.default_rng(int(identity[:16], 16)).permutation(len(data))
     longest = max(len(n) for n in data.names) + 64
-    per_shape = (data.points[0].nbytes + data.normals[0].nbytes + 32 + 4 * longest)
+    per_shape = 2 * data.points_per_shape * 3 * 4 + 32 + 4 * longest  # points, normals, the rest
     step = max(1, int(max_bytes // per_shape))
     for start in range(0, len(data), step):
         yield data.subset(order[start:start + step])

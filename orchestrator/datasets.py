@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,11 @@ from orchestrator.registry.queries import dataset_summary, next_dataset_version,
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from atlas_core.data import Manifest, PointCloudSet, ShardedPointClouds
-    from atlas_core.mesh_io import Limits, Shape
+    from atlas_core.data import Manifest, PointCloudSet, ShapeRows, ShardedPointClouds
+    from atlas_core.mesh_io import Limits
     from orchestrator.ingest import Reading
     from orchestrator.shard_cache import ShardCache
+    from orchestrator.spool import Spoolable, SpooledShapes
 
 #: The registry's column width for dataset names.
 MAX_NAME_CHARS = 128
@@ -88,13 +90,32 @@ def shown_name(file: Path, root: Path) -> str:
 
 @dataclass
 class Ingested:
-    """What reading a folder gave: the usable shapes and the files skipped, with reasons;
-    `cached` of the shapes came from the cache of shapes read before."""
+    """What reading a folder gave: the usable shapes (on disk, `orchestrator.spool`; None when
+    there are none) and the files skipped, with reasons; `cached` of the shapes came from the
+    cache of shapes read before. A context manager: leaving it removes a temporary spool and
+    prunes the cache to its bound, so register the shapes inside it."""
 
-    shapes: list[Shape]
+    shapes: SpooledShapes | None
     skipped: list[dict[str, str]]
     files: int
     cached: int = 0
+    reading: Reading | None = None
+    spool: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Ingested:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        from orchestrator.ingest import prune_cache
+
+        if self.spool is not None:
+            self.spool.cleanup()
+            self.spool = None
+        if self.reading is not None and self.reading.cache_dir is not None and self.reading.cache_bytes:
+            prune_cache(self.reading.cache_dir, self.reading.cache_bytes)
 
 
 def ingest(path: Path, points: int, seed: int, limits: Limits,
@@ -105,9 +126,11 @@ def ingest(path: Path, points: int, seed: int, limits: Limits,
     of `points` (the i-th file in sorted order sampled with seed `seed + i`); a file without a
     usable surface is skipped with its reason. The files are read by `reading.jobs` reader
     processes, each bounded in memory and time (`orchestrator.ingest`; default: the machine's
-    cores, no cache). `on_start` hears how many files there are, `on_file` each one done. A
-    missing path or one without mesh files is a UserInputError; nothing is registered here."""
+    cores and a temporary spool in place of the cache), which leave the points on disk. `on_start`
+    hears how many files there are, `on_file` each one done. A missing path or one without mesh
+    files is a UserInputError; nothing is registered here."""
     from orchestrator.ingest import Reading, default_jobs, read_files
+    from orchestrator.spool import SpooledShapes
 
     if not path.exists():
         raise UserInputError(f"{path} does not exist: give a mesh file or a folder of meshes")
@@ -118,18 +141,28 @@ def ingest(path: Path, points: int, seed: int, limits: Limits,
         on_start(len(files))
     if reading is None:
         reading = Reading(jobs=default_jobs(), file_timeout_s=0, memory_bytes=0, cache_dir=None)
-    outcomes = read_files(files, points, [seed + i for i in range(len(files))], limits, reading, on_file)
+    spool = None
+    if reading.cache_dir is None:
+        spool = tempfile.TemporaryDirectory(prefix="rodin-spool-")
+        reading = replace(reading, cache_dir=Path(spool.name), cache_bytes=0)
+    try:
+        outcomes = read_files(files, points, [seed + i for i in range(len(files))], limits, reading, on_file)
+    except BaseException:
+        if spool is not None:
+            spool.cleanup()
+        raise
     shapes, skipped = [], []
     for file, outcome in zip(files, outcomes):
         if outcome.shape is not None:
             shapes.append(outcome.shape)
         else:
             skipped.append({"file": shown_name(file, path), "reason": str(outcome.reason)})
-    dedupe_names(shapes, files)
-    return Ingested(shapes, skipped, len(files), cached=sum(o.cached for o in outcomes))
+    dedupe_names(shapes)
+    return Ingested(SpooledShapes(shapes, points) if shapes else None, skipped, len(files),
+                    cached=sum(o.cached for o in outcomes), reading=reading, spool=spool)
 
 
-def dedupe_names(shapes: list, files: list[Path]) -> None:
+def dedupe_names(shapes: Sequence[Spoolable]) -> None:
     """Same stems in different folders get a short path hash so names stay unique."""
     seen: dict[str, int] = {}
     for shape in shapes:
@@ -139,17 +172,17 @@ def dedupe_names(shapes: list, files: list[Path]) -> None:
             shape.name = f"{shape.name}-{hashlib.sha256(shape.source_sha256.encode()).hexdigest()[:6]}"
 
 
-def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: PointCloudSet,
-                     source: str, skipped: list[dict[str, str]],
-                     shard_bytes: int | None = None) -> dict[str, Any]:
+def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: ShapeRows,
+                     source: str, skipped: list[dict[str, str]], shard_bytes: int | None = None,
+                     on_shard: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Store the clouds as shards and their manifest (`store_shards`), then the row (the next
     version of `name`), which points at the manifest; a failure before the commit registers
     nothing. Returns the dataset's summary."""
-    blob, _ = store_shards(store, data, shard_bytes)
+    blob, manifest = store_shards(store, data, shard_bytes, on_shard)
     with session_scope(settings) as s:
         row = Dataset(
             name=name, version=next_dataset_version(s, name),
-            content_sha256=data.content_sha256(), shape_count=len(data),
+            content_sha256=manifest.content_sha256, shape_count=len(data),
             points_per_shape=data.points_per_shape, source=source, skipped=skipped,
             artifact_uri=blob.uri, artifact_sha256=blob.sha256,
         )
@@ -158,19 +191,25 @@ def register_dataset(settings: Settings, store: ArtifactStore, name: str, data: 
         return dataset_summary(row)
 
 
-def store_shards(store: ArtifactStore, data: PointCloudSet,
-                 shard_bytes: int | None = None) -> tuple[StoredArtifact, Manifest]:
+def store_shards(store: ArtifactStore, data: ShapeRows, shard_bytes: int | None = None,
+                 on_shard: Callable[[int, int], None] | None = None) -> tuple[StoredArtifact, Manifest]:
     """Write `data` as shards of at most about `shard_bytes` (atlas_core.data.SHARD_BYTES by
-    default; each an `.npz` PointCloudSet, content-addressed), then their manifest (JSON, whose
-    sha256 the dataset row records). Shards first: a manifest never lists a missing shard."""
-    from atlas_core.data import SHARD_BYTES, Manifest, Shard, shard_sets
+    default; each an `.npz` PointCloudSet, content-addressed), one in memory at a time, then
+    their manifest (JSON, whose sha256 the dataset row records). Shards first: a manifest never
+    lists a missing shard. `on_shard` hears (shapes stored so far, shapes in all) per shard."""
+    from atlas_core.data import SHARD_BYTES, Manifest, Shard, content_sha256, shard_sets
 
     shards = []
+    done = 0
     for part in shard_sets(data, shard_bytes or SHARD_BYTES):
         blob = store.put_bytes(part.to_bytes(), ".npz")
         shards.append(Shard(uri=store.relative(blob.uri), sha256=blob.sha256, bytes=blob.size,
                             names=tuple(part.names), source_sha256=tuple(part.source_sha256)))
-    manifest = Manifest(data.points_per_shape, data.content_sha256(), tuple(shards))
+        done += len(part)
+        del part, blob  # the next shard replaces this one in memory, not beside it
+        if on_shard is not None:
+            on_shard(done, len(data))
+    manifest = Manifest(data.points_per_shape, content_sha256(data.names, data.source_sha256), tuple(shards))
     return store.put_bytes(manifest.to_bytes(), ".json"), manifest
 
 

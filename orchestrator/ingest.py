@@ -16,8 +16,10 @@ connections; where there is no fork server, they are spawned.
 Each shape read is kept in a content-addressed cache on the client (`RODIN_HOME/ingest-cache/
 <key>.npz`, apart from the workers' shard cache; key = sha256 of the file's content hash, the
 points per shape, the file's seed and the reading code's version), written atomically and
-checked when read back, so an ingest that was interrupted, or a folder ingested again, reads
-only what it has not read before.
+checked when read back (`orchestrator/spool.py`), so an ingest that was interrupted, or a
+folder ingested again, reads only what it has not read before. A reader sends the client the
+entry, not the points: the client registers the version a shard at a time from the entries,
+and its memory does not grow with the number of files.
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.context import ForkServerContext, SpawnContext
     from multiprocessing.process import BaseProcess
 
-    from atlas_core.mesh_io import Limits, Shape
+    from atlas_core.mesh_io import Limits
     from orchestrator.settings import Settings
+    from orchestrator.spool import Spoolable, SpooledShape
 
 #: Part of every cache key: raise it when what a shape holds changes in a way the sources of
 #: the modules below (which are hashed into the key too) do not show.
@@ -87,10 +90,10 @@ def default_jobs() -> int:
 
 @dataclass
 class Outcome:
-    """One file's result: its shape, or the reason it was skipped; `cached` when the shape came
-    from the cache."""
+    """One file's result: its shape (spooled in the cache when the cache could take it, else in
+    memory), or the reason it was skipped; `cached` when the shape came from the cache."""
 
-    shape: Shape | None = None
+    shape: Spoolable | None = None
     reason: str | None = None
     cached: bool = False
 
@@ -98,7 +101,10 @@ class Outcome:
 def read_files(files: list[Path], points: int, seeds: list[int], limits: Limits, reading: Reading,
                on_file: Callable[[], None] | None = None) -> list[Outcome]:
     """Each file read (into a Shape of `points`, sampled with its seed) in a reader process,
-    results in the order of `files`. An interruption (Ctrl-C) kills every reader and propagates."""
+    results in the order of `files`: with a cache, each shape as its cache entry
+    (`orchestrator.spool.SpooledShape`; the cache is pruned by `prune_cache` once the version is
+    registered, not before), else in memory. An interruption (Ctrl-C) kills every reader and
+    propagates."""
     setup = _Setup(points=points, limits=limits, memory_bytes=reading.memory_bytes,
                    cache_dir=str(reading.cache_dir) if reading.cache_dir else "",
                    code_version=code_version(), crash_on=reading.crash_on, hang_on=reading.hang_on,
@@ -115,8 +121,6 @@ def read_files(files: list[Path], points: int, seeds: list[int], limits: Limits,
         pool.run(deque((i, str(f), seeds[i]) for i, f in enumerate(files)), done)
     finally:
         pool.close()
-    if reading.cache_dir is not None and reading.cache_bytes:
-        prune_cache(reading.cache_dir, reading.cache_bytes)
     return [o if o is not None else Outcome(reason="not read") for o in outcomes]
 
 
@@ -359,6 +363,7 @@ def _die_with_parent() -> None:
 
 def _read_one(path: str, seed: int, setup: _Setup) -> Outcome:
     from atlas_core.mesh_io import MeshError, ingest_file
+    from orchestrator.spool import SpooledShape, write_entry
 
     name = Path(path).name
     if setup.crash_on and name == setup.crash_on:
@@ -371,9 +376,9 @@ def _read_one(path: str, seed: int, setup: _Setup) -> Outcome:
         content = _file_sha256(path, setup.limits.max_file_bytes)
         if content is not None:
             key = cache_key(content, setup.points, seed, setup.code_version)
-            shape = _cached(Path(setup.cache_dir), key, path, content, setup.points)
-            if shape is not None:
-                return Outcome(shape=shape, cached=True)
+            hit = _cached(Path(setup.cache_dir), key, path, content, setup.points)
+            if hit is not None:
+                return Outcome(shape=hit, cached=True)
     limits = setup.limits
     if setup.memory_bytes:
         limits = replace(limits, max_memory_bytes=setup.memory_bytes, memory_in_use=_address_space())
@@ -384,8 +389,27 @@ def _read_one(path: str, seed: int, setup: _Setup) -> Outcome:
             raise MemoryError from None
         return Outcome(reason=str(exc))
     if key is not None:
-        _store(Path(setup.cache_dir), key, shape)
+        entry = write_entry(Path(setup.cache_dir), key, shape)
+        if entry is not None:  # the client reads the points back a shard at a time
+            return Outcome(shape=SpooledShape(shape.name, shape.source_sha256, str(entry), key))
     return Outcome(shape=shape)
+
+
+def _cached(folder: Path, key: str, path: str, content: str, points: int) -> SpooledShape | None:
+    """The cache's entry for `key`, checked whole; None when absent or not sound (the file is
+    then read again and the entry rewritten). A hit renews the entry's time (pruning goes by it)."""
+    from atlas_core.mesh_files import split_suffix
+    from orchestrator.spool import SpooledShape, read_entry
+
+    entry = folder / f"{key}.npz"
+    name = split_suffix(path)[0]
+    if read_entry(entry, key, name, content, points) is None:
+        return None
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+    return SpooledShape(name, content, str(entry), key)
 
 
 def _ran_out_of_memory(exc: BaseException) -> bool:
@@ -429,17 +453,6 @@ def _file_sha256(path: str, limit: int) -> str | None:
     return digest.hexdigest()
 
 
-def _arrays_sha256(arrays: dict[str, Any]) -> str:
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name} {value.dtype.str} {value.shape}\n".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
 def prune_cache(folder: Path, max_bytes: int) -> int:
     """Remove the least recently used entries (by modification time, which a hit renews) until
     the cache holds at most `max_bytes`; returns how many went. An entry another add is reading
@@ -459,55 +472,3 @@ def prune_cache(folder: Path, max_bytes: int) -> int:
         entry.unlink(missing_ok=True)
         total, removed = total - size, removed + 1
     return removed
-
-
-def _cached(folder: Path, key: str, path: str, content: str, points: int) -> Shape | None:
-    """The cached shape of `key`, checked whole; None when absent or not sound (it is then read
-    again and the entry rewritten)."""
-    import numpy as np
-
-    from atlas_core.mesh_files import split_suffix
-    from atlas_core.mesh_io import Shape
-
-    entry = folder / f"{key}.npz"
-    try:
-        with np.load(entry, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in ("points", "normals", "center", "scale", "source_sha256", "key")}
-            stored = str(npz["arrays_sha256"])
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - truncated, not a zip, a member missing: read the file again
-        return None
-    points_, normals = arrays["points"], arrays["normals"]
-    sound = (stored == _arrays_sha256(arrays) and str(arrays["key"]) == key
-             and str(arrays["source_sha256"]) == content
-             and points_.shape == (points, 3) and normals.shape == (points, 3)
-             and points_.dtype == np.float32 and normals.dtype == np.float32
-             and arrays["center"].shape == (3,) and arrays["scale"].shape == ())
-    if not sound:
-        return None
-    try:
-        os.utime(entry)  # used now: the last to go when the cache is pruned
-    except OSError:
-        pass
-    return Shape(name=split_suffix(path)[0], points=points_, normals=normals,
-                 center=arrays["center"].astype(np.float64), scale=float(arrays["scale"]),
-                 source_sha256=content)
-
-
-def _store(folder: Path, key: str, shape: Shape) -> None:
-    """Write the entry under a temporary name, then rename it: a reader never sees half of one.
-    A cache that cannot be written (full disk) is only a cache: the shape is used anyway."""
-    import numpy as np
-
-    arrays = {"points": shape.points, "normals": shape.normals,
-              "center": np.asarray(shape.center, np.float64), "scale": np.float64(shape.scale),
-              "source_sha256": np.str_(shape.source_sha256), "key": np.str_(key)}
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, arrays_sha256=np.str_(_arrays_sha256(arrays)), **arrays)
-        os.replace(tmp, folder / f"{key}.npz")
-    except OSError:
-        tmp.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ was cancelled registers nothing and the assembly fails naming it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -105,38 +104,45 @@ def run_ingest(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devi
 
 def run_assemble(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
     """Register the version from every part's shapes, in file order (all parts succeeded: the
-    job service sends this job only then)."""
-    from atlas_core.data import PointCloudSet, concatenate
-    from orchestrator.datasets import register_dataset
+    job service sends this job only then). Each part's shapes are spooled to a local folder
+    (`orchestrator.spool`) before the next part is read, so that this job holds one part and
+    one shard in memory, whatever the collection's size."""
+    from atlas_core.data import PointCloudSet
+    from atlas_core.mesh_io import Shape
+    from orchestrator.datasets import dedupe_names, register_dataset
+    from orchestrator.spool import Spoolable, SpooledShape, SpooledShapes, write_entry
 
     params: AssembleParams = _params(settings, lease.job_id, AssembleParams)
-    parts, skipped, files = [], [], 0
-    for part_id in params.parts:
-        part = jobs.get(settings, part_id)
-        if part.status is not JobStatus.succeeded:  # never sent otherwise; a registry edited by hand
-            raise RodinError(f"part job {part_id} is {part.status.value}: nothing registered")
-        result = part.result or {}
-        files += int(result.get("files", 0))
-        skipped += list(result.get("skipped", []))
-        for out in part.outputs:
-            if out.get("kind") == "shapes":
-                parts.append(PointCloudSet.from_bytes(store.get_bytes(out["uri"], out["sha256"])))
-        liveness.tick()
-    if not parts:
-        raise RodinError(f"none of the {files} files under {params.root} has a usable surface; "
-                         f"nothing registered ({len(skipped)} skipped: `rodin status JOB` on a part says why)")
-    data = concatenate(parts)
-    _dedupe(data.names, data.source_sha256)
-    summary = register_dataset(settings, store, params.name, data, params.root, skipped)
+    shapes: list[Spoolable] = []
+    skipped: list[dict[str, str]] = []
+    files = points = 0
+    with tempfile.TemporaryDirectory(prefix="rodin-assemble-") as tmp:
+        for part_id in params.parts:
+            part = jobs.get(settings, part_id)
+            if part.status is not JobStatus.succeeded:  # never sent otherwise; a registry edited by hand
+                raise RodinError(f"part job {part_id} is {part.status.value}: nothing registered")
+            result = part.result or {}
+            files += int(result.get("files", 0))
+            skipped += list(result.get("skipped", []))
+            for out in part.outputs:
+                if out.get("kind") != "shapes":
+                    continue
+                data = PointCloudSet.from_bytes(store.get_bytes(out["uri"], out["sha256"]))
+                points = data.points_per_shape
+                for i in range(len(data)):
+                    shape = Shape(data.names[i], data.points[i], data.normals[i], data.centers[i],
+                                  float(data.scales[i]), data.source_sha256[i])
+                    key = f"{part_id}-{i}"
+                    entry = write_entry(Path(tmp), key, shape)
+                    shapes.append(shape if entry is None else
+                                  SpooledShape(shape.name, shape.source_sha256, str(entry), key))
+                del data
+            liveness.tick()
+        if not shapes:
+            raise RodinError(f"none of the {files} files under {params.root} has a usable surface; "
+                             f"nothing registered ({len(skipped)} skipped: `rodin status JOB` on a part says why)")
+        dedupe_names(shapes)
+        summary = register_dataset(settings, store, params.name, SpooledShapes(shapes, points),
+                                   params.root, skipped, on_shard=lambda done, total: liveness.tick())
     jobs.finish(settings, lease.job_id, JobStatus.succeeded, lease=lease,
                 result={"dataset": summary, "files": files, "skipped": skipped})
-
-
-def _dedupe(names: list[str], source_sha256: list[str]) -> None:
-    """Same stems in different folders get a short content hash, as a client's ingest does."""
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    for i, name in enumerate(names):
-        if counts[name] > 1:
-            names[i] = f"{name}-{hashlib.sha256(source_sha256[i].encode()).hexdigest()[:6]}"

@@ -98,7 +98,6 @@ def add(
     time and memory (RODIN_INGEST_FILE_TIMEOUT_S, RODIN_INGEST_MEMORY_BYTES); shapes already
     read (an interrupted add, the same files again) come from the cache under RODIN_HOME.
     """
-    from atlas_core.data import PointCloudSet
     from orchestrator import datasets
     from orchestrator.ingest import Reading
 
@@ -108,32 +107,40 @@ def add(
         return
     folder = Path(path)
     reading = Reading.from_settings(settings(), jobs)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+    with _bar() as bar:
         task = bar.add_task("Ingesting", total=None)
         found = datasets.ingest(folder, points, seed, mesh_limits(),
                                 on_start=lambda n: bar.update(task, total=n, description=f"Ingesting {n} files"),
                                 on_file=lambda: bar.advance(task), reading=reading)
-    shapes, skipped = found.shapes, found.skipped
-    if skipped and not as_json:
-        table = Table(title=f"{len(skipped)} file(s) skipped", title_justify="left", show_lines=False)
-        table.add_column("skipped file", overflow="fold")  # a long name wraps, never cut short
-        table.add_column("reason")
-        for row in skipped:
-            table.add_row(escape(row["file"]), escape(row["reason"]))
-        err.print(table)
-    if not shapes:
-        raise datasets.NoUsableFiles(f"none of the {found.files} files under {folder} has a usable "
-                                     "surface; nothing registered", skipped)
-    summary = datasets.register_dataset(settings(), store(), name, PointCloudSet.from_shapes(shapes),
-                                        str(folder.resolve()), skipped)
+    with found:
+        skipped = found.skipped
+        if skipped and not as_json:
+            table = Table(title=f"{len(skipped)} file(s) skipped", title_justify="left", show_lines=False)
+            table.add_column("skipped file", overflow="fold")  # a long name wraps, never cut short
+            table.add_column("reason")
+            for row in skipped:
+                table.add_row(escape(row["file"]), escape(row["reason"]))
+            err.print(table)
+        if found.shapes is None:
+            raise datasets.NoUsableFiles(f"none of the {found.files} files under {folder} has a usable "
+                                         "surface; nothing registered", skipped)
+        count = len(found.shapes)
+        with _bar() as bar:
+            task = bar.add_task(f"Writing {count} shapes as shards", total=count)
+            summary = datasets.register_dataset(settings(), store(), name, found.shapes, str(folder.resolve()),
+                                                skipped, on_shard=lambda done, _: bar.update(task, completed=done))
     if as_json:
         emit_json({"dataset": summary, "skipped": skipped, "cached": found.cached})
     else:
         reused = f", {found.cached} read before and taken from the cache" if found.cached else ""
-        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {len(shapes)} shapes from {escape(str(folder))} "
+        err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {count} shapes from {escape(str(folder))} "
                   f"({len(skipped)} skipped{reused}; dataset id {summary['id']}).")
+
+
+def _bar() -> Progress:
+    """A transient bar with the count, the rate and the time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True)
 
 
 def _add_on_workers(name: str, root: str, points: int, seed: int, part_size: int, wait: bool,

@@ -60,14 +60,18 @@ def test_two_jobs_register_what_one_job_and_the_serial_reading_do(tmp_path: Path
 
     # the same points as reading each file in turn with seed + position (the serial ingest)
     reading = Reading(jobs=2, file_timeout_s=60, memory_bytes=2 << 30, cache_dir=None)
-    found = datasets.ingest(folder, 200, 7, mesh_limits(Settings()), reading=reading)
+    with datasets.ingest(folder, 200, 7, mesh_limits(Settings()), reading=reading) as found:
+        assert found.shapes is not None
+        spool = Path(found.shapes.shapes[0].path).parent  # a temporary one: no cache was given
+        got = found.shapes.subset(range(len(found.shapes)))
+    assert not spool.exists()
     files = datasets.mesh_files(folder)
     serial = [ingest_file(f, n_points=200, seed=7 + i) for i, f in enumerate(files) if f.name != "points.obj"]
-    assert [s.name for s in found.shapes] == [s.name for s in serial]
-    for got, want in zip(found.shapes, serial):
-        np.testing.assert_array_equal(got.points, want.points)
-        np.testing.assert_array_equal(got.normals, want.normals)
-        assert got.source_sha256 == want.source_sha256 and got.scale == want.scale
+    assert got.names == [s.name for s in serial]
+    for i, want in enumerate(serial):
+        np.testing.assert_array_equal(got.points[i], want.points)
+        np.testing.assert_array_equal(got.normals[i], want.normals)
+        assert got.source_sha256[i] == want.source_sha256 and got.scales[i] == want.scale
 
 
 def test_a_file_that_kills_its_reader_is_skipped_and_the_rest_registers(tmp_path: Path) -> None:
