@@ -63,8 +63,8 @@ class PointCloudSet:
             raise ValueError("a dataset needs at least one shape")
         return cls(
             names=[s.name for s in shapes],
-            points=np.stack([s.points for s in shapes]).astype(np.float32),
-            normals=np.stack([s.normals for s in shapes]).astype(np.float32),
+            points=np.stack([s.points for s in shapes]).astype(np.float32, copy=False),
+            normals=np.stack([s.normals for s in shapes]).astype(np.float32, copy=False),
             centers=np.stack([np.asarray(s.center, np.float64) for s in shapes]),
             scales=np.asarray([s.scale for s in shapes], np.float64),
             source_sha256=[s.source_sha256 for s in shapes],

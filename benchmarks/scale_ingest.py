@@ -62,7 +62,7 @@ def _run(command: list[str], home: Path, interrupt_at: int | None = None) -> dic
     if interrupt_at is not None:
         cache = home / "ingest-cache"
         while proc.poll() is None:
-            if cache.is_dir() and sum(1 for _ in cache.glob("*.npz")) >= interrupt_at:
+            if cache.is_dir() and sum(1 for _ in cache.glob("*.shape")) >= interrupt_at:
                 proc.send_signal(signal.SIGINT)
                 break
             time.sleep(0.02)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         home = work / "home-interrupted"
         stopped = _run(_command(folder, 2, args.points), home, interrupt_at=count // 2)
-        cached_before = sum(1 for _ in (home / "ingest-cache").glob("*.npz"))
+        cached_before = sum(1 for _ in (home / "ingest-cache").glob("*.shape"))
         print(f"{'--jobs 2, Ctrl-C at about 50%':34} {stopped['seconds']:7.1f} {'':9} "
               f"{stopped['peak_mib']:16.0f}  {_load()}  (exit {stopped['code']}, {cached_before} shapes cached)")
         rerun = _run(_command(folder, 2, args.points), home)

@@ -14,7 +14,7 @@ libraries imported), never from the client itself, which may hold threads and op
 connections; where there is no fork server, they are spawned.
 
 Each shape read is kept in a content-addressed cache on the client (`RODIN_HOME/ingest-cache/
-<key>.npz`, apart from the workers' shard cache; key = sha256 of the file's content hash, the
+<key>.shape`, apart from the workers' shard cache; key = sha256 of the file's content hash, the
 points per shape, the file's seed and the reading code's version), written atomically and
 checked when read back (`orchestrator/spool.py`), so an ingest that was interrupted, or a
 folder ingested again, reads only what it has not read before. A reader sends the client the
@@ -30,7 +30,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 #: Part of every cache key: raise it when what a shape holds changes in a way the sources of
 #: the modules below (which are hashed into the key too) do not show.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: The atlas_core modules whose code decides the points of a shape (see atlas_core/mesh_io.py).
 _READING_MODULES = ("mesh_io", "mesh_errors", "mesh_limits", "mesh_files", "mesh_draco",
                     "mesh_diagnosis", "mesh_surface", "mesh_sampling")
@@ -155,7 +156,8 @@ class _Pool:
         ours, theirs = self.context.Pipe()
         process = self.context.Process(target=_reader_main, args=(theirs, self.setup), daemon=True,
                                        name="rodin-ingest-reader")
-        process.start()
+        with _main_hidden():
+            process.start()
         theirs.close()
         reader = _Reader(process, ours)
         self.readers.append(reader)
@@ -248,6 +250,27 @@ class _Pool:
                 except OSError:
                     pass
             self._retire(reader)
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a reader without multiprocessing's import of the caller's main module in it: the
+    reader runs this module's code only, and that import would run a user's script again in
+    every reader (one without the `if __name__ == "__main__"` guard could not ingest at all)
+    and cost the CLI's imports, about 0.4 s a reader. multiprocessing imports the main module
+    by the name or path it finds on `sys.modules["__main__"]` as the process starts."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    hidden: dict[str, object] = {key: main.__dict__.pop(key) for key in ("__spec__", "__file__")
+                                 if key in main.__dict__}
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(hidden)
 
 
 def _died(exitcode: int | None) -> str:
@@ -399,9 +422,9 @@ def _cached(folder: Path, key: str, path: str, content: str, points: int) -> Spo
     """The cache's entry for `key`, checked whole; None when absent or not sound (the file is
     then read again and the entry rewritten). A hit renews the entry's time (pruning goes by it)."""
     from atlas_core.mesh_files import split_suffix
-    from orchestrator.spool import SpooledShape, read_entry
+    from orchestrator.spool import SUFFIX, SpooledShape, read_entry
 
-    entry = folder / f"{key}.npz"
+    entry = folder / f"{key}{SUFFIX}"
     name = split_suffix(path)[0]
     if read_entry(entry, key, name, content, points) is None:
         return None
@@ -458,8 +481,10 @@ def prune_cache(folder: Path, max_bytes: int) -> int:
     the cache holds at most `max_bytes`; returns how many went. An entry another add is reading
     at that moment is read whole or not at all (a hit opens it once), so removing it costs that
     add a read, never a wrong shape."""
+    from orchestrator.spool import SUFFIX
+
     entries = []
-    for entry in folder.glob("*.npz"):
+    for entry in folder.glob(f"*{SUFFIX}"):
         try:
             info = entry.stat()
         except FileNotFoundError:
