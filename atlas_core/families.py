@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from atlas_core.config import TrainConfig
@@ -71,9 +72,11 @@ def family_source(family: str, count: int, seed: int, turn: Turn = IDENTITY) -> 
     return f"procedural {family} (count={count}, seed={seed}{turned})"
 
 
+@cache
 def family_pose_sample(family: str) -> PointCloudSet:
     """A few dozen shapes of the family as it is generated, to read its pose from
-    (atlas_core.orientation.frame): the same for every call."""
+    (atlas_core.orientation.frame) and to compare collections with (atlas_core.family_choice):
+    the same for every call, generated once per process (callers only read it)."""
     return generate_family(family, 48, seed=424_242, points_per_shape=1000)
 
 

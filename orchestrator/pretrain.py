@@ -1,5 +1,8 @@
 """`--pretrain FAMILY`: find a base model pre-trained on a procedural family, or queue its
-pre-training, so that a fine-tune on a user's few shapes starts from it.
+pre-training, so that a fine-tune on a user's few shapes starts from it. `--pretrain auto`
+first chooses the family (`choose_family`: the one whose generated shapes are nearest the
+dataset's, preferring a family whose base exists when it is nearly as near), so that at most
+one base is pre-trained, the most promising.
 
 Nothing is implicit: the base is a registered model whose id is printed and recorded as the
 fine-tune's parent; a base is reused only when the family, the pre-training recipe and the
@@ -8,7 +11,7 @@ architecture all match (`PretrainRecipe.key`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -23,6 +26,7 @@ from orchestrator.settings import Settings
 if TYPE_CHECKING:
     from atlas_core.config import TrainConfig
     from atlas_core.families import PretrainRecipe
+    from atlas_core.family_choice import Choice
     from atlas_core.orientation import Turn
 
 
@@ -38,10 +42,13 @@ class Base:
     queued_now: bool = False  # the pre-training job was queued by this call
 
     turn: str = "identity"  # how the family was turned to lie as the dataset's shapes do
+    #: With `--pretrain auto`: why this family (`atlas_core.family_choice.Choice.as_dict`).
+    choice: dict[str, Any] | None = None
 
     def as_params(self) -> dict[str, Any]:
-        return {"family": self.family, "key": self.key, "model_id": self.model_id,
-                "pretrain_job_id": self.pretrain_job_id, "turn": self.turn}
+        params = {"family": self.family, "key": self.key, "model_id": self.model_id,
+                  "pretrain_job_id": self.pretrain_job_id, "turn": self.turn}
+        return params if self.choice is None else {**params, "choice": self.choice}
 
 
 #: Shapes of a dataset that its pose is read from (a sharded version's first ones: its shards
@@ -55,6 +62,12 @@ def matching_turn(settings: Settings, store: ArtifactStore, family: str, dataset
     of the family. No torch."""
     from atlas_core.families import family_pose_sample
     from atlas_core.orientation import turn_between
+
+    return turn_between(family_pose_sample(family).points, _dataset_points(settings, store, dataset_id))
+
+
+def _dataset_points(settings: Settings, store: ArtifactStore, dataset_id: int) -> Any:
+    """(S, N, 3) points of up to TURN_SHAPES of the dataset's shapes."""
     from orchestrator.datasets import load_version
 
     with session_scope(settings) as s:
@@ -62,8 +75,46 @@ def matching_turn(settings: Settings, store: ArtifactStore, family: str, dataset
         if dataset is None:
             raise RegistryInvariantError(f"dataset {dataset_id} vanished while a fine-tune was prepared")
         uri, sha256 = dataset.artifact_uri, dataset.artifact_sha256
-    target = load_version(store, uri, sha256, max_shapes=TURN_SHAPES)
-    return turn_between(family_pose_sample(family).points, target.points)
+    return load_version(store, uri, sha256, max_shapes=TURN_SHAPES).points
+
+
+#: Shapes pre-trained per second (shape-epochs) by a 2-core CPU worker with the CPU preset:
+#: the swords base (500 shapes, 30 epochs) took about 16 minutes under load. What `--pretrain
+#: auto` quotes for a base that does not exist yet.
+PRETRAIN_SHAPE_EPOCHS_PER_S = 15.0
+
+
+def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,
+                  recipes: list[PretrainRecipe], finetune: TrainConfig) -> tuple[Choice, PretrainRecipe]:
+    """`--pretrain auto`: score every family's generated shapes against the dataset's
+    (`atlas_core.family_choice`, each family turned to lie as the dataset's shapes do) and
+    choose; returns the choice and the chosen family's recipe, turned. No torch, no base built."""
+    import numpy as np
+
+    from atlas_core.families import family_pose_sample
+    from atlas_core.family_choice import FamilyScore, choose, score_family
+    from atlas_core.orientation import turn_between
+
+    target = _dataset_points(settings, store, dataset_id)
+    architecture = finetune.architecture()
+    turned: dict[str, PretrainRecipe] = {}
+    scores = []
+    for recipe in recipes:
+        sample = family_pose_sample(recipe.family).points
+        turn = turn_between(sample, target)
+        recipe = replace(recipe, turn=turn)
+        with session_scope(settings) as s:
+            has_base = _base_model(s, recipe.key(architecture)) is not None
+        scores.append(FamilyScore(recipe.family, score_family(target, sample @ np.asarray(turn, float).T),
+                                  has_base))
+        turned[recipe.family] = recipe
+    choice = choose(scores)
+    return choice, turned[choice.family]
+
+
+def pretrain_estimate_s(recipe: PretrainRecipe) -> float:
+    """About how long pre-training `recipe`'s base takes on a 2-core CPU worker."""
+    return recipe.count * recipe.epochs / PRETRAIN_SHAPE_EPOCHS_PER_S
 
 
 def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: PretrainRecipe,

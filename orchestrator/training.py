@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 #: Fewer shapes than this, trained from scratch, usually lose to retrieval (README, Figures).
 SMALL_DATASET = 200
+#: `--pretrain auto`: choose the family (orchestrator.pretrain.choose_family).
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,10 @@ class TrainingPlan:
     config: TrainConfig
     #: What to tell someone training from scratch on too few shapes (`scratch_warnings`).
     warnings: list[str]
-    #: With `--pretrain`: the base's recipe (its turn is read when submitting).
-    recipe: PretrainRecipe | None = None
+    #: With `--pretrain FAMILY`: the base's recipe (its turn is read when submitting); with
+    #: `--pretrain auto`, one recipe per family, chosen among when submitting.
+    recipes: tuple[PretrainRecipe, ...] = ()
+    auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,17 +163,18 @@ def plan_training(settings: Settings, request: TrainingRequest) -> TrainingPlan:
     if request.pretrain is None:
         return TrainingPlan(start, build_config(request.given, request.reference, start.parent_config),
                             scratch_warnings(start))
-    from atlas_core.families import FAMILIES, PretrainRecipe
+    from atlas_core.families import PretrainRecipe, family_names
 
-    if request.pretrain not in FAMILIES:
+    if request.pretrain != AUTO and request.pretrain not in family_names():
         raise UserInputError(f"--pretrain {request.pretrain!r}: no such procedural family; known: "
-                             f"{', '.join(sorted(FAMILIES))}")
-    recipe = PretrainRecipe(family=request.pretrain)
-    recipe = replace(recipe, count=request.pretrain_shapes or recipe.count,
-                     epochs=request.pretrain_epochs or recipe.epochs)
-    # The recipe's gentle fine-tuning, each value overridable by its flag.
-    config = build_config({**recipe.finetune, **request.given}, request.reference, None)
-    return TrainingPlan(start, config, [], recipe)
+                             f"{', '.join(family_names())}, or {AUTO} to choose among them")
+    families = family_names() if request.pretrain == AUTO else [request.pretrain]
+    recipes = tuple(replace(recipe, count=request.pretrain_shapes or recipe.count,
+                            epochs=request.pretrain_epochs or recipe.epochs)
+                    for recipe in (PretrainRecipe(family=f) for f in families))
+    # The recipe's gentle fine-tuning (the same for every family), each value overridable by its flag.
+    config = build_config({**recipes[0].finetune, **request.given}, request.reference, None)
+    return TrainingPlan(start, config, [], recipes, auto=request.pretrain == AUTO)
 
 
 def submit_training(settings: Settings, store: ArtifactStore, plan: TrainingPlan) -> SubmittedTraining:
@@ -177,14 +182,26 @@ def submit_training(settings: Settings, store: ArtifactStore, plan: TrainingPlan
     shapes lie, find a matching base model or queue (or join) its pre-training, and register
     the fine-tune to wait for it."""
     start, params = plan.start, {"config": plan.config.to_dict(), "dataset": plan.start.ref}
-    if plan.recipe is None:
+    if not plan.recipes:
         job_id = jobs.submit(settings, JobKind.train, params=params, dataset_id=start.dataset_id,
                              input_model_id=start.model_id)
         return SubmittedTraining(job_id, start.ref, start.model_id, plan.warnings)
-    from orchestrator.pretrain import find_or_queue_base, matching_turn
+    from orchestrator.pretrain import choose_family, find_or_queue_base, matching_turn, pretrain_estimate_s
 
-    recipe = replace(plan.recipe, turn=matching_turn(settings, store, plan.recipe.family, start.dataset_id))
+    choice = None
+    if plan.auto:
+        found, recipe = choose_family(settings, store, start.dataset_id, list(plan.recipes), plan.config)
+        choice = found.as_dict()
+        for row in choice["scores"]:  # what building each missing base would cost
+            if not row["has_base"]:
+                row["pretrain_estimate_s"] = round(pretrain_estimate_s(
+                    next(r for r in plan.recipes if r.family == row["family"])))
+    else:
+        recipe = plan.recipes[0]
+        recipe = replace(recipe, turn=matching_turn(settings, store, recipe.family, start.dataset_id))
     base = find_or_queue_base(settings, store, recipe, plan.config)
+    if choice is not None:
+        base = replace(base, choice=choice)
     job_id = jobs.submit(settings, JobKind.train, dataset_id=start.dataset_id,
                          input_model_id=base.model_id, depends_on=base.pretrain_job_id,
                          params={**params, "base": base.as_params()})

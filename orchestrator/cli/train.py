@@ -42,10 +42,12 @@ def train(
         help="Fine-tune from this registered model (id or alias).")] = None,
     pretrain: Annotated[str | None, typer.Option(
         "--pretrain", metavar="FAMILY", show_default=False,
-        help="Fine-tune from a base model pre-trained on this procedural family (swords): the "
-             "registry's base with the same recipe and architecture, else its pre-training is "
-             "queued first. Fine-tuning follows rodin's measured recipe (lr 1e-4, 40 epochs, "
-             "scaling 0.1), each value overridable by its flag.")] = None,
+        help="Fine-tune from a base model pre-trained on this procedural family (`rodin datasets "
+             "families` lists them), or `auto` to choose the family whose shapes are nearest the "
+             "dataset's: the registry's base with the same recipe and architecture, else its "
+             "pre-training is queued first (auto builds at most one base, and prefers one that "
+             "exists when it is nearly as near). Fine-tuning follows rodin's measured recipe "
+             "(lr 1e-4, 40 epochs, scaling 0.1), each value overridable by its flag.")] = None,
     pretrain_shapes: Annotated[int | None, typer.Option(
         "--pretrain-shapes", min=2, show_default=False,
         help=f"Generated shapes to pre-train on (default: {_recipe().count}).")] = None,
@@ -85,6 +87,8 @@ def _follow_finetune(job_id: int, ref: str, base: "Base", *, wait: bool, as_json
 
     family = base.family
     if not as_json:
+        if base.choice is not None:
+            _print_choice(base.choice)
         if base.turn != "identity":
             err.print(f"{escape(ref)}'s shapes lie otherwise than generated {family}: the pre-training "
                       f"set is turned to match ({base.turn}).")
@@ -98,7 +102,9 @@ def _follow_finetune(job_id: int, ref: str, base: "Base", *, wait: bool, as_json
         err.print(f"Queued fine-tuning job [bold]{job_id}[/] on {escape(ref)}"
                   + (f", waiting for job {base.pretrain_job_id}" if base.pretrain_job_id else "") + ".")
 
-    ids = {"pretrain_job_id": base.pretrain_job_id}
+    ids: dict[str, Any] = {"pretrain_job_id": base.pretrain_job_id}
+    if base.choice is not None:
+        ids["family_choice"] = base.choice
     if wait and base.pretrain_job_id is not None:
         pretrained = wait_with_progress(base.pretrain_job_id, quiet=as_json)
         if not as_json:
@@ -106,3 +112,17 @@ def _follow_finetune(job_id: int, ref: str, base: "Base", *, wait: bool, as_json
     follow(job_id, wait=wait, as_json=as_json, queued={**ids, "base_model_id": base.model_id},
            extra=lambda job: {"model_id": job.final_model_id, **ids,
                                   "base_model_id": base_model_id(settings(), base)})
+
+
+def _print_choice(choice: dict[str, Any]) -> None:
+    """`--pretrain auto`'s reasoning: the family chosen, then every family's score."""
+    from rich.table import Table
+
+    err.print(f"--pretrain auto chose [bold]{escape(choice['family'])}[/]: {escape(choice['reason'])}.")
+    table = Table(title="nearest generated shape, mean Chamfer x10^3 (lower is nearer)", title_justify="left")
+    for column in ("family", "Chamfer", "base"):
+        table.add_column(column)
+    for row in choice["scores"]:
+        base = "exists" if row["has_base"] else f"none (pre-training: about {row['pretrain_estimate_s'] / 60:.0f} min on 2 CPU cores)"
+        table.add_row(escape(row["family"]), f"{row['chamfer']:.3g}", base)
+    err.print(table)

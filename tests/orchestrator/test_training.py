@@ -49,7 +49,7 @@ def test_a_plan_builds_the_preset_then_the_flags_and_writes_nothing(settings: Se
     assert (plan.config.epochs, plan.config.model.n_patches, plan.config.keep_best) == (3, 4, False)
     assert plan.config.model.bottleneck == TrainConfig.cpu().model.bottleneck
     assert plan_training(settings, TrainingRequest("d", reference=True)).config == TrainConfig.reference()
-    assert plan.start.ref == "d@1" and plan.recipe is None
+    assert plan.start.ref == "d@1" and plan.recipes == ()
     assert "d@1 has 1 shapes" in plan.warnings[0]  # from scratch on too few shapes
     assert _jobs(settings) == []
 
@@ -92,9 +92,9 @@ def test_pretrain_uses_the_recipe_and_a_matching_base(settings: Settings, datase
     monkeypatch.setattr(orchestrator.pretrain, "matching_turn", lambda *args: IDENTITY)
     plan = plan_training(settings, TrainingRequest("d", {"n_patches": 4, "lr": 3e-4}, pretrain="swords",
                                                    pretrain_shapes=6, pretrain_epochs=2))
-    assert plan.recipe == PretrainRecipe(count=6, epochs=2) and plan.warnings == []
+    assert plan.recipes == (PretrainRecipe(count=6, epochs=2),) and plan.warnings == []
     assert (plan.config.lr, plan.config.epochs, plan.config.augment.scale) == (3e-4, 40, 0.1)  # flag, recipe
-    key = plan.recipe.key(plan.config.architecture())
+    key = plan.recipes[0].key(plan.config.architecture())
 
     # A pre-training job of the same key is running: the fine-tune waits for it.
     running = Job(kind=JobKind.train.value, status=JobStatus.running.value, dataset_id=dataset_id,
@@ -174,3 +174,28 @@ def test_submit_train_hands_the_flags_given_to_the_service(monkeypatch: pytest.M
     assert seen == [TrainingRequest("d", {"epochs": 3, "augment_rotate": False, "augment_scale": 0.2,
                                           "keep_best": False}, reference=True)]
 
+
+
+def test_pretrain_auto_chooses_the_nearest_family_and_queues_one_base(settings: Settings) -> None:
+    from atlas_core.families import family_names, generate_family
+    from orchestrator import datasets
+    from orchestrator.artifacts import open_store
+
+    store = open_store(settings)
+    family = family_names()[-1]
+    data = generate_family(family, 10, seed=99, points_per_shape=400)
+    datasets.register_dataset(settings, store, "mine", data, "test", [])
+    plan = plan_training(settings, TrainingRequest("mine", {}, pretrain="auto", pretrain_shapes=6, pretrain_epochs=2))
+    assert [r.family for r in plan.recipes] == family_names()
+    submitted = submit_training(settings, store, plan)
+    assert submitted.base is not None and submitted.base.family == family
+    choice = submitted.base.choice
+    assert choice is not None and choice["family"] == family
+    assert sorted(row["family"] for row in choice["scores"]) == family_names()
+    assert all(row["pretrain_estimate_s"] > 0 and not row["has_base"] for row in choice["scores"])
+    pretraining = [j for j in _jobs(settings) if (j.params or {}).get("pretrain")]
+    assert len(pretraining) == 1 and pretraining[0].params["pretrain"]["family"] == family  # one base, not all
+    finetune = _jobs(settings)[-1]
+    assert finetune.status == "waiting" and finetune.params["base"]["choice"]["family"] == family
+    with pytest.raises(UserInputError, match="no such procedural family.*or auto"):
+        plan_training(settings, TrainingRequest("mine", {}, pretrain="autos"))
