@@ -1,11 +1,16 @@
 """Procedural shape families, and the recipe that pre-trains a base model on one.
 
-A family is a generator of meshes of one kind of object (`swords` is the one that exists). A
-user with 30 meshes of that kind fine-tunes a base model pre-trained on many generated ones
+A family is a generator of meshes of one kind of object: `swords`, `furniture` (chairs, stools,
+benches, tables), `vessels` (vases, bottles, mugs, bowls, jars, goblets) and `generic` (random
+compositions of primitive parts, for any man-made object without a family of its own). A user
+with 30 meshes of that kind fine-tunes a base model pre-trained on many generated ones
 (`rodin submit train --dataset mine --pretrain swords`). Adding a family is one entry in
-FAMILIES: a function `(count, seed) -> iterator of (name, trimesh.Trimesh)`.
+FAMILIES: a `Family` whose generator is `(count, seed) -> iterator of (name, trimesh.Trimesh,
+parameters)`, deterministic from the seed, with a one-line description and the names of the
+parameters that vary (fields of the parameters' dataclass).
 
-No torch here: the client generates the pre-training set and checks for a base model.
+No torch here, and no trimesh until a family generates: the client lists the families,
+generates the pre-training set and checks for a base model.
 """
 
 from __future__ import annotations
@@ -25,21 +30,86 @@ if TYPE_CHECKING:
 
     from atlas_core.data import PointCloudSet
 
-Generator = Callable[[int, int], Iterator[tuple[str, "trimesh.Trimesh"]]]
+#: `(count, seed) -> (name, mesh, parameters)`: the parameters are the family's dataclass.
+Generator = Callable[[int, int], Iterator[tuple[str, "trimesh.Trimesh", Any]]]
 
 
-def _swords(count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh]]:
+@dataclass(frozen=True)
+class Family:
+    """A procedural family: its name, what it makes (one line), its generator and the names of
+    the parameters that vary from one shape to the next."""
+
+    name: str
+    description: str
+    generate: Generator
+    parameters: tuple[str, ...]
+
+    def meshes(self, count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh]]:
+        """``count`` shapes as ``(name, mesh)``, deterministic from ``seed``."""
+        for name, mesh, _params in self.generate(count, seed):
+            yield name, mesh
+
+    def __call__(self, count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh]]:
+        return self.meshes(count, seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": list(self.parameters)}
+
+
+# Each generator imports its module (numpy, trimesh) only when it runs.
+def _swords(count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh, Any]]:
     from atlas_core.swords import generate_swords
 
-    for name, mesh, _params in generate_swords(count, seed):
-        yield name, mesh
+    return generate_swords(count, seed)
 
 
-FAMILIES: dict[str, Generator] = {"swords": _swords}
+def _furniture(count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh, Any]]:
+    from atlas_core.furniture import generate_furniture
+
+    return generate_furniture(count, seed)
+
+
+def _vessels(count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh, Any]]:
+    from atlas_core.vessels import generate_vessels
+
+    return generate_vessels(count, seed)
+
+
+def _generic(count: int, seed: int) -> Iterator[tuple[str, trimesh.Trimesh, Any]]:
+    from atlas_core.parts import generate_generic
+
+    return generate_generic(count, seed)
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("swords", "swords: a straight or curved, single- or double-edged blade with a guard, a "
+           "grip and a pommel", _swords,
+           ("blade_length", "blade_width", "blade_thickness", "taper", "curvature", "edge", "tip", "tip_length",
+            "fuller", "fuller_depth", "fuller_width", "fuller_length", "guard", "guard_width", "guard_height",
+            "guard_depth", "guard_curve", "grip_length", "grip_radius", "grip_ridges", "pommel", "pommel_size")),
+    Family("furniture", "chairs, stools, benches and tables: a seat or top on legs, a pedestal or "
+           "panels, with aprons, stretchers, backs and arms", _furniture,
+           ("kind", "width", "depth", "height", "top", "top_thickness", "legs", "leg_count", "leg_thickness",
+            "leg_taper", "leg_section", "leg_inset", "splay", "apron", "apron_height", "stretchers",
+            "stretcher_height", "back", "back_height", "back_tilt", "back_fill", "back_wrap", "slats", "arms",
+            "arm_height", "column_shape")),
+    Family("vessels", "vases, bottles, mugs, cups, bowls, jars and goblets: a turned profile with "
+           "walls, handles, a foot or stem, a lid", _vessels,
+           ("kind", "height", "radius", "profile", "wall", "cavity", "handles", "handle_shape", "handle_top",
+            "handle_bottom", "handle_reach", "handle_thickness", "handle_width", "lid")),
+    Family("generic", "any man-made object: 2-8 primitive parts (boxes, cylinders, ellipsoids, capsules, "
+           "tubes, turned and extruded shapes) attached to each other, often mirror-symmetric", _generic,
+           ("part_count", "symmetric", "scale", "body", "lying", "kinds", "roles", "parts")),
+)}
 
 
 def family_names() -> list[str]:
     return sorted(FAMILIES)
+
+
+def describe_families() -> list[dict[str, Any]]:
+    """Every family as ``{"name", "description", "parameters"}``, by name."""
+    return [FAMILIES[name].describe() for name in family_names()]
 
 
 def generate_family(family: str, count: int, seed: int, points_per_shape: int,
@@ -54,7 +124,7 @@ def generate_family(family: str, count: int, seed: int, points_per_shape: int,
     if family not in FAMILIES:
         raise ValueError(f"no procedural family {family!r}; known: {', '.join(family_names())}")
     shapes = []
-    for i, (name, mesh) in enumerate(FAMILIES[family](count, seed)):
+    for i, (name, mesh) in enumerate(FAMILIES[family].meshes(count, seed)):
         if turn != IDENTITY:
             transform = np.eye(4)
             transform[:3, :3] = np.asarray(turn, dtype=np.float64)

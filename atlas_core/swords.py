@@ -7,8 +7,8 @@ Layout of every sword (metres, right-handed):
     * the guard sits just below y = 0, the grip below it and the pommel at the bottom.
 
 Each part is built as its own closed solid by lofting a closed cross-section ring along a spine
-and capping both ends (blade, guard arms, knuckle bow, grip, pommel), then the parts are put in
-one mesh. Parts overlap where they meet instead of being joined by booleans (no boolean engine
+and capping both ends (blade, guard arms, knuckle bow, grip, pommel; the lofting is shared with
+the other families in atlas_core.primitives), then the parts are put in one mesh. Parts overlap where they meet instead of being joined by booleans (no boolean engine
 is available); every part is closed, so the mesh as a whole is watertight with outward winding.
 
 Uses numpy and trimesh only. A sword has roughly 1,500-2,000 triangles; generation is
@@ -19,10 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
 import trimesh
+
+from atlas_core.primitives import loft as _loft
+from atlas_core.primitives import superellipse as _superellipse
+from atlas_core.primitives import sweep_xy as _sweep_xy
+from atlas_core.primitives import to_mesh
 
 __all__ = ["SwordParams", "sample_sword_params", "make_sword", "generate_swords"]
 
@@ -156,78 +160,6 @@ def sample_sword_params(rng: np.random.Generator) -> SwordParams:
         pommel=str(rng.choice(POMMELS)),
         pommel_size=float(u(0.018, 0.04)),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Lofting
-
-
-@lru_cache(maxsize=64)
-def _loft_faces(m: int, k: int) -> np.ndarray:
-    """Triangles (2k(m-1) + 2k, 3) of a tube of ``m`` rings of ``k`` points, capped at both ends.
-
-    Ring i point j is vertex ``i*k + j``; the start cap center is vertex ``m*k`` and the end cap
-    center ``m*k + 1``. Caps traverse each boundary edge opposite to the tube, so every edge is
-    shared by exactly two triangles with opposite directions (closed, consistently wound).
-    """
-    i, j = np.meshgrid(np.arange(m - 1), np.arange(k), indexing="ij")
-    a = i * k + j
-    b = i * k + (j + 1) % k
-    c = (i + 1) * k + (j + 1) % k
-    d = (i + 1) * k + j
-    tube = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)], axis=1).reshape(-1, 3)
-    ring = np.arange(k)
-    start = np.stack([np.full(k, m * k), (ring + 1) % k, ring], -1)
-    end = np.stack([np.full(k, m * k + 1), (m - 1) * k + ring, (m - 1) * k + (ring + 1) % k], -1)
-    faces = np.concatenate([tube, start, end]).astype(np.int64)
-    faces.setflags(write=False)
-    return faces
-
-
-def _loft(
-    rings: np.ndarray, start: np.ndarray | None = None, end: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Close a stack of rings (M, K, 3) into a solid: vertices (M*K + 2, 3), faces (F, 3).
-
-    ``start``/``end`` (3,) are the cap apexes (default: the ring's centroid, a flat cap).
-    Faces are flipped if needed so the signed volume is positive, i.e. the winding is outward.
-    """
-    m, k, _ = rings.shape
-    start = rings[0].mean(axis=0) if start is None else start
-    end = rings[-1].mean(axis=0) if end is None else end
-    vertices = np.concatenate([rings.reshape(-1, 3), start[None], end[None]])
-    faces = _loft_faces(m, k)
-    tri = vertices[faces]
-    if np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() < 0:
-        faces = faces[:, ::-1]
-    return vertices, faces
-
-
-def _sweep_xy(spine: np.ndarray, section: np.ndarray) -> np.ndarray:
-    """Place cross-sections along a spine lying in the XY plane.
-
-    ``spine`` (M, 3) points; ``section`` (M, K, 2) ring coordinates per station, as
-    (offset along the in-plane normal, offset along Z). Returns rings (M, K, 3).
-    """
-    tangent = np.gradient(spine[:, :2], axis=0)
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
-    normal = np.stack([tangent[:, 1], -tangent[:, 0], np.zeros(len(spine))], axis=-1)
-    return (
-        spine[:, None, :]
-        + section[..., :1] * normal[:, None, :]
-        + section[..., 1:] * np.array([0.0, 0.0, 1.0])
-    )
-
-
-def _superellipse(k: int, a: np.ndarray, b: np.ndarray, power: float = 2.0) -> np.ndarray:
-    """Rings (M, K, 2) of superellipses with half-axes ``a``, ``b`` (M,); power 2 = ellipse,
-    larger = boxier."""
-    theta = np.linspace(0.0, 2.0 * np.pi, k, endpoint=False)
-    c, s = np.cos(theta), np.sin(theta)
-    e = 2.0 / power
-    x = np.sign(c) * np.abs(c) ** e
-    y = np.sign(s) * np.abs(s) ** e
-    return np.stack([a[:, None] * x, b[:, None] * y], axis=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,14 +358,7 @@ def make_sword(params: SwordParams) -> trimesh.Trimesh:
     parts += _guard(params)
     parts.append(_grip(params))
     parts.append(_pommel(params))
-    vertices, faces, offset = [], [], 0
-    for v, f in parts:
-        vertices.append(v)
-        faces.append(f + offset)
-        offset += len(v)
-    return trimesh.Trimesh(
-        vertices=np.concatenate(vertices), faces=np.concatenate(faces), process=False
-    )
+    return to_mesh(parts)
 
 
 def generate_swords(

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("atlas_core", "orchestrator", "workers", "migrations")
 SERVICES = {"celery", "kombu", "redis", "sqlalchemy", "alembic", "typer", "rich", "fsspec"}
 #: atlas_core modules that a client (ingestion, config validation) uses: no torch in them.
-TORCH_FREE = {"atlas_core", "atlas_core.config", "atlas_core.mesh_io", "atlas_core.swords",
+TORCH_FREE = {"atlas_core", "atlas_core.config", "atlas_core.mesh_io", "atlas_core.swords", "atlas_core.primitives",
+              "atlas_core.furniture", "atlas_core.vessels", "atlas_core.parts",
               "atlas_core.data", "atlas_core.families", "atlas_core.mesh_errors", "atlas_core.mesh_limits",
               "atlas_core.mesh_files", "atlas_core.mesh_draco", "atlas_core.mesh_diagnosis",
               "atlas_core.mesh_surface", "atlas_core.mesh_sampling"}

@@ -39,7 +39,8 @@ def _progress() -> Progress:
 
 @app.command("make")
 def make(
-    kind: Annotated[str, typer.Argument(help="What to generate: `swords`.", show_default=False)],
+    kind: Annotated[str, typer.Argument(
+        help="What to generate: a procedural family (`rodin datasets families`).", show_default=False)],
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many shapes.")] = 200,
     seed: Seed = 0,
     name: Annotated[str | None, typer.Option(
@@ -61,6 +62,21 @@ def make(
     else:
         err.print(f"Registered [bold]{escape(str(summary['ref']))}[/]: {count} {kind}, "
                   f"{points} points each (dataset id {summary['id']}).")
+
+
+@app.command("families")
+def families(as_json: Json = False) -> None:
+    """The procedural families `make` generates: what each makes, and the parameters that vary."""
+    from atlas_core.families import describe_families
+
+    rows = describe_families()
+    if as_json:
+        emit_json({"families": rows})
+        return
+    table = listing(("family", WORD), ("description", TEXT), ("parameters", TEXT))
+    for row in rows:
+        table.add_row(escape(row["name"]), escape(row["description"]), escape(", ".join(row["parameters"])))
+    console.print(table)
 
 
 class _Rate(ProgressColumn):
