@@ -87,13 +87,14 @@ PRETRAIN_SHAPE_EPOCHS_PER_S = 15.0
 def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,
                   recipes: list[PretrainRecipe], finetune: TrainConfig) -> tuple[Choice, PretrainRecipe]:
     """`--pretrain auto`: score every family's generated shapes against the dataset's
-    (`atlas_core.family_choice`, each family turned to lie as the dataset's shapes do) and
-    choose; returns the choice and the chosen family's recipe, turned. No torch, no base built."""
+    (`atlas_core.family_choice`, each family as generated and turned to lie as the dataset's
+    shapes do, whichever fits better) and choose; returns the choice and the chosen family's
+    recipe, in that pose. No torch, no base built."""
     import numpy as np
 
     from atlas_core.families import family_pose_sample
     from atlas_core.family_choice import FamilyScore, choose, score_family
-    from atlas_core.orientation import turn_between
+    from atlas_core.orientation import IDENTITY, turn_between
 
     target = _dataset_points(settings, store, dataset_id)
     architecture = finetune.architecture()
@@ -101,12 +102,16 @@ def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,
     scores = []
     for recipe in recipes:
         sample = family_pose_sample(recipe.family).points
-        turn = turn_between(sample, target)
+        # The frames' turn, or none: a family whose shapes are nearly as wide as deep (chairs,
+        # vases) has no telling axes, and its frame can turn it away from a collection it fits;
+        # the pose that fits better is kept.
+        poses = {turn: score_family(target, sample @ np.asarray(turn, float).T)
+                 for turn in {IDENTITY, turn_between(sample, target)}}
+        turn = min(poses, key=lambda t: (poses[t], t != IDENTITY))
         recipe = replace(recipe, turn=turn)
         with session_scope(settings) as s:
             has_base = _base_model(s, recipe.key(architecture)) is not None
-        scores.append(FamilyScore(recipe.family, score_family(target, sample @ np.asarray(turn, float).T),
-                                  has_base))
+        scores.append(FamilyScore(recipe.family, poses[turn], has_base))
         turned[recipe.family] = recipe
     choice = choose(scores)
     return choice, turned[choice.family]

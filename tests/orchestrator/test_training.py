@@ -59,7 +59,7 @@ def test_a_plan_builds_the_preset_then_the_flags_and_writes_nothing(settings: Se
      "invalid training settings: points (10) must be at least the number of patches (50)"),
     (TrainingRequest("nosuch"), "dataset 'nosuch' is not registered"),
     (TrainingRequest("d", pretrain="swords", from_model="1"), "--pretrain and --from-model both"),
-    (TrainingRequest("d", pretrain="chairs"), "--pretrain 'chairs': no such procedural family; known: swords"),
+    (TrainingRequest("d", pretrain="chairs"), "--pretrain 'chairs': no such procedural family; known: furniture, generic"),
 ])
 def test_a_bad_request_is_refused_before_anything_is_written(settings: Settings, dataset_id: int,
                                                              request_: TrainingRequest, message: str) -> None:
@@ -176,13 +176,13 @@ def test_submit_train_hands_the_flags_given_to_the_service(monkeypatch: pytest.M
 
 
 
-def test_pretrain_auto_chooses_the_nearest_family_and_queues_one_base(settings: Settings) -> None:
+@pytest.mark.parametrize("family", ["furniture", "generic", "swords", "vessels"])
+def test_pretrain_auto_chooses_the_nearest_family_and_queues_one_base(settings: Settings, family: str) -> None:
     from atlas_core.families import family_names, generate_family
     from orchestrator import datasets
     from orchestrator.artifacts import open_store
 
     store = open_store(settings)
-    family = family_names()[-1]
     data = generate_family(family, 10, seed=99, points_per_shape=400)
     datasets.register_dataset(settings, store, "mine", data, "test", [])
     plan = plan_training(settings, TrainingRequest("mine", {}, pretrain="auto", pretrain_shapes=6, pretrain_epochs=2))
