@@ -1,20 +1,23 @@
-"""Small-data study: thirty swords in, are the reconstructions better than copying the nearest?
+"""Small-data study: thirty shapes of one family in, are the reconstructions better than
+copying the nearest?
 
 Runs everything through the real `rodin` CLI and queue, in its own fresh RODIN_HOME, on three
-disjoint sets of generated swords (the 30 to train on, 100 held out, and the pre-training
-family that `--pretrain swords` generates with its own seed):
+disjoint sets of generated shapes of `--family` (swords by default: the 30 to train on, 100 held
+out, and the pre-training set that `--pretrain FAMILY` generates with its own seed):
 
-  (b)  `rodin submit train --dataset swords-30 --pretrain swords` from an empty registry
+  (b)  `rodin submit train --dataset F-30 --pretrain F` from an empty registry
        (the pre-training is queued first), then the same with the base already registered;
   (a)  trained from scratch on the 30 (for comparison);
-each evaluated on the 100 held-out swords with default refinement (and without), against
-retrieval from the 30; then the time to reconstruct one mesh on a warm worker, and the
-out-of-distribution warning on the model's own held-out swords and on ../shared/meshes/objects.
+each evaluated on the 100 held-out shapes with default refinement (and without), against
+retrieval from the 30; which family `--pretrain auto` picks for the 30 and its scores; then the
+time to reconstruct one mesh on a warm worker, and the out-of-distribution warning on the
+model's own held-out shapes and on ../shared/meshes/objects.
 
-    python -m benchmarks.small_data --home /tmp/rodin-study [--quick] [--turned] [--json]
+    python -m benchmarks.small_data --home /tmp/rodin-study [--family swords] [--quick] [--turned] [--json]
 
-With `--turned` the user's swords (the 30 and the held out) lie along -x, not the generator's
-+y: `--pretrain` must turn its family to match (atlas_core.orientation).
+With `--turned` the user's shapes (the 30 and the held out) are turned a quarter about z (a
+sword lies along -x, not the generator's +y): `--pretrain` must turn its family to match
+(atlas_core.orientation).
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ def timed(home: Path, *args: str) -> tuple[dict[str, Any], float]:
     return result, time.perf_counter() - start
 
 
-def evaluate(home: Path, model: int, *extra: str) -> tuple[dict[str, Any], float]:
-    ev, seconds = timed(home, "evaluate", "--model", str(model), "--dataset", "swords-test", "--wait",
+def evaluate(home: Path, model: int, test: str, *extra: str) -> tuple[dict[str, Any], float]:
+    ev, seconds = timed(home, "evaluate", "--model", str(model), "--dataset", test, "--wait",
                         "--out", str(home / f"eval-{model}{''.join(extra)}"), *extra)
     row = {k: ev[k] for k in SCORES}
     row["chamfer_margin"] = 1 - ev["chamfer"] / ev["retrieval_chamfer"]  # > 0: better than retrieval
@@ -62,16 +65,16 @@ def evaluate(home: Path, model: int, *extra: str) -> tuple[dict[str, Any], float
 QUARTER = ((0, -1, 0), (1, 0, 0), (0, 0, 1))
 
 
-def sword_files(folder: Path, count: int, seed: int, turned: bool = False) -> list[Path]:
-    """Swords as OBJ files (the generator's meshes, turned by QUARTER with `turned`), for
-    `rodin reconstruct` and `rodin datasets add`."""
+def family_files(family: str, folder: Path, count: int, seed: int, turned: bool = False) -> list[Path]:
+    """Generated shapes as OBJ files (the generator's meshes, turned by QUARTER with `turned`),
+    for `rodin reconstruct` and `rodin datasets add`."""
     import numpy as np
 
-    from atlas_core.swords import generate_swords
+    from atlas_core.families import FAMILIES
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, mesh, _ in generate_swords(count, seed):
+    for name, mesh in FAMILIES[family].meshes(count, seed):
         if turned:
             transform = np.eye(4)
             transform[:3, :3] = QUARTER
@@ -82,15 +85,35 @@ def sword_files(folder: Path, count: int, seed: int, turned: bool = False) -> li
     return paths
 
 
-def make_set(home: Path, name: str, count: int, seed: int, turned: bool) -> None:
-    """A registered set of generated swords: `datasets make`, or the turned meshes through
+def make_set(home: Path, family: str, name: str, count: int, seed: int, turned: bool) -> None:
+    """A registered set of generated shapes: `datasets make`, or the turned meshes through
     `datasets add` (as a user's own collection arrives)."""
     if not turned:
-        rodin(home, "datasets", "make", "swords", "--name", name, "--count", str(count), "--seed", str(seed))
+        rodin(home, "datasets", "make", family, "--name", name, "--count", str(count), "--seed", str(seed))
         return
     folder = home / f"{name}-meshes"
-    sword_files(folder, count, seed, turned=True)
+    family_files(family, folder, count, seed, turned=True)
     rodin(home, "datasets", "add", name, str(folder))
+
+
+def auto_pick(home: Path, dataset: str) -> dict[str, Any]:
+    """What `--pretrain auto` would choose for `dataset` (the service itself, in this process,
+    on the study's registry): nothing is submitted."""
+    from atlas_core.config import TrainConfig
+    from atlas_core.families import PretrainRecipe, family_names
+    from orchestrator.artifacts import open_store
+    from orchestrator.pretrain import choose_family
+    from orchestrator.registry.db import session_scope
+    from orchestrator.registry.queries import resolve_dataset
+    from orchestrator.settings import load_settings
+
+    settings = load_settings({"RODIN_HOME": str(home)})
+    with session_scope(settings) as s:
+        dataset_id = resolve_dataset(s, dataset).id
+    started = time.perf_counter()
+    choice, _ = choose_family(settings, open_store(settings), dataset_id,
+                              [PretrainRecipe(family=f) for f in family_names()], TrainConfig.cpu())
+    return {**choice.as_dict(), "seconds": round(time.perf_counter() - started, 2)}
 
 
 def warned(out: dict[str, Any]) -> int:
@@ -100,6 +123,7 @@ def warned(out: dict[str, Any]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "rodin-study")
+    parser.add_argument("--family", default="swords", help="the procedural family of the study's shapes")
     parser.add_argument("--scratch-epochs", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few shapes and epochs")
     parser.add_argument("--turned", action="store_true",
@@ -114,27 +138,32 @@ def main() -> None:
     home.mkdir(parents=True)
     figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
     rodin(home, "up")
+    family = args.family
+    small, test = f"{family}-30", f"{family}-test"
+    figures["family"] = family
     try:
-        make_set(home, "swords-30", n_small, 2, args.turned)
-        make_set(home, "swords-test", n_test, 3, args.turned)
+        make_set(home, family, small, n_small, 2, args.turned)
+        make_set(home, family, test, n_test, 3, args.turned)
+        figures["auto"] = auto_pick(home, small)
+        report(figures["auto"], "--pretrain auto", args.json)
 
-        out, train_s = timed(home, "submit", "train", "--dataset", "swords-30", "--pretrain", "swords",
+        out, train_s = timed(home, "submit", "train", "--dataset", small, "--pretrain", family,
                              *quick, "--wait")
         model = out["model_id"]
-        refined, eval_s = evaluate(home, model)
-        plain, _ = evaluate(home, model, "--refine", "0")
+        refined, eval_s = evaluate(home, model, test)
+        plain, _ = evaluate(home, model, test, "--refine", "0")
         figures["pretrained"] = {"model_id": model, "base_model_id": out["base_model_id"],
                                  "pretrain_job_id": out["pretrain_job_id"], "train_s": train_s,
                                  "evaluate_100_s": eval_s, "refined": refined, "unrefined": plain}
         report(figures["pretrained"], "pretrained", args.json)
 
-        again, again_s = timed(home, "submit", "train", "--dataset", "swords-30", "--pretrain", "swords",
+        again, again_s = timed(home, "submit", "train", "--dataset", small, "--pretrain", family,
                                "--seed", "1", *quick, "--wait")
         figures["base_registered"] = {"model_id": again["model_id"], "reused_base": again["pretrain_job_id"] is None,
                                       "train_s": again_s}
         report(figures["base_registered"], "base registered", args.json)
 
-        held_out = sword_files(home / "held-out", 10 if not args.quick else 3, seed=3, turned=args.turned)
+        held_out = family_files(family, home / "held-out", 10 if not args.quick else 3, seed=3, turned=args.turned)
         one, one_s = timed(home, "reconstruct", "--model", str(model), str(held_out[0]), "--wait",
                            "--out", str(home / "one"))
         figures["one_mesh"] = {"job_wall_s": one_s, "refine_s": one["results"][0]["seconds"],
@@ -146,13 +175,13 @@ def main() -> None:
         foreign = sorted(p for p in OBJECTS.glob("*") if p.is_file()) if OBJECTS.is_dir() else []
         others = rodin(home, "reconstruct", "--model", str(model), *map(str, foreign), "--wait",
                        "--out", str(home / "foreign")) if foreign else {"results": []}
-        figures["ood"] = {"false_positives": f"{warned(own)}/{len(own['results'])} held-out swords warned",
+        figures["ood"] = {"false_positives": f"{warned(own)}/{len(own['results'])} held-out {family} warned",
                           "true_positives": f"{warned(others)}/{len(others['results'])} objects warned"}
         report(figures["ood"], "out of distribution", args.json)
 
-        scratch, scratch_train_s = timed(home, "submit", "train", "--dataset", "swords-30", "--epochs",
+        scratch, scratch_train_s = timed(home, "submit", "train", "--dataset", small, "--epochs",
                                          str(args.scratch_epochs if not args.quick else 2), "--wait")
-        s_refined, _ = evaluate(home, scratch["model_id"])
+        s_refined, _ = evaluate(home, scratch["model_id"], test)
         figures["scratch"] = {"model_id": scratch["model_id"], "train_s": scratch_train_s, "refined": s_refined}
         report(figures["scratch"], "from scratch", args.json)
     finally:
@@ -171,11 +200,15 @@ def report(row: dict[str, Any], label: str, quiet: bool) -> None:
 
 def table(f: dict[str, Any], n_test: int) -> None:
     print(f"load average: {f['load_average_start'][0]:.2f} at start, {f['load_average_end'][0]:.2f} at end")
-    print("| model (evaluated on the held-out swords) | Chamfer x1e3 | retrieval from the 30 | beats retrieval on"
+    family = f["family"]
+    auto = f["auto"]
+    print(f"--pretrain auto on the 30 {family}: picks {auto['family']} in {auto['seconds']} s; scores "
+          + ", ".join(f"{r['family']} {r['chamfer']:.3g}" for r in auto["scores"]))
+    print(f"| model (evaluated on the held-out {family}) | Chamfer x1e3 | retrieval from the 30 | beats retrieval on"
           " | margin | F-score@1% | coverage | normal cons. | collapsed patches |")
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = [("--pretrain swords, refined", f["pretrained"]["refined"]),
-            ("--pretrain swords, no refinement", f["pretrained"]["unrefined"]),
+    rows = [(f"--pretrain {family}, refined", f["pretrained"]["refined"]),
+            (f"--pretrain {family}, no refinement", f["pretrained"]["unrefined"]),
             ("from scratch on the 30, refined", f["scratch"]["refined"])]
     for label, r in rows:
         print(f"| {label} | {r['chamfer']:.3f} | {r['retrieval_chamfer']:.3f} | "
