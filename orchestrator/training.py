@@ -151,8 +151,9 @@ def scratch_warnings(start: Start) -> list[str]:
     if start.model_id is not None or start.shapes >= SMALL_DATASET:
         return []
     return [f"{start.ref} has {start.shapes} shapes: trained from scratch on so few, AtlasNet usually "
-            "loses to retrieval (copying the nearest training shape); `--pretrain swords` "
-            "fine-tunes a pre-trained base instead"]
+            "loses to retrieval (copying the nearest training shape); `--pretrain auto` "
+            "fine-tunes a base pre-trained on the nearest procedural family instead "
+            "(`rodin datasets families` lists them)"]
 
 
 def plan_training(settings: Settings, request: TrainingRequest) -> TrainingPlan:

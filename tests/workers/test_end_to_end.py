@@ -234,7 +234,7 @@ def test_pretrain_then_fine_tune_and_the_base_is_reused(slice_home: Rodin) -> No
 
 def test_training_from_scratch_on_few_shapes_says_so(slice_home: Rodin) -> None:
     out = slice_home.json("submit", "train", "--dataset", "swords", *TINY)
-    assert any("--pretrain swords" in w for w in out["warnings"])
+    assert any("--pretrain auto" in w for w in out["warnings"])
     slice_home.json("cancel", str(out["job_id"]))
 
 
