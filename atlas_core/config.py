@@ -167,7 +167,12 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata=group(""))
     epochs: int = field(default=150, metadata=declare("Epochs"))
-    batch_size: int = field(default=32, metadata=declare("Shapes per step"))
+    batch_size: int = field(default=32, metadata=declare("Shapes per step (the global batch, over every device)"))
+    #: Devices (ranks) that train one job data-parallel on one machine: GPUs, or CPU processes
+    #: of one thread each. Each rank computes `batch_size // devices` shapes of every step.
+    devices: int = field(default=1, metadata=declare(
+        "Devices that train this job data-parallel on one worker machine; each takes "
+        "batch-size / devices shapes of every step"))
     lr: float = field(default=1e-3, metadata=declare("Adam learning rate, /10 at 80, 93, 97% of epochs"))
     lr_decay_at: tuple[float, ...] = REFERENCE_LR_DECAY_AT
     val_fraction: float = field(default=0.1, metadata=declare("Shapes held out for validation"))
@@ -201,6 +206,11 @@ class TrainConfig:
             epochs=30, batch_size=16, checkpoint_every=5,
         )
 
+    @property
+    def device_batch(self) -> int:
+        """Shapes each device computes per step: the global batch over the devices."""
+        return self.batch_size // max(1, self.devices)
+
     def lr_milestones(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.lr_decay_at})
 
@@ -209,6 +219,10 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.devices >= 1, f"devices must be >= 1, got {self.devices}"),
+            (self.devices < 1 or self.batch_size % self.devices == 0,
+             f"batch size {self.batch_size} is not divisible by devices {self.devices}: the batch is "
+             f"split evenly among the devices; pick a multiple of {self.devices}"),
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atlas_core import distributed
 from atlas_core.augment import augment, principal_axes
 from atlas_core.chamfer import chamfer_distance, nearest_neighbors
 from atlas_core.checkpoint import dump_checkpoint, load_checkpoint
@@ -89,16 +90,19 @@ def _draw_points(clouds: torch.Tensor, n: int, generator: torch.Generator) -> to
     return clouds.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3))
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled index batches; never a batch of one, which BatchNorm cannot train on."""
+def _batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 2) -> list[torch.Tensor]:
+    """Shuffled index batches; never a batch smaller than `min_size`: 2, as BatchNorm cannot train
+    on one shape, or the number of devices, each of which needs a shape. A smaller last batch
+    joins the one before it (with no batch before it, its shapes are shown more than once, with
+    different point subsets)."""
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if len(batches[-1]) == 1:
+    if len(batches[-1]) < min_size:
         if len(batches) > 1:
             last = batches.pop()
             batches[-1] = torch.cat([batches[-1], last])
-        else:  # a single training shape: show it twice, with different point subsets
-            batches[0] = batches[0].repeat(2)
+        else:
+            batches[0] = batches[0].repeat(-(-min_size // len(batches[0])))
     return batches
 
 
@@ -128,6 +132,13 @@ def evaluate_chamfer(
     return total / count
 
 
+def _as_tensor(points: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Points (any shape) as a tensor of torch's default dtype on `device`: float32 as stored,
+    unless the caller trains in float64 (`torch.set_default_dtype`, as the equivalence checks
+    of `atlas_core.distributed` do)."""
+    return torch.from_numpy(points).to(device=device, dtype=torch.get_default_dtype())
+
+
 class _Loader:
     """The training and validation shapes of a ShapeSource, as train() draws them.
 
@@ -153,30 +164,32 @@ class _Loader:
         self.axes: torch.Tensor | None = None
         if self.resident:
             points = gather_points(data, train_idx)
-            self.train_clouds = torch.from_numpy(points).to(device)
-            self.axes = torch.from_numpy(principal_axes(points))
+            self.train_clouds = _as_tensor(points, device)
+            self.axes = _as_tensor(principal_axes(points), torch.device("cpu"))
         self.val_clouds: torch.Tensor | None = None
         if in_memory or len(self.val_idx) <= self.buffer:
-            self.val_clouds = torch.from_numpy(gather_points(data, self.val_idx)).to(device)
+            self.val_clouds = _as_tensor(gather_points(data, self.val_idx), device)
         #: Up to 8 validation shapes for the patch-health check.
         self.health = (self.val_clouds[:8] if self.val_clouds is not None else
-                       torch.from_numpy(gather_points(data, self.val_idx[:8])).to(device))
+                       _as_tensor(gather_points(data, self.val_idx[:8]), device))
         # Per block: the positions (within the block) of its training and validation shapes.
         blocks = data.blocks()
         self._train_in = [np.flatnonzero(np.isin(m, train_idx)) for m in blocks]
         self._val_in = [np.flatnonzero(np.isin(m, self.val_idx)) for m in blocks]
 
-    def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(clouds (B, P, 3) on the device, principal axes (B, 3) or None) per training batch."""
+    def epoch(self, batch_size: int, generator: torch.Generator,
+              min_size: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(clouds (B, P, 3) on the device, principal axes (B, 3) or None) per training batch,
+        never fewer than `min_size` shapes (see `_batches`)."""
         if self.resident:
             if self.train_clouds is None or self.axes is None:
                 raise RuntimeError("resident training shapes were not loaded")
-            for idx in _batches(len(self.train_clouds), batch_size, generator):
+            for idx in _batches(len(self.train_clouds), batch_size, generator, min_size):
                 yield self.train_clouds[idx.to(self.device)], self.axes[idx]
             return
-        for batch in _no_single_batches(self._streamed(generator), batch_size):
+        for batch in _no_single_batches(self._streamed(generator), batch_size, min_size):
             points = np.stack(batch)
-            yield torch.from_numpy(points).to(self.device), None
+            yield _as_tensor(points, self.device), None
 
     def _streamed(self, generator: torch.Generator) -> Iterator[np.ndarray]:
         """Every training shape once, shuffled across blocks and within the buffer (one array
@@ -216,15 +229,16 @@ class _Loader:
             for r in rows:
                 pending.append(np.array(points[r], dtype=np.float32))
                 if len(pending) == batch_size:
-                    yield torch.from_numpy(np.stack(pending)).to(self.device)
+                    yield _as_tensor(np.stack(pending), self.device)
                     pending = []
         if pending:
-            yield torch.from_numpy(np.stack(pending)).to(self.device)
+            yield _as_tensor(np.stack(pending), self.device)
 
 
-def _no_single_batches(items: Iterator[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
-    """Batches of `batch_size` items; as `_batches`, never a batch of one: a last single item
-    joins the batch before it (or is shown twice when it is the only one)."""
+def _no_single_batches(items: Iterator[np.ndarray], batch_size: int,
+                       min_size: int = 2) -> Iterator[list[np.ndarray]]:
+    """Batches of `batch_size` items; as `_batches`, never a batch smaller than `min_size`: a
+    smaller last batch joins the batch before it (or is repeated when it is the only one)."""
     held: list[np.ndarray] | None = None
     pending: list[np.ndarray] = []
     for item in items:
@@ -233,11 +247,11 @@ def _no_single_batches(items: Iterator[np.ndarray], batch_size: int) -> Iterator
             if held is not None:
                 yield held
             held, pending = pending, []
-    if len(pending) == 1:
+    if 0 < len(pending) < min_size:
         if held is not None:
             held, pending = held + pending, []
         else:
-            pending = pending * 2
+            pending = pending * -(-min_size // len(pending))
     if held is not None:
         yield held
     if pending:
@@ -284,17 +298,39 @@ def train(
     better epoch before it is already stored. `registered_epochs` are the epochs whose
     checkpoints the caller already holds (an earlier attempt's): a resumed run takes its best
     epoch from the resumed history, among those.
+
+    Data-parallel (`config.devices` > 1): call it in each of `devices` processes, inside a
+    process group of that size (`atlas_core.distributed.process_group`), with the same config,
+    data and resume state. Every rank draws the same global batches from the same seeded
+    generator and computes its part of each (`distributed.batch_part`); the model's BatchNorm
+    takes the global batch's statistics (`distributed.sync_batchnorm`; the fused kernels, which
+    compute a local batch's, give way to the plain layers), each rank's Chamfer sum is scaled
+    by world / global batch so that DistributedDataParallel's average of the gradients is the
+    gradient of the global batch's mean, and the loss is summed over the ranks: N ranks train
+    what one process trains on the same global batches, up to float rounding. Only rank 0
+    validates, checks patience and keeps checkpoints, so only rank 0 takes the callbacks that
+    write (`on_epoch`, `on_checkpoint`; the others pass none) and its decisions (stop, stop
+    early, the best epoch) reach the others at the end of every epoch.
     """
     config.validate()
     callbacks = callbacks or TrainCallbacks()
-    device = torch.device(config.device)
+    rank, world = distributed.world()
+    if world != config.devices:
+        raise ValueError(f"the config trains on {config.devices} device(s) but this process is one of "
+                         f"{world} rank(s): start {config.devices} ranks in a process group "
+                         "(atlas_core.distributed.process_group)")
+    if rank != 0 and (callbacks.on_epoch is not None or callbacks.on_checkpoint is not None):
+        raise ValueError(f"rank {rank} was given on_epoch/on_checkpoint callbacks: only rank 0 "
+                         "reports and keeps checkpoints")
+    device = distributed.rank_device(config.device, rank) if world > 1 else torch.device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
     train_idx, val_idx = split_of(data, config.val_fraction, config.seed, config.split)
     loader = _Loader(data, train_idx, val_idx, buffer_bytes, device)
 
-    model = AtlasNet(config.model).to(device)
+    # Several ranks: the plain layers (the fused kernels take a local batch's statistics).
+    model = AtlasNet(config.model, fused=world == 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=config.lr_milestones(), gamma=0.1
@@ -311,6 +347,14 @@ def train(
         start_epoch = int(state["epoch"]) + 1
     elif init_weights is not None:
         model.load_state_dict(init_weights)
+    trainee: torch.nn.Module = model  # what the training steps call: the model, or its DDP wrapper
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        distributed.sync_batchnorm(model, device)
+        # No buffer broadcast: synchronised BatchNorm keeps the running statistics equal.
+        trainee = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          forward_sync_buffers=False)
 
     def snapshot(epoch: int) -> bytes:
         return dump_checkpoint(config=config, model=model, optimizer=optimizer,
@@ -333,26 +377,46 @@ def train(
     result = TrainResult(model=model, history=history, last_epoch=start_epoch - 1)
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        losses = []
-        for clouds, axes in loader.epoch(config.batch_size, generator):
+        trainee.train()
+        losses: list[float] = []
+        # Several ranks: each step's Chamfer sum over this rank's part, and the global batch size.
+        part_sums: list[torch.Tensor] = []
+        sizes: list[int] = []
+        for clouds, axes in loader.epoch(config.batch_size, generator, max(2, world)):
+            # The global batch's points and augmentation, drawn alike on every rank.
             x = _draw_points(clouds, n_points, generator)
             if config.augment.enabled:
                 if axes is None:  # streamed: each shape's axis from its whole cloud, as resident
-                    axes = torch.from_numpy(principal_axes(clouds.cpu().numpy()))
+                    axes = _as_tensor(principal_axes(clouds.cpu().numpy()), torch.device("cpu"))
                 x = augment(x, axes, config.augment, generator)
-            pred = model(x, generator=generator)
-            loss = chamfer_distance(pred, x)
+            if world == 1:
+                pred = trainee(x, generator=generator)
+                loss = chamfer_distance(pred, x)
+            else:
+                part = distributed.batch_part(x, world, rank)
+                pred = trainee(part, generator=generator)
+                part_sum = chamfer_distance(pred, part, reduction="none").sum()
+                # DDP averages the ranks' gradients: this scale makes the average the gradient
+                # of the global batch's mean Chamfer.
+                loss = part_sum * (world / len(x))
+                part_sums.append(part_sum.detach())
+                sizes.append(len(x))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            if world == 1:
+                losses.append(loss.item())
             if callbacks.on_step is not None:
                 callbacks.on_step()
+        if world > 1:  # each step's global mean: the ranks' sums, added in one all-reduce an epoch
+            totals = distributed.all_reduce_sum(torch.stack(part_sums).to(torch.float64))
+            losses = (totals.cpu() / torch.tensor(sizes, dtype=torch.float64)).tolist()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val = evaluate_chamfer(model, loader.validation(config.batch_size), n_points,
-                               config.batch_size, config.seed + 1, callbacks.on_step)
+        val = math.nan  # rank 0's value reaches the other ranks at the end of the epoch
+        if rank == 0:
+            val = evaluate_chamfer(model, loader.validation(config.batch_size), n_points,
+                                   config.batch_size, config.seed + 1, callbacks.on_step)
         stats = EpochStats(epoch, config.epochs, float(np.mean(losses)), val, lr,
                            time.perf_counter() - started)
         if not math.isfinite(stats.train_loss):
@@ -379,7 +443,13 @@ def train(
                     best_extra = extra
             elif improved and config.keep_best:
                 best_state, best_extra = snapshot(epoch), _health(model, loader.health, n_points)
-        if callbacks.on_epoch and callbacks.on_epoch(stats) is False and not last:
+        stop = callbacks.on_epoch is not None and callbacks.on_epoch(stats) is False and not last
+        if world > 1:  # rank 0 validated and heard the callbacks: its decisions hold for all
+            agreed = distributed.broadcast_floats([val, stop, out_of_patience, best_epoch, best_val], device)
+            history[-1]["val_chamfer"] = agreed[0]
+            stop, out_of_patience = bool(agreed[1]), bool(agreed[2])
+            best_epoch, best_val = int(agreed[3]), agreed[4]
+        if stop:
             result.stopped = True
             return result
         if out_of_patience:
