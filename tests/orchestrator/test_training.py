@@ -197,5 +197,15 @@ def test_pretrain_auto_chooses_the_nearest_family_and_queues_one_base(settings: 
     assert len(pretraining) == 1 and pretraining[0].params["pretrain"]["family"] == family  # one base, not all
     finetune = _jobs(settings)[-1]
     assert finetune.status == "waiting" and finetune.params["base"]["choice"]["family"] == family
+
+    # Its pre-training succeeds: the next auto fine-tune picks that base and pre-trains nothing.
+    with session_scope(settings) as s:
+        s.get(Job, pretraining[0].id).status = JobStatus.succeeded.value  # type: ignore[union-attr]
+    base_id = _model(settings, pretraining[0].dataset_id, plan.config, job_id=pretraining[0].id)
+    again = submit_training(settings, store, plan)
+    assert again.base is not None and (again.base.model_id, again.input_model_id) == (base_id, base_id)
+    assert again.base.choice is not None and again.base.choice["family"] == family
+    assert [row["has_base"] for row in again.base.choice["scores"] if row["family"] == family] == [True]
+    assert len([j for j in _jobs(settings) if (j.params or {}).get("pretrain")]) == 1
     with pytest.raises(UserInputError, match="no such procedural family.*or auto"):
         plan_training(settings, TrainingRequest("mine", {}, pretrain="autos"))
