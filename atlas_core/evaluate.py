@@ -69,7 +69,8 @@ class EvaluationReport:
     """Mean scores over the evaluated shapes, the retrieval baseline, and one row per shape.
 
     Per-shape rows: name, chamfer, fscore, precision, coverage, normal_consistency,
-    retrieval_chamfer and retrieved (the name of the nearest library shape).
+    retrieval_chamfer and retrieved (the name of the nearest library shape, by Chamfer), and that
+    shape's retrieval_fscore, retrieval_coverage and retrieval_normal_consistency.
     """
 
     shapes: int
@@ -90,6 +91,10 @@ class EvaluationReport:
     #: Chamfer of `retrieval_candidates` shapes picked by descriptor; see the module's doc).
     retrieval_search: str = "exact"
     retrieval_candidates: int | None = None
+    #: The retrieved shapes scored as the model's reconstructions are (the same points).
+    retrieval_fscore: float | None = None
+    retrieval_coverage: float | None = None
+    retrieval_normal_consistency: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, keys in the order of the stored evaluation report."""
@@ -162,16 +167,21 @@ def _refined(model: AtlasNet, clouds: np.ndarray, mesh_vertices: int, options: d
                    **options).mesh(mesh_vertices) for cloud in clouds]
 
 
-def _add_retrieval(per_shape: list[Row], gt: np.ndarray, library: PointCloudSet, eval_points: int,
-                   candidates: int = RETRIEVAL_CANDIDATES,
+def _add_retrieval(per_shape: list[Row], gt: np.ndarray, gt_normals: np.ndarray, library: PointCloudSet,
+                   eval_points: int, candidates: int = RETRIEVAL_CANDIDATES,
                    exact_up_to: int = EXACT_RETRIEVAL_UP_TO) -> tuple[str, int | None]:
-    """Adds retrieval_chamfer and retrieved to every row; gt: (S, M, 3). Returns the search
-    used and its candidates per shape (None: exact)."""
-    lib, _ = subsample(library, eval_points, seed=3)  # (T, M, 3)
+    """Adds retrieval_chamfer and retrieved to every row, and the retrieved shape's other
+    scores as the model's are scored (retrieval_fscore, retrieval_coverage,
+    retrieval_normal_consistency); gt, gt_normals: (S, M, 3). Returns the search used and its
+    candidates per shape (None: exact)."""
+    lib, lib_normals = subsample(library, eval_points, seed=3)  # (T, M, 3) each
     distances, nearest, search = nearest_library_shapes(gt, lib, candidates, exact_up_to)
-    for row, dist, j in zip(per_shape, distances, nearest):
+    for i, (row, dist, j) in enumerate(zip(per_shape, distances, nearest)):
         row["retrieval_chamfer"] = float(dist)
         row["retrieved"] = library.names[j]
+        scores = surface_scores(lib[j], lib_normals[j], gt[i], gt_normals[i])
+        row["retrieval_fscore"], row["retrieval_coverage"] = scores.fscore, scores.coverage
+        row["retrieval_normal_consistency"] = scores.normal_consistency
     return search, (None if search == "exact" else min(candidates, len(lib)))
 
 
@@ -268,6 +278,9 @@ def _report(per_shape: list[Row], meshes: list[PatchMesh], n_patches: int, libra
         warnings=health.warnings(coverage),
         retrieval_search=search[0],
         retrieval_candidates=search[1],
+        retrieval_fscore=mean("retrieval_fscore"),
+        retrieval_coverage=mean("retrieval_coverage"),
+        retrieval_normal_consistency=mean("retrieval_normal_consistency"),
     )
 
 
@@ -299,5 +312,6 @@ def evaluate(model: AtlasNet, shapes: PointCloudSet, library: PointCloudSet, *,
                                                mesh_vertices, batch, on_progress, refine)
     if on_progress is not None:
         on_progress(len(shapes), len(shapes), "retrieval")
-    search = _add_retrieval(per_shape, gt, library, eval_points, retrieval_candidates, exact_retrieval_up_to)
+    search = _add_retrieval(per_shape, gt, gt_normals, library, eval_points, retrieval_candidates,
+                            exact_retrieval_up_to)
     return _report(per_shape, meshes, model.config.n_patches, len(library), eval_points, search)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 OBJECTS = Path(__file__).resolve().parents[2] / "shared" / "meshes" / "objects"
-SCORES = ("chamfer", "retrieval_chamfer", "fscore", "coverage", "normal_consistency",
+SCORES = ("chamfer", "retrieval_chamfer", "fscore", "retrieval_fscore", "coverage", "normal_consistency",
           "shapes_beating_retrieval", "shapes", "collapsed_patches")
 
 
@@ -56,7 +56,7 @@ def timed(home: Path, *args: str) -> tuple[dict[str, Any], float]:
 def evaluate(home: Path, model: int, test: str, *extra: str) -> tuple[dict[str, Any], float]:
     ev, seconds = timed(home, "evaluate", "--model", str(model), "--dataset", test, "--wait",
                         "--out", str(home / f"eval-{model}{''.join(extra)}"), *extra)
-    row = {k: ev[k] for k in SCORES}
+    row = {k: ev.get(k) for k in SCORES}
     row["chamfer_margin"] = 1 - ev["chamfer"] / ev["retrieval_chamfer"]  # > 0: better than retrieval
     return row, seconds
 
@@ -205,15 +205,15 @@ def table(f: dict[str, Any], n_test: int) -> None:
     print(f"--pretrain auto on the 30 {family}: picks {auto['family']} in {auto['seconds']} s; scores "
           + ", ".join(f"{r['family']} {r['chamfer']:.3g}" for r in auto["scores"]))
     print(f"| model (evaluated on the held-out {family}) | Chamfer x1e3 | retrieval from the 30 | beats retrieval on"
-          " | margin | F-score@1% | coverage | normal cons. | collapsed patches |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          " | margin | F-score@1% | retrieval's F-score | coverage | normal cons. | collapsed patches |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = [(f"--pretrain {family}, refined", f["pretrained"]["refined"]),
             (f"--pretrain {family}, no refinement", f["pretrained"]["unrefined"]),
             ("from scratch on the 30, refined", f["scratch"]["refined"])]
     for label, r in rows:
         print(f"| {label} | {r['chamfer']:.3f} | {r['retrieval_chamfer']:.3f} | "
               f"{r['shapes_beating_retrieval']}/{n_test} | {100 * r['chamfer_margin']:.0f}% | "
-              f"{r['fscore']:.3f} | {r['coverage']:.3f} | {r['normal_consistency']:.3f} | "
+              f"{r['fscore']:.3f} | {r['retrieval_fscore']:.3f} | {r['coverage']:.3f} | {r['normal_consistency']:.3f} | "
               f"{len(r['collapsed_patches'])} |")
     p, b, one = f["pretrained"], f["base_registered"], f["one_mesh"]
     print(f"wall time from an empty registry: {p['train_s']:.0f} s pre-train + fine-tune, "

@@ -451,8 +451,9 @@ def _evaluation(story: Story) -> str:
     for ev in story.evaluations:
         r = ev.result
         rows = [("Chamfer \u00d71e3 (lower is better)", r.get("chamfer"), r.get("retrieval_chamfer")),
-                (f"F-score @ {number(r.get('fscore_threshold'))}", r.get("fscore"), None),
-                ("normal consistency", r.get("normal_consistency"), None), ("coverage", r.get("coverage"), None)]
+                (f"F-score @ {number(r.get('fscore_threshold'))}", r.get("fscore"), r.get("retrieval_fscore")),
+                ("normal consistency", r.get("normal_consistency"), r.get("retrieval_normal_consistency")),
+                ("coverage", r.get("coverage"), r.get("retrieval_coverage"))]
         body = "".join(f"<tr><th>{esc(name)}</th><td class=\"num\">{esc(number(model))}</td>"
                        f"<td class=\"num\">{esc(number(retrieval) if retrieval is not None else '')}</td></tr>"
                        for name, model, retrieval in rows)

@@ -111,9 +111,13 @@ def print_evaluation(r: dict[str, Any]) -> None:
     table = Table("metric", "model", "retrieval", title=f"model {r['model_id']} on {escape(r['dataset'])} "
                   f"({r['shapes']} shapes)", title_justify="left")
     table.add_row("Chamfer x1e3 (lower is better)", f"{r['chamfer']:.3f}", f"{r['retrieval_chamfer']:.3f}")
-    table.add_row(f"F-score @ {r['fscore_threshold']}", f"{r['fscore']:.3f}", "")
-    table.add_row("normal consistency", f"{r['normal_consistency']:.3f}", "")
-    table.add_row("coverage", f"{r['coverage']:.3f}", "")
+    def retrieval(key: str) -> str:  # absent from evaluations stored before it was scored
+        value = r.get(f"retrieval_{key}")
+        return "" if value is None else f"{value:.3f}"
+
+    table.add_row(f"F-score @ {r['fscore_threshold']}", f"{r['fscore']:.3f}", retrieval("fscore"))
+    table.add_row("normal consistency", f"{r['normal_consistency']:.3f}", retrieval("normal_consistency"))
+    table.add_row("coverage", f"{r['coverage']:.3f}", retrieval("coverage"))
     console.print(table)
     wins = f"better on {r['shapes_beating_retrieval']} of {r['shapes']} shapes"
     if r["beats_retrieval"]:

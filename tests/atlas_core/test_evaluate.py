@@ -29,7 +29,7 @@ POINTS = 200  # per shape; scoring on all of them makes retrieval of a shape fro
 KEYS = ["shapes", "retrieval_library", "chamfer", "fscore", "normal_consistency", "coverage",
         "retrieval_chamfer", "fscore_threshold", "chamfer_units", "collapsed_patches",
         "per_shape", "beats_retrieval", "shapes_beating_retrieval", "warnings", "retrieval_search",
-        "retrieval_candidates"]
+        "retrieval_candidates", "retrieval_fscore", "retrieval_coverage", "retrieval_normal_consistency"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,9 @@ def _assert_consistent(report: EvaluationReport) -> None:
     assert report.chamfer == pytest.approx(sum(r["chamfer"] for r in rows) / len(rows))
     assert report.retrieval_chamfer == pytest.approx(
         sum(r["retrieval_chamfer"] for r in rows) / len(rows))
+    # The retrieved shape is scored as a reconstruction is: its F-score and coverage are shares.
+    assert report.retrieval_fscore == pytest.approx(sum(r["retrieval_fscore"] for r in rows) / len(rows))
+    assert all(0 <= r["retrieval_fscore"] <= 1 and 0 <= r["retrieval_coverage"] <= 1 for r in rows)
 
 
 def test_a_checkpoint_scores_its_validation_split_against_its_training_split(
