@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 #: How long a collective (and the rendezvous) may wait for the other ranks before it fails.
@@ -181,26 +182,67 @@ def broadcast_floats(values: Sequence[float], device: torch.device | str = "cpu"
 # BatchNorm over the global batch
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """The sum over ranks, differentiable: every rank's input reaches every rank's output, so
-    the gradient of a rank's input is the sum over ranks of their outputs' gradients."""
+class _GlobalBatchNorm(torch.autograd.Function):
+    """BatchNorm's training-mode forward and backward with the statistics of the global batch,
+    as torch's SyncBatchNorm computes them on CUDA (whose kernels have no CPU version).
+
+    x: (R, C) or (N, C, L), this rank's part; weight, bias: (C,) or None. Returns y (x's
+    shape), and the global mean and biased variance (C,) and row count (1,) for the running
+    statistics (no gradient).
+
+    Forward: each rank's mean and variance in one pass (`torch.var_mean`), one all-reduce of
+    (rows x mean, rows x (variance + mean^2), rows) in float64, then the normalisation as one
+    kernel (`F.batch_norm` given those statistics). Backward: the local sums of g and g x xhat
+    in one kernel (aten's BatchNorm backward, asked for the parameters' gradients only), one
+    all-reduce of them, then dx = k (g - mean(g) - xhat mean(g xhat)), k = weight x invstd, the
+    means over the global batch: one affine map of x (again `F.batch_norm`) plus k g. The
+    parameters' gradients are this rank's sums: DDP adds the ranks' (and averages)."""
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        out = t.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        C = x.shape[1]
+        dims = [0] if x.dim() == 2 else [0, 2]
+        rows = x.numel() // C
+        var_r, mean_r = torch.var_mean(x, dims, correction=0)
+        m = mean_r.double()
+        stats = torch.cat([m * rows, (var_r.double() + m * m) * rows, m.new_tensor([float(rows)])])
+        dist.all_reduce(stats)
+        count = stats[2 * C:]
+        if float(count) <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count)} "
+                             "over every rank")
+        mean64 = stats[:C] / count
+        var64 = (stats[C:2 * C] / count - mean64 * mean64).clamp_min(0.0)
+        mean, var = mean64.to(x.dtype), var64.to(x.dtype)
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        invstd = torch.rsqrt(var64 + eps)
+        ctx.save_for_backward(x, weight, mean64, invstd)
+        ctx.eps, ctx.count, ctx.has_bias = eps, float(count), bias is not None
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
-
-
-def _all_reduce_with_grad(t: Tensor) -> Tensor:
-    """t (any shape) summed over ranks, with the gradient of that sum."""
-    return _AllReduceSum.apply(t)
+    def backward(ctx, g: Tensor, *_unused: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean64, invstd64 = ctx.saved_tensors
+        g = g.contiguous()
+        C = x.shape[1]
+        shape = (1, C) if x.dim() == 2 else (1, C, 1)
+        _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
+            g, x, weight, None, None, mean64.to(x.dtype), invstd64.to(x.dtype), True, ctx.eps,
+            [False, True, True])
+        sums = torch.cat([sum_g, sum_g_xhat]).double()
+        dist.all_reduce(sums)
+        mean_g, mean_g_xhat = sums[:C] / ctx.count, sums[C:] / ctx.count
+        k = invstd64 * (weight.double() if weight is not None else 1.0)
+        # dx = k g + s x + c, with s = -k invstd mean(g xhat), c = -s mean - k mean(g)
+        slope = -k * invstd64 * mean_g_xhat
+        offset = -slope * mean64 - k * mean_g
+        zeros = torch.zeros(C, dtype=x.dtype, device=x.device)
+        ones = torch.ones(C, dtype=x.dtype, device=x.device)
+        dx = F.batch_norm(x, zeros, ones, slope.to(x.dtype), offset.to(x.dtype), False, 0.0, 0.0)
+        dx.addcmul_(g, k.to(x.dtype).view(shape))
+        return (dx, sum_g_xhat if weight is not None else None, sum_g if ctx.has_bias else None, None)
 
 
 class SyncBatchNorm(nn.BatchNorm1d):
@@ -208,11 +250,10 @@ class SyncBatchNorm(nn.BatchNorm1d):
     (torch's nn.SyncBatchNorm runs on CUDA only).
 
     x: (R, C) rows, or (N, C, L) (statistics over N and L), as nn.BatchNorm1d takes them. In
-    training mode with more than one rank, each rank sums its rows per channel; an all-reduce
-    (with autograd, so that the backward carries every rank's gradient of the statistics)
-    gives the global count and mean, then a second one the global sum of squared deviations
-    from that mean: the same two-pass statistics one process computes on the whole batch, and
-    the running statistics updated as nn.BatchNorm1d updates them (momentum, unbiased
+    training mode with more than one rank, the mean and variance are those of every rank's
+    rows together and the backward carries every rank's gradient through them
+    (`_GlobalBatchNorm`: two small all-reduces a layer, one forward, one backward); the
+    running statistics are updated as nn.BatchNorm1d updates them (momentum, unbiased
     variance). In eval mode, or with one rank, it is nn.BatchNorm1d. The state dict is
     nn.BatchNorm1d's, so checkpoints load into the plain model.
     """
@@ -222,18 +263,7 @@ class SyncBatchNorm(nn.BatchNorm1d):
             return super().forward(x)
         if x.dim() not in (2, 3):
             raise ValueError(f"expected (R, C) or (N, C, L) input, got {tuple(x.shape)}")
-        C = x.shape[1]
-        dims = [0] if x.dim() == 2 else [0, 2]
-        shape = (1, C) if x.dim() == 2 else (1, C, 1)
-        local_rows = x.numel() // C
-        sums = _all_reduce_with_grad(torch.cat([x.sum(dims), x.new_tensor([float(local_rows)])]))
-        count = float(sums[C].detach())  # the global rows per channel
-        if count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count)} "
-                             "over every rank")
-        mean = sums[:C] / count
-        centred = x - mean.view(shape)
-        var = _all_reduce_with_grad((centred * centred).sum(dims)) / count  # biased, as BatchNorm normalises
+        y, mean, var, count = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 if self.num_batches_tracked is not None:
@@ -242,12 +272,9 @@ class SyncBatchNorm(nn.BatchNorm1d):
                     factor = 1.0 / float(self.num_batches_tracked if self.num_batches_tracked is not None else 1)
                 else:
                     factor = self.momentum
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                unbiased = var.detach() * (count / (count - 1))
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
-        y = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+                n = float(count)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * (n / (n - 1))).to(self.running_var.dtype), factor)
         return y
 
 

@@ -1,19 +1,26 @@
-"""The body of `rodin.train`: registry in, atlas_core training, checkpoints out."""
+"""The body of `rodin.train`: registry in, atlas_core training, checkpoints out.
+
+A job whose config says `devices: N > 1` trains in N ranks on this machine: this job process is
+rank 0, the only one that talks to the registry and writes to the store, and it starts the
+others (`workers.rank`); see `_train_ranks`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sqlalchemy import select
 
+from atlas_core import distributed
 from atlas_core.checkpoint import load_checkpoint
 from atlas_core.config import TrainConfig
 from atlas_core.data import PointCloudSet, ShapeSource, gather_points, split_of
 from atlas_core.render import render_loss_curves
-from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, train
+from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, TrainResult, train
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.datasets import open_version
@@ -26,6 +33,7 @@ from orchestrator.settings import Settings
 from orchestrator.shard_cache import ShardCache
 from workers import liveness, runtime
 from workers.blobs import Blob
+from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,9 @@ class _Recorder:
         earlier = [e for e in self.ids if e < epoch]
         return self.ids[max(earlier)] if earlier else self.origin
 
+    def callbacks(self) -> TrainCallbacks:
+        return TrainCallbacks(on_epoch=self.on_epoch, on_checkpoint=self.on_checkpoint, on_step=liveness.tick)
+
     def on_epoch(self, stats: EpochStats) -> bool:
         return jobs.report_progress(self.settings, self.lease, stats.as_dict())
 
@@ -94,24 +105,39 @@ def _registered_epochs(settings: Settings, job_id: int) -> dict[int, int]:
         return {epoch: model_id for epoch, model_id in rows}
 
 
-def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
-    job_id = lease.job_id
-    plan = _plan(settings, job_id, device)
-    # Shards through the machine's cache (each fetched once per machine, sha256 checked), read
-    # as training goes; a version stored before shards is one blob in memory, as before.
-    data = open_version(store, plan.dataset.uri, plan.dataset.sha256,
-                        ShardCache.for_settings(settings, store))
+def _open_data(settings: Settings, store: ArtifactStore, plan: _Plan) -> ShapeSource:
+    """Shards through the machine's cache (each fetched once per machine, sha256 checked), read
+    as training goes; a version stored before shards is one blob in memory, as before."""
+    return open_version(store, plan.dataset.uri, plan.dataset.sha256, ShardCache.for_settings(settings, store))
+
+
+def _start_state(store: ArtifactStore, plan: _Plan) -> tuple[bytes | None, dict[str, torch.Tensor] | None]:
+    """(the checkpoint a resumed attempt continues, the weights a fine-tune starts from)."""
     resume_bytes = plan.resume.read(store) if plan.resume else None
     init_weights = None
     if plan.start_from is not None and resume_bytes is None:
-        init_weights = load_checkpoint(plan.start_from.read(store), map_location=device)["model"]
+        init_weights = load_checkpoint(plan.start_from.read(store), map_location=plan.config.device)["model"]
+    return resume_bytes, init_weights
 
+
+def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, device: str) -> None:
+    job_id = lease.job_id
+    plan = _plan(settings, job_id, device)
     recorder = _Recorder(settings, store, lease, plan)
-    result = train(plan.config, data,
-                   TrainCallbacks(on_epoch=recorder.on_epoch, on_checkpoint=recorder.on_checkpoint,
-                                  on_step=liveness.tick),
-                   resume_from=resume_bytes, init_weights=init_weights,
-                   registered_epochs=set(recorder.ids))
+    if plan.config.devices > 1:
+        try:
+            result, data = _train_ranks(settings, store, plan, recorder)
+        except RankLost as exc:
+            # A rank died: the attempt is lost, as if this job process had died, and the job
+            # resumes from its last checkpoint (or fails once RODIN_MAX_ATTEMPTS are lost).
+            reason = f"{exc}; its other ranks were stopped"
+            jobs.take_back(settings, job_id, lease.attempt, runtime.hostname(), reason)
+            raise jobs.LeaseLost(f"{reason}; attempt {lease.attempt} given back") from exc
+    else:
+        data = _open_data(settings, store, plan)
+        resume_bytes, init_weights = _start_state(store, plan)
+        result = train(plan.config, data, recorder.callbacks(), resume_from=resume_bytes,
+                       init_weights=init_weights, registered_epochs=set(recorder.ids))
 
     outputs = []
     if result.history:
@@ -130,6 +156,67 @@ def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devic
                 result={"final_model_id": recorder.ids[result.final_epoch],
                         "final_epoch": result.final_epoch, "last_epoch": result.last_epoch,
                         "stopped_early": result.stopped_early})
+
+
+def _usable_devices(device: str) -> tuple[int, str]:
+    """(how many devices of this kind this worker process can give one job, their name)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.device_count(), "visible GPU(s)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, "CPU core(s)"
+
+
+def _train_ranks(settings: Settings, store: ArtifactStore, plan: _Plan,
+                 recorder: _Recorder) -> tuple[TrainResult, ShapeSource]:
+    """Train on `config.devices` ranks of this machine, this process being rank 0.
+
+    Rank 0 serves the c10d store on loopback (a port the system picks), starts ranks 1..N-1
+    (`HelperRanks`), reads the data while they start, waits for every one to arrive (a helper
+    that ends first raises here rather than leaving rank 0 in the rendezvous), then trains with
+    the callbacks that write; the helpers train with none. A helper that dies makes a collective
+    fail on rank 0: RankLost (killed, crashed) or the helper's own error (RuntimeError). Every
+    helper is killed on the way out, whatever happened. On the CPU each rank runs one thread."""
+    config = plan.config
+    world = config.devices
+    usable, what = _usable_devices(config.device)
+    if world > usable:
+        raise ValueError(f"the job trains on {world} devices but this worker has {usable} {what}: a "
+                         f"job runs on one machine, so --devices is at most its GPUs (or CPU cores); "
+                         f"resubmit with --devices {usable} or start a worker where {world} fit")
+    # Helpers wait in a collective while rank 0 rides out a registry or store outage.
+    timeout_s = max(distributed.DEFAULT_TIMEOUT_S, 2 * settings.registry_retry_s + settings.progress_timeout_s)
+    tcp = distributed.serve_store("127.0.0.1", world, timeout_s=timeout_s)
+    task = RankTask(job_id=recorder.lease.job_id, config=config.to_dict(),
+                    dataset=(plan.dataset.uri, plan.dataset.sha256),
+                    resume=(plan.resume.uri, plan.resume.sha256) if plan.resume else None,
+                    start_from=(plan.start_from.uri, plan.start_from.sha256)
+                    if plan.start_from and not plan.resume else None,
+                    rank=0, world_size=world, master_addr="127.0.0.1", master_port=tcp.port,
+                    parent_pid=os.getpid(), timeout_s=timeout_s)
+    threads = torch.get_num_threads()
+    helpers = HelperRanks.start(task)
+    try:
+        if torch.device(config.device).type == "cpu":
+            torch.set_num_threads(1)
+        data = _open_data(settings, store, plan)
+        resume_bytes, init_weights = _start_state(store, plan)
+        helpers.wait_arrived(tcp, tick=liveness.tick)
+        log.info("job %s: %s ranks on %s", task.job_id, world, config.device)
+        spec = distributed.RankSpec(0, world, task.master_addr, task.master_port)
+        try:
+            with distributed.process_group(spec, config.device, store=tcp, timeout_s=timeout_s):
+                result = train(config, data, recorder.callbacks(), resume_from=resume_bytes,
+                               init_weights=init_weights, registered_epochs=set(recorder.ids))
+        except RuntimeError as exc:  # a collective failed (gloo, NCCL): did a helper end?
+            cause = helpers.cause(grace_s=DEATH_GRACE_S)
+            if cause is None:
+                raise
+            raise cause from exc
+        helpers.join()
+        return result, data
+    finally:
+        helpers.kill()
+        torch.set_num_threads(threads)
 
 
 def _blob_of(settings: Settings, model_id: int) -> Blob:
