@@ -13,7 +13,7 @@ from atlas_core.config import ModelConfig
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.meshing import reconstruct
 from atlas_core.model import AtlasNet
-from atlas_core.refine import encode, fit_chamfer, mesh_latent, refine
+from atlas_core.refine import _Decoders, encode, fit_chamfer, mesh_latent, refine, refine_batch
 from atlas_core.swords import generate_swords
 
 FAST = dict(latent_steps=15, decoder_steps=10, latent_points=(60, 120), decoder_points=(60, 120))
@@ -63,7 +63,7 @@ def test_refinement_lowers_the_chamfer_and_leaves_the_model_byte_identical(
     np.testing.assert_array_equal(mesh.patch_ids, reference.patch_ids)
     assert result.chamfer_after <= result.chamfer_latent <= result.chamfer_before
     assert set(result.as_dict()) == {"chamfer_before", "chamfer_latent", "chamfer_after", "latent_steps",
-                                     "decoder_steps", "decoders_refined", "seconds"}
+                                     "decoder_steps", "decoders_refined", "seconds", "batch"}
 
 
 def test_latent_only_refinement_keeps_the_decoders(model: AtlasNet, points: torch.Tensor) -> None:
@@ -139,3 +139,89 @@ def test_mesh_latent_meshes_like_reconstruct(model: AtlasNet, points: torch.Tens
 def test_one_shape_at_a_time(model: AtlasNet) -> None:
     with pytest.raises(ValueError, match=r"one shape's points \(1, N, 3\)"):
         refine(model, torch.rand(2, 100, 3))
+    with pytest.raises(ValueError, match=r"point clouds \(N, 3\)"):
+        refine_batch(model, [torch.rand(100, 3), torch.rand(100, 2)])
+    with pytest.raises(ValueError, match="1 generators for 2 inputs"):
+        refine_batch(model, torch.rand(2, 100, 3), generators=[torch.Generator()])
+
+
+# -----------------------------------------------------------------------------
+# Batches
+
+
+@pytest.fixture(scope="module")
+def swords() -> list[torch.Tensor]:
+    """Three swords in the unit ball, (1, N, 3) each, of different sizes (the batch's inputs
+    need not have as many points)."""
+    return [torch.from_numpy(shape_from_mesh(mesh, "s", n, seed=0).points)[None]
+            for (_, mesh, _), n in zip(generate_swords(3, seed=7), (400, 400, 300))]
+
+
+def test_the_stacked_decoders_decode_as_the_model_does(model: AtlasNet) -> None:
+    # One shared copy (every input through the same K patches) and one private copy per input
+    # (B*K patches) both compute what PatchDecoders computes, BatchNorm folded in included.
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.decoders.named_parameters():
+            if ".bn" in f".{name}":
+                p.uniform_(-1, 1)
+    template = model.template.sample(3, 40, generator=torch.Generator().manual_seed(1))
+    latent = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model.decode(latent, template).flatten(1, 2)  # (4, K*P, 3)
+        shared = _Decoders.of(model.decoders)
+        for decoders in (shared, shared.copies(4)):
+            torch.testing.assert_close(decoders(template.expand(4, -1, -1, -1), latent), expected,
+                                       rtol=1e-5, atol=1e-6)
+        # Each input its own template sample: input b's rows are its own decoding.
+        samples = model.template.sample(3 * 4, 40, generator=torch.Generator().manual_seed(3)).view(4, 3, 40, 2)
+        out = shared.copies(4)(samples, latent)
+        for b in range(4):
+            torch.testing.assert_close(out[b], model.decode(latent[b:b + 1], samples[b])[0].flatten(0, 1),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_refines_each_input_as_it_would_be_refined_alone(
+        model: AtlasNet, swords: list[torch.Tensor]) -> None:
+    # Per-input generators, per-input stopping (short patience: the inputs stop at different steps
+    # and leave the batch) and the sum of the Chamfers: each input's result is its own.
+    options = dict(FAST, latent_steps=40, patience=3, decoder_patience=2, decoder_steps=30,
+                   decoder_points_start=(30, 60))
+    before_bytes = _state_bytes(model)
+    batch = refine_batch(model, swords, generators=[torch.Generator().manual_seed(10 + i) for i in range(3)],
+                         **options)
+    assert _state_bytes(model) == before_bytes  # the model given is never changed
+    alone = [refine(model, x, generator=torch.Generator().manual_seed(10 + i), **options)
+             for i, x in enumerate(swords)]
+    for a, b in zip(alone, batch):
+        assert (a.latent_steps, a.decoder_steps, a.decoders_refined) == (b.latent_steps, b.decoder_steps,
+                                                                       b.decoders_refined)
+        np.testing.assert_allclose(b.losses, a.losses, rtol=1e-5, atol=1e-7)
+        assert b.chamfer_before == a.chamfer_before
+        assert b.chamfer_latent == pytest.approx(a.chamfer_latent, rel=1e-5)
+        assert b.chamfer_after == pytest.approx(a.chamfer_after, rel=1e-5)
+        torch.testing.assert_close(b.latent, a.latent, rtol=1e-4, atol=1e-6)
+        for p, q in zip(a.model.decoders.parameters(), b.model.decoders.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+        assert b.chamfer_after <= b.chamfer_latent <= b.chamfer_before
+        assert b.batch == 3 and a.batch == 1
+    # Inputs stopped early: fewer steps than the most, and not all at the same step.
+    steps = [(r.latent_steps, r.decoder_steps) for r in batch]
+    assert all(latent <= 40 and decoder <= 30 for latent, decoder in steps)
+    assert any(latent < 40 for latent, _ in steps) and any(decoder < 30 for _, decoder in steps)
+    assert len({latent for latent, _ in steps}) > 1 and len({decoder for _, decoder in steps}) > 1
+    # A tensor (B, N, 3) is B inputs; by default input i's generator is seeded with i.
+    same_size = torch.cat(swords[:2])
+    by_default = refine_batch(model, same_size, **FAST)
+    for i, r in enumerate(by_default):
+        assert r.losses == refine(model, swords[i], generator=torch.Generator().manual_seed(i), **FAST).losses
+
+
+def test_an_input_that_stops_early_records_its_steps_and_leaves_the_model_alone(
+        model: AtlasNet, points: torch.Tensor) -> None:
+    before_bytes = _state_bytes(model)
+    result = refine(model, points, **{**FAST, "latent_steps": 500, "patience": 2, "decoder_steps": 0})
+    assert 1 <= result.latent_steps < 500 and len(result.losses) == result.latent_steps
+    assert result.decoder_steps == 0 and not result.decoders_refined
+    assert _state_bytes(model) == before_bytes
+    assert result.chamfer_after <= result.chamfer_before
