@@ -366,7 +366,8 @@ def _keep_rows(optimizer: torch.optim.Optimizer, rows: Tensor) -> list[Tensor]:
 def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tensor], Tensor], Tensor],
            targets: list[Tensor], template: Callable[[int, torch.Generator], Tensor],
            generators: list[torch.Generator], *, steps: int, points: tuple[Points, Points], warmup: float,
-           patience: int, losses: list[list[float]]) -> tuple[list[Tensor], list[int]]:
+           patience: int, losses: list[list[float]],
+           on_step: Callable[[], None] | None = None) -> tuple[list[Tensor], list[int]]:
     """Adam on the parameter groups [(tensors, lr)] against each input's Chamfer, the rates
     scaled by `_schedule`; every tensor has the input axis first (B rows).
 
@@ -376,7 +377,8 @@ def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tens
     generator a template sample and a fresh subset of its points, as in training; points:
     (generated, input) points per step at the first and at the last step. Each input stops
     when its smoothed loss has not improved for `patience` steps after the warm-up (0: never)
-    and leaves the batch. Returns the final tensors (B rows, detached) and each input's steps.
+    and leaves the batch. on_step() is called after every step. Returns the final tensors
+    (B rows, detached) and each input's steps.
     """
     B = len(targets)
     tensors = [t for ts, _ in groups for t in ts]
@@ -405,6 +407,8 @@ def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tens
         optimizer.zero_grad(set_to_none=True)
         chamfers.sum().backward()  # the sum: each input's rows get its own Chamfer's gradient
         optimizer.step()
+        if on_step is not None:
+            on_step()
         done = []
         for row, (i, loss) in enumerate(zip(active, chamfers.tolist())):
             losses[i].append(loss)
@@ -465,7 +469,8 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                  latent_points: Points = (250, 500), decoder_points: Points = (1000, 2000),
                  decoder_points_start: Points | None = None,
                  warmup: float = 0.2, patience: int = 20, decoder_patience: int = 0, threads: int | None = 1,
-                 generators: Sequence[torch.Generator] | None = None) -> list[Refinement]:
+                 generators: Sequence[torch.Generator] | None = None,
+                 on_step: Callable[[], None] | None = None) -> list[Refinement]:
     """Fit `model`'s reconstruction of each input to its points, the inputs refined together;
     `model` itself never changes. Returns one `Refinement` per input, in order.
 
@@ -488,6 +493,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
     generators: one per input, the random stream of its template samples and input subsets
         (default: input i's seeded with i); the same generator state gives the same result,
         alone or in any batch.
+    on_step: called after every optimisation step (a job's proof of progress).
 
     The defaults were measured with benchmarks/refine.py (CPU-default model, 30 training
     swords, 20 held-out): F-score@1% 0.745 unrefined, 0.933 after the code alone (0.6 s a
@@ -521,7 +527,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         [latents], taken_latent = _phase(
             [([start.clone().requires_grad_(True)], latent_lr)], lambda ts, t: shared(t, ts[0]), clouds, sample,
             gens, steps=latent_steps, points=(latent_points, latent_points), warmup=0.0, patience=patience,
-            losses=losses)
+            losses=losses, on_step=on_step)
         best_latent, best = list(encoded), list(before)
         for b in range(B):
             if taken_latent[b]:
@@ -541,7 +547,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                 [([codes], decoder_latent_lr), (private.parameters(), decoder_lr)],
                 lambda ts, t: private.with_parameters(ts[1:])(t, ts[0]), clouds, sample, gens,
                 steps=decoder_steps, points=(decoder_points_start or decoder_points, decoder_points),
-                warmup=warmup, patience=decoder_patience, losses=losses)
+                warmup=warmup, patience=decoder_patience, losses=losses, on_step=on_step)
             result = private.with_parameters(final[1:])
             for b in range(B):
                 candidate = copy.deepcopy(work)
@@ -555,6 +561,15 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                        decoder_steps=taken_decoders[b], decoders_refined=refined[b], seconds=share, batch=B,
                        losses=losses[b])
             for b in range(B)]
+
+
+def batch_size(model: AtlasNet, most: int = 8, memory_bytes: int = 512 * 2**20) -> int:
+    """How many inputs to refine together: at most `most`, and no more than keep phase 2's
+    private copies of the decoders, each with its gradient and Adam's two moments (4 floats per
+    parameter), under `memory_bytes`: 8 for the CPU-default model (11 MB an input), 1 for the
+    reference-size one (about 420 MB an input), where the arithmetic dwarfs what a batch saves."""
+    per_input = 4 * sum(p.numel() * p.element_size() for p in model.decoders.parameters())
+    return max(1, min(most, memory_bytes // per_input))
 
 
 def refine(model: AtlasNet, points: Tensor, *, latent_steps: int = LATENT_STEPS, decoder_steps: int = DECODER_STEPS,

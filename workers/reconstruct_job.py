@@ -19,7 +19,7 @@ from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
 from atlas_core.model import AtlasNet
 from atlas_core.pointcloud_io import ingest_input
-from atlas_core.refine import encode, fit_chamfer, mesh_latent, refine
+from atlas_core.refine import batch_size, encode, fit_chamfer, mesh_latent, refine_batch
 from atlas_core.render import render_reconstruction
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CODE_STEPS = (refine_steps(DEFAULT_REFINE_STEPS) or {})["latent_steps"]
 
 MESH_VERTICES = INFER.mesh_vertices
+#: Inputs refined together at most (`atlas_core.refine.refine_batch`, each as it would be
+#: alone; fewer for a large model, `atlas_core.refine.batch_size`): one batch shares the
+#: per-step work that does not grow with its inputs (see benchmarks/refine.py).
+REFINE_BATCH = 8
 
 
 @dataclass
@@ -139,21 +143,25 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     outputs: list[dict[str, object]] = []
     results: list[dict[str, object]] = []
     used: set[str] = set()
-    for i, shape in enumerate(shapes):
-        stem = _unique(shape.name, used)
-        fit = _fit(model, shape, inputs.refine, inputs.ood, device, seed=i)
-        original = fit.mesh.transformed(shape.center, shape.scale)
-        ply = store.put_bytes(to_ply_bytes(original), ".ply")
-        picture = render_reconstruction(shape.points * shape.scale + shape.center, original,
-                                        title=f"{stem}: model {inputs.model.id}, {fit.caption}")
-        png = store.put_bytes(picture, ".png")
-        scores = {"chamfer": fit.after, "chamfer_before": fit.before, "chamfer_after": fit.after,
-                  "warnings": fit.warnings}
-        outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name, **scores, **ply.as_dict()})
-        outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name, **png.as_dict()})
-        results.append({"input": shape.name, "output": f"{stem}.ply", **scores, "seconds": fit.seconds})
-        liveness.tick()
-        jobs.report_progress(settings, lease, {"done": i + 1, "total": len(shapes)})
+    size = batch_size(model, REFINE_BATCH)
+    for start in range(0, len(shapes), size):
+        batch = shapes[start:start + size]
+        fits = _fits(model, batch, inputs.refine, inputs.ood, device, first=start)
+        for i, (shape, fit) in enumerate(zip(batch, fits), start):
+            stem = _unique(shape.name, used)
+            original = fit.mesh.transformed(shape.center, shape.scale)
+            ply = store.put_bytes(to_ply_bytes(original), ".ply")
+            picture = render_reconstruction(shape.points * shape.scale + shape.center, original,
+                                            title=f"{stem}: model {inputs.model.id}, {fit.caption}")
+            png = store.put_bytes(picture, ".png")
+            scores = {"chamfer": fit.after, "chamfer_before": fit.before, "chamfer_after": fit.after,
+                      "warnings": fit.warnings}
+            outputs.append({"name": f"{stem}.ply", "kind": "mesh", "input": shape.name, **scores, **ply.as_dict()})
+            outputs.append({"name": f"{stem}.png", "kind": "render", "input": shape.name, **png.as_dict()})
+            results.append({"input": shape.name, "output": f"{stem}.ply", **scores, "seconds": fit.seconds,
+                            "refinement": fit.refinement})
+            liveness.tick()
+            jobs.report_progress(settings, lease, {"done": i + 1, "total": len(shapes)})
     result = {"refine": inputs.refine, "inputs": results,
               "warnings": [f"{r['input']}: {w}" for r in results for w in r["warnings"]]}  # type: ignore[attr-defined]
     jobs.finish(settings, job_id, JobStatus.succeeded, lease=lease, outputs=outputs, result=result)
@@ -165,7 +173,8 @@ class _Fit:
     before: float  # Chamfer of the encoder's reconstruction (chamfer_distance units)
     after: float  # after refinement (= before without it)
     warnings: list[str]
-    seconds: float
+    seconds: float  # this input's share of its batch's time (refinement, meshing, OOD checks)
+    refinement: dict[str, float | int | bool] | None = None  # `Refinement.as_dict()`; None: not refined
 
     @property
     def caption(self) -> str:
@@ -174,25 +183,37 @@ class _Fit:
         return f"Chamfer {self.before:.5f} -> {self.after:.5f} refined"
 
 
-def _fit(model: AtlasNet, shape: Shape, refine_options: dict[str, int] | None,
-         ood: dict[str, object] | None, device: str, seed: int) -> _Fit:
-    """One input's reconstruction: encoded, then (by default) refined to the input's points."""
+def _fits(model: AtlasNet, shapes: list[Shape], refine_options: dict[str, int] | None,
+          ood: dict[str, object] | None, device: str, first: int) -> list[_Fit]:
+    """The reconstructions of consecutive inputs, the first being the job's input number
+    `first`: encoded, then (by default) refined to their points together, one batch
+    (`refine_batch`). Input i's random stream is seeded with i, so its result is what it would
+    be refined alone. Each input's `seconds` (and its refinement's) is the batch's time divided
+    among its inputs."""
     started = time.perf_counter()
-    points = torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None].to(device)  # (1, N, 3)
+    points = [torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None].to(device)
+              for shape in shapes]  # (1, N, 3) each
+    fits = []
     if refine_options:
-        refined = refine(model, points, generator=torch.Generator().manual_seed(seed),
-                         latent_steps=refine_options["latent_steps"],
-                         decoder_steps=refine_options["decoder_steps"])
-        mesh, encoded = refined.mesh(MESH_VERTICES), refined.encoded
-        before, after = refined.chamfer_before, refined.chamfer_after
+        refined = refine_batch(model, points, generators=[torch.Generator().manual_seed(first + i)
+                                                          for i in range(len(points))],
+                               latent_steps=refine_options["latent_steps"],
+                               decoder_steps=refine_options["decoder_steps"], on_step=liveness.tick)
         # The fit after the code phase is the OOD statistics' yardstick only at its default length.
-        fitted = refined.chamfer_latent if refine_options["latent_steps"] == DEFAULT_CODE_STEPS else None
+        default_code = refine_options["latent_steps"] == DEFAULT_CODE_STEPS
+        for r in refined:
+            warnings = _ood_warnings(ood, r.chamfer_before, r.encoded, r.chamfer_latent if default_code else None)
+            fits.append(_Fit(r.mesh(MESH_VERTICES), r.chamfer_before, r.chamfer_after, warnings, 0.0, r.as_dict()))
     else:
-        encoded = encode(model, points)
-        before = after = fit_chamfer(model, encoded, points)
-        fitted = None
-        mesh = mesh_latent(model, encoded, MESH_VERTICES)[0]
-    return _Fit(mesh, before, after, _ood_warnings(ood, before, encoded, fitted), time.perf_counter() - started)
+        for p in points:
+            encoded = encode(model, p)
+            before = fit_chamfer(model, encoded, p)
+            fits.append(_Fit(mesh_latent(model, encoded, MESH_VERTICES)[0], before, before,
+                             _ood_warnings(ood, before, encoded, None), 0.0))
+    share = (time.perf_counter() - started) / len(shapes)
+    for fit in fits:
+        fit.seconds = share
+    return fits
 
 
 def _ood_warnings(ood: dict[str, object] | None, chamfer_before: float, encoded: torch.Tensor,
