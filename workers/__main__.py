@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
     parser.add_argument("--queues", default=None, help="queues to serve, from train,infer")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
-    parser.add_argument("--gpus", default=None, help="one worker process per GPU, e.g. 0,1 or all")
+    parser.add_argument("--gpus", default=None, help="offer these GPUs to jobs of any width, e.g. 0,1 or all")
+    parser.add_argument("--devices", type=int, default=None, help="offer N CPU cores to jobs of any width")
     parser.add_argument("--hostname", "-n", default=None, help="worker name")
     parser.add_argument("--loglevel", default="INFO", help="Celery log level")
     args = parser.parse_args(argv)
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         from workers.main import run
 
         return run(load_settings(), queues=args.queues, device=args.device, gpus=args.gpus,
-                   hostname=args.hostname, loglevel=args.loglevel)
+                   devices=args.devices, hostname=args.hostname, loglevel=args.loglevel)
     except (RodinError, ValueError) as exc:
         if os.environ.get("RODIN_DEBUG"):
             raise

@@ -19,14 +19,16 @@ import sys
 from collections.abc import Callable
 
 from celery import signals
+from sqlalchemy import select
 
 from orchestrator import jobs, waiting
 from orchestrator.artifacts import ArtifactStore, open_store
 from orchestrator.kinds import KINDS, KindSpec
 from orchestrator.queue import make_app
-from orchestrator.registry.models import JobStatus
+from orchestrator.registry.db import session_scope, with_retries
+from orchestrator.registry.models import Job, JobKind, JobStatus
 from orchestrator.settings import Settings, load_settings
-from workers import liveness, runtime
+from workers import devices, liveness, runtime
 from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("rodin.worker")
@@ -42,7 +44,32 @@ JobBody = Callable[[Settings, ArtifactStore, jobs.Lease, str], None]
 
 
 def _run_job(job_id: int, body: JobBody) -> None:
-    """Claim, run and close a job; every failure ends as a readable error on the job row."""
+    """Claim, run and close a job; every failure ends as a readable error on the job row.
+
+    On a worker that offers its machine's devices (a slot: `rodin worker --gpus`, `--devices`),
+    the job first waits, still `queued`, for the devices it needs (`_wait_for_devices`)."""
+    grant: devices.Grant | None = None
+    refused: devices.TooWide | None = None
+    offer = devices.Offer.from_env()
+    if offer is not None:
+        try:
+            grant = _wait_for_devices(offer, job_id)
+        except devices.TooWide as exc:
+            refused = exc  # claimed below, to fail it with that line
+        else:
+            if grant is None:
+                return  # cancelled, or run by another worker, while it waited
+    try:
+        if grant is not None:
+            runtime.use_grant(grant)
+        _claim_and_run(job_id, body, refused)
+    finally:
+        if grant is not None:
+            grant.release()
+            runtime.current_grant = None
+
+
+def _claim_and_run(job_id: int, body: JobBody, refused: Exception | None = None) -> None:
     device = runtime.resolve_device()
     lease = jobs.claim(settings, job_id, runtime.hostname(), runtime.device_label(device))
     if lease is None:
@@ -51,6 +78,10 @@ def _run_job(job_id: int, body: JobBody) -> None:
     liveness.begin(job_id, lease.attempt)
     _poke_heartbeat()
     try:
+        if refused is not None:
+            log.warning("job %s: %s", job_id, refused)
+            jobs.finish(settings, job_id, JobStatus.failed, lease=lease, error=" ".join(str(refused).split()))
+            return
         # A store that refuses writes for a while (full, remounted) is ridden out as the
         # registry is: for RODIN_REGISTRY_RETRY_S.
         body(settings, open_store(settings, write_retry_s=settings.registry_retry_s), lease, device)
@@ -67,6 +98,49 @@ def _run_job(job_id: int, body: JobBody) -> None:
         liveness.end()
         runtime.current_job_id = None
         _poke_heartbeat()
+
+
+def _wait_for_devices(offer: devices.Offer, job_id: int) -> devices.Grant | None:
+    """The devices the job needs, from its machine's allocator (workers/devices.py), waited
+    for before the claim: the job stays `queued` meanwhile (its message held by this slot, whose
+    heartbeat shows it), so a waiting job is no attempt, has no lease for the reaper to judge and
+    no job process for the liveness watch to time. Every few seconds the wait asks the registry
+    whether the job still needs running here; cancelled, or run by another worker (a resent
+    message), it leaves the line and the delivery is dropped (None)."""
+    width = with_retries(settings, f"read job {job_id}", lambda: _width(job_id))
+
+    def wanted() -> bool:
+        try:
+            return with_retries(settings, f"read job {job_id}", lambda: _still_ours(job_id))
+        except Exception:  # noqa: BLE001 - the registry away for long: keep the place in line
+            log.warning("job %s: could not read its state while waiting for devices", job_id, exc_info=True)
+            return True
+
+    def on_wait(line: devices.Line) -> None:
+        log.info("job %s is %s (%s)", job_id, line.describe(), offer.label())
+
+    return devices.Allocator(offer).acquire(width, wanted=wanted, on_wait=on_wait)
+
+
+def _width(job_id: int) -> int:
+    """How many devices the job needs: a training job's `config.devices`, 1 for any other kind
+    (and for a job the registry does not know: its claim drops it)."""
+    with session_scope(settings) as s:
+        row = s.execute(select(Job.kind, Job.params).where(Job.id == job_id)).first()
+    if row is None or row.kind != JobKind.train.value:
+        return 1
+    return max(1, int((row.params or {}).get("config", {}).get("devices", 1)))
+
+
+def _still_ours(job_id: int) -> bool:
+    """Whether a claim by this worker could still take the job (the rule of `jobs.claim`):
+    queued, or running on this very worker (whose earlier job process died)."""
+    with session_scope(settings) as s:
+        row = s.execute(select(Job.status, Job.worker).where(Job.id == job_id)).first()
+    if row is None:
+        return False
+    return row.status == JobStatus.queued.value or (
+        row.status == JobStatus.running.value and row.worker == runtime.hostname())
 
 
 def _poke_heartbeat() -> None:

@@ -83,16 +83,17 @@ class HelperRanks:
         self._reports: dict[int, dict[str, Any]] = {}
 
     @classmethod
-    def start(cls, task: RankTask) -> HelperRanks:
+    def start(cls, task: RankTask, keep_fds: tuple[int, ...] = ()) -> HelperRanks:
         """Start ranks 1..world_size-1 for `task` (rank 0's; each helper gets its own rank).
-        On the CPU each helper runs one torch thread."""
+        On the CPU each helper runs one torch thread. `keep_fds`: open descriptors each helper
+        inherits and holds until it ends (the job's device locks, `workers.devices.Grant`)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         procs: list[subprocess.Popen[bytes]] = []
         helpers = cls(procs)
         try:
             for rank in range(1, task.world_size):
                 proc = subprocess.Popen([sys.executable, "-m", "workers.rank"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
+                                        stdout=subprocess.PIPE, env=env, pass_fds=keep_fds)
                 procs.append(proc)
                 own = RankTask(**{**asdict(task), "rank": rank})
                 assert proc.stdin is not None

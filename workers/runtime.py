@@ -8,9 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import orchestrator
+from workers.devices import Grant, Offer
 
 #: Set by the task bodies so the heartbeat can report what this worker is doing.
 current_job_id: int | None = None
+#: The devices this job process holds, on a worker that offers its machine's devices
+#: (`workers.devices`: `rodin worker --gpus` or `--devices`); None elsewhere.
+current_grant: Grant | None = None
 
 # Ask torch to check for GPUs through NVML, which leaves the CUDA driver uninitialised: the
 # worker's main process checks the device, then forks the process that runs the jobs, and CUDA
@@ -47,12 +51,44 @@ def resolve_device(spec: str | None = None) -> str:
     return spec
 
 
+def use_grant(grant: Grant) -> None:
+    """Make the devices handed to this job process its own, before anything touches them.
+
+    CUDA: CUDA_VISIBLE_DEVICES names the granted GPUs alone, so that rank r of the job (this
+    process is rank 0; its helper ranks inherit the environment) trains on `cuda:r`, the r-th
+    GPU it was handed, and nothing in the job can reach another job's GPU. This must come before
+    CUDA is initialised in the process: a slot's job process is a fresh one for every job
+    (`--max-tasks-per-child 1`, workers/main.py), forked from a main process that only ever asks
+    NVML. CPU: the process (and the ranks it starts) runs on the granted cores, one torch thread
+    per core.
+    """
+    import torch
+
+    if grant.offer.kind == "cuda":
+        if torch.cuda.is_initialized():
+            raise RuntimeError("CUDA was initialised in the job process before its GPUs were handed to it")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(grant.ids)
+    else:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {int(i) for i in grant.ids})
+        torch.set_num_threads(len(grant.ids))
+    global current_grant
+    current_grant = grant
+
+
 def device_label(device: str) -> str:
     """The device as `rodin workers` and `rodin status` show it.
 
-    `rodin worker --gpus 0,1` runs one process per GPU, each seeing only its own GPU as
-    `cuda:0` (CUDA_VISIBLE_DEVICES); the label says which physical GPU that is.
+    A job on a worker that offers its machine's devices: the devices it was handed (`cuda GPUs
+    2,3`); such a worker: every device it offers. Otherwise `rodin worker --device cuda:N`, or a
+    process that sees only some GPUs (CUDA_VISIBLE_DEVICES): the label says which physical GPU
+    `cuda:0` is.
     """
+    if current_grant is not None:
+        return current_grant.label()
+    offer = Offer.from_env()
+    if offer is not None:
+        return f"{offer.label()} (shared)"[:64]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     if device.startswith("cuda") and visible:
         return f"{device} (GPU {visible})"[:64]

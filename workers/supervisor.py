@@ -1,5 +1,6 @@
 """Worker processes on one machine: the background worker (`rodin up/down`, started on demand
-on the embedded default) and one worker per GPU (`rodin worker --gpus`).
+on the embedded default) and a machine that offers its devices (`rodin worker --gpus`,
+`--devices`): one worker process per device, sharing the devices through workers/devices.py.
 
 Imports neither torch nor Celery: a client that submits a job calls `ensure_local_worker`.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.settings import Settings
+from workers.devices import Offer
 
 Log = Callable[[str], None]
 
@@ -96,41 +98,59 @@ def stop_background(settings: Settings, timeout_s: float) -> int | None:
     return pid
 
 
-# ---------------------------------------------------------------------------------- per GPU
+# ------------------------------------------------------------------------------ per device
 
 
-def child_command(queues: str, name: str, loglevel: str) -> list[str]:
+def child_command(queues: str, name: str, loglevel: str, device: str = "cuda:0") -> list[str]:
     return [sys.executable, "-m", "workers", "--queues", queues,
-            "--device", "cuda:0", "--hostname", name, "--loglevel", loglevel]
+            "--device", device, "--hostname", name, "--loglevel", loglevel]
 
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_per_gpu(gpu_ids: list[str], queues: str, base: str, loglevel: str, *,
-                log: Log = _to_stderr, command: Callable[[str, str, str], list[str]] = child_command,
-                restart_delay_s: float = 5.0) -> int:
-    """Supervise one `rodin worker` process per GPU until told to stop; returns an exit code.
+def slot_env(offer: Offer, name: str) -> dict[str, str]:
+    """The environment of one slot: its name, the machine's offer, and (GPUs) every offered GPU
+    visible, each job process narrowing it to the GPUs it is handed."""
+    env = {**os.environ, "RODIN_WORKER_NAME": name, **offer.env()}
+    if offer.kind == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(offer.ids)
+    return env
 
-    Each child sees only its GPU (CUDA_VISIBLE_DEVICES) as cuda:0 and is named BASE-gpuN. A
-    stop signal (SIGTERM, SIGINT, SIGQUIT) is passed on to every child, which then stops as a
-    worker does (a warm SIGTERM/SIGINT lets the running job end; SIGQUIT interrupts it and
-    returns it to the queue). A child that dies on its own is started again, unless it fails
-    three times in a row within seconds of starting.
+
+def run_slots(offer: Offer, queues: str, base: str, loglevel: str, *,
+              log: Log = _to_stderr, command: Callable[[str, str, str], list[str]] | None = None,
+              restart_delay_s: float = 5.0) -> int:
+    """Supervise one worker process (a *slot*) per offered device until told to stop; returns an
+    exit code.
+
+    Slot i is named BASE-slot<i>; each is a Celery worker that runs one job at a time, so the
+    machine runs up to N jobs at once, and each job process takes the devices its job needs from
+    the machine's allocator (`workers.devices`), waiting in line while they are busy. A stop
+    signal (SIGTERM, SIGINT, SIGQUIT) is passed on to every slot, which then stops as a worker
+    does (a warm SIGTERM/SIGINT lets the running job end; SIGQUIT interrupts it and returns it
+    to the queue). A slot that dies on its own is started again, unless it fails three times in
+    a row within seconds of starting.
     """
+    device = "cuda:0" if offer.kind == "cuda" else "cpu"
+    if command is None:
+        def command(q: str, n: str, level: str) -> list[str]:
+            return child_command(q, n, level, device)
+    slots = [str(i) for i in range(len(offer.ids))]
     children: dict[str, subprocess.Popen[bytes]] = {}
     started: dict[str, float] = {}
     quick_failures: dict[str, int] = {}
     stopping: list[int] = []
+    offer.folder.mkdir(parents=True, exist_ok=True)
+    log(f"Offering {offer.label()} to jobs of any width, through {len(slots)} worker process(es) "
+        f"(queues {queues}; device locks in {offer.folder}).")
 
-    def spawn(index: int, gpu: str) -> subprocess.Popen[bytes]:
-        name = f"{base}-gpu{gpu if gpu.isdigit() else index}"
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "RODIN_WORKER_NAME": name}
-        log(f"Starting worker {name} on GPU {gpu} (queues {queues}).")
-        started[gpu] = time.monotonic()
+    def spawn(slot: str) -> subprocess.Popen[bytes]:
+        name = f"{base}-slot{slot}"
+        started[slot] = time.monotonic()
         return subprocess.Popen(
-            command(queues, name, loglevel), env=env,
+            command(queues, name, loglevel), env=slot_env(offer, name),
             start_new_session=True,  # signals reach children once, through this process
         )
 
@@ -143,30 +163,30 @@ def run_per_gpu(gpu_ids: list[str], queues: str, base: str, loglevel: str, *,
     previous = {sig: signal.signal(sig, forward)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
     try:
-        for i, gpu in enumerate(gpu_ids):
-            children[gpu] = spawn(i, gpu)
+        for slot in slots:
+            children[slot] = spawn(slot)
         restart_at: dict[str, float] = {}
         while True:
             alive = [g for g, p in children.items() if p.poll() is None]
             if stopping and not alive:
                 break
-            for i, gpu in enumerate(gpu_ids):
-                proc = children[gpu]
+            for slot in slots:
+                proc = children[slot]
                 if stopping or proc.poll() is None:
                     continue
-                if gpu not in restart_at:
-                    ran = time.monotonic() - started[gpu]
-                    quick_failures[gpu] = quick_failures.get(gpu, 0) + 1 if ran < 30 else 0
-                    if quick_failures[gpu] >= 3:
-                        log(f"Worker on GPU {gpu} failed {quick_failures[gpu]} times in a row "
+                if slot not in restart_at:
+                    ran = time.monotonic() - started[slot]
+                    quick_failures[slot] = quick_failures.get(slot, 0) + 1 if ran < 30 else 0
+                    if quick_failures[slot] >= 3:
+                        log(f"Worker {base}-slot{slot} failed {quick_failures[slot]} times in a row "
                             "within seconds of starting; stopping all workers.")
                         forward(signal.SIGTERM, None)
                         continue
-                when = restart_at.setdefault(gpu, time.monotonic() + restart_delay_s)
+                when = restart_at.setdefault(slot, time.monotonic() + restart_delay_s)
                 if time.monotonic() >= when:
-                    log(f"Worker on GPU {gpu} exited with code {proc.returncode}; starting it again.")
-                    restart_at.pop(gpu)
-                    children[gpu] = spawn(i, gpu)
+                    log(f"Worker {base}-slot{slot} exited with code {proc.returncode}; starting it again.")
+                    restart_at.pop(slot)
+                    children[slot] = spawn(slot)
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():

@@ -194,7 +194,10 @@ def _train_ranks(settings: Settings, store: ArtifactStore, plan: _Plan,
                     rank=0, world_size=world, master_addr="127.0.0.1", master_port=tcp.port,
                     parent_pid=os.getpid(), timeout_s=timeout_s)
     threads = torch.get_num_threads()
-    helpers = HelperRanks.start(task)
+    # On a machine that offers its devices, each helper holds the job's device locks too: the
+    # devices are free again only once every rank has ended (workers/devices.py).
+    grant = runtime.current_grant
+    helpers = HelperRanks.start(task, keep_fds=grant.fds if grant is not None else ())
     try:
         if torch.device(config.device).type == "cpu":
             torch.set_num_threads(1)

@@ -27,17 +27,22 @@ def worker(
     device: Device = "auto",
     gpus: Annotated[str | None, typer.Option(
         "--gpus", show_default=False,
-        help="One worker process per GPU, e.g. 0,1 or all: each sees only its GPU "
-             "(CUDA_VISIBLE_DEVICES) and runs one job at a time.")] = None,
+        help="Offer these GPUs, e.g. 0,1 or all, to jobs of any width: up to one job per "
+             "GPU at once, a --devices K job on K free GPUs (it waits until K are free).")] = None,
+    devices: Annotated[int | None, typer.Option(
+        "--devices", show_default=False,
+        help="Offer N CPU cores as N devices (gloo): up to N jobs at once, a job on as many "
+             "cores as its --devices, one thread each.")] = None,
     hostname: Annotated[str | None, typer.Option(
         "--hostname", "-n", show_default=False,
-        help="Worker name (default: HOST-PID; with --gpus, HOST-gpuN).")] = None,
+        help="Worker name (default: HOST-PID; with --gpus or --devices, HOST-slotN).")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run a worker in the foreground: one job at a time, picked from QUEUES."""
+    """Run a worker in the foreground: one job at a time, picked from QUEUES; with --gpus or
+    --devices, one worker process per device, sharing the devices among jobs of any width."""
     from workers.main import run
 
-    code = run(settings(), queues=queues, device=device, gpus=gpus, hostname=hostname,
+    code = run(settings(), queues=queues, device=device, gpus=gpus, devices=devices, hostname=hostname,
                loglevel=loglevel, log=lambda line: err.print(line, highlight=False, markup=False))
     raise typer.Exit(code)
 

@@ -1,6 +1,7 @@
-"""`rodin worker --gpus 0,1`: one worker process per GPU, each seeing only its own GPU.
+"""`rodin worker --gpus 0,1`: one worker process (a slot) per GPU, each seeing every offered
+GPU and told the machine's offer (its job processes share the GPUs through workers/devices.py).
 
-No GPU is needed: the supervisor is run with a stand-in for the per-GPU `rodin worker` command,
+No GPU is needed: the supervisor is run with a stand-in for the slot's `rodin worker` command,
 which records what it was given and waits to be stopped.
 """
 
@@ -31,6 +32,7 @@ CHILD = textwrap.dedent('''
     with open(tag + ".tmp", "w") as fh:
         json.dump({"name": name, "queues": queues, "pid": os.getpid(),
                    "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "offer": os.environ.get("RODIN_OFFER"), "locks": os.environ.get("RODIN_DEVICE_LOCKS"),
                    "worker_name": os.environ.get("RODIN_WORKER_NAME")}, fh)
     os.rename(tag + ".tmp", tag + ".json")
     while True:
@@ -39,10 +41,13 @@ CHILD = textwrap.dedent('''
 
 SUPERVISOR = textwrap.dedent('''
     import sys
-    from workers.supervisor import run_per_gpu
+    from pathlib import Path
+    from workers.devices import Offer
+    from workers.supervisor import run_slots
     out = sys.argv[1]
     stand_in = lambda queues, name, loglevel: [sys.executable, "-c", sys.argv[2], out, name, queues]
-    sys.exit(run_per_gpu(["0", "1"], "train,infer", "box", "INFO", command=stand_in, restart_delay_s=0.2))
+    offer = Offer("cuda", ("0", "1"), Path(out) / "locks")
+    sys.exit(run_slots(offer, "train,infer", "box", "INFO", command=stand_in, restart_delay_s=0.2))
 ''')
 
 
@@ -66,22 +71,24 @@ def test_one_process_per_gpu_restarted_when_it_dies_and_stopped_together(tmp_pat
     try:
         first = _wait(lambda: r if len(r := _records(out)) == 2 else None)
         by_name = {r["name"]: r for r in first}
-        assert set(by_name) == {"box-gpu0", "box-gpu1"}
-        for gpu in ("0", "1"):
-            r = by_name[f"box-gpu{gpu}"]
-            assert r["cuda"] == gpu and r["worker_name"] == f"box-gpu{gpu}"
+        assert set(by_name) == {"box-slot0", "box-slot1"}
+        for slot in ("0", "1"):
+            r = by_name[f"box-slot{slot}"]
+            # Every slot sees both GPUs; a job process narrows them to those it is handed.
+            assert r["cuda"] == "0,1" and r["worker_name"] == f"box-slot{slot}"
+            assert r["offer"] == "cuda:0,1" and r["locks"] == str(out / "locks")
             assert r["queues"] == "train,infer"
-        # A worker that dies is started again, on the same GPU, under the same name.
-        os.kill(by_name["box-gpu1"]["pid"], signal.SIGKILL)
+        # A worker that dies is started again under the same name.
+        os.kill(by_name["box-slot1"]["pid"], signal.SIGKILL)
         again = _wait(lambda: [r for r in _records(out)
-                               if r["name"] == "box-gpu1" and r["pid"] != by_name["box-gpu1"]["pid"]])
-        assert again[0]["cuda"] == "1"
+                               if r["name"] == "box-slot1" and r["pid"] != by_name["box-slot1"]["pid"]])
+        assert again[0]["cuda"] == "0,1"
         # A stop signal reaches every worker once, and the supervisor ends when they have.
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(30) == 0
         stopped = {p.name.split("-")[1] for p in out.glob("*.stopped")}
-        assert stopped == {"gpu0", "gpu1"}
-        assert (out / f"box-gpu0-{by_name['box-gpu0']['pid']}.stopped").read_text() == str(int(signal.SIGTERM))
+        assert stopped == {"slot0", "slot1"}
+        assert (out / f"box-slot0-{by_name['box-slot0']['pid']}.stopped").read_text() == str(int(signal.SIGTERM))
     finally:
         if sup.poll() is None:
             sup.kill()
