@@ -192,6 +192,11 @@ class TrainConfig:
     #: Stop after this many epochs without a better validation Chamfer (0: never).
     patience: int = field(default=0, metadata=declare(
         "Stop after P epochs without a better validation Chamfer, 0: never"))
+    #: Fine-tuning a family's base: the share of every training batch drawn from the shapes the
+    #: base was pre-trained on (rehearsal), so that a few dozen shapes are not memorised and the
+    #: family's shape space is not forgotten. Validation stays on the dataset's own shapes.
+    rehearsal: float = field(default=0.0, metadata=declare(
+        "With --pretrain: share of each batch drawn from the base's generated shapes (rehearsal), 0: none"))
 
     @classmethod
     def reference(cls) -> TrainConfig:
@@ -229,6 +234,9 @@ class TrainConfig:
             (self.split in ("identity", "position"),
              f"split must be identity or position, not {self.split!r}"),
             (self.patience >= 0, "patience must be >= 0"),
+            (0.0 <= self.rehearsal <= 0.9, f"rehearsal must be in [0, 0.9], got {self.rehearsal}"),
+            (self.rehearsal == 0 or self.devices == 1,
+             "rehearsal runs on one device only for now; drop --devices or --rehearsal"),
         ]
         for ok, reason in checks:
             if not ok:

@@ -235,6 +235,34 @@ class _Loader:
             yield _as_tensor(np.stack(pending), self.device)
 
 
+class _Rehearsal:
+    """Shapes added to every training batch (`train`'s `rehearsal`), resident on the device."""
+
+    def __init__(self, share: float, clouds: torch.Tensor, axes: torch.Tensor):
+        self.share, self.clouds, self.axes = share, clouds, axes
+
+    @classmethod
+    def of(cls, share: float, data: PointCloudSet | None, device: torch.device) -> _Rehearsal | None:
+        if share <= 0:
+            return None
+        if data is None or len(data) == 0:
+            raise ValueError("rehearsal > 0 needs the base's training shapes (train's `rehearsal`)")
+        return cls(share, _as_tensor(data.points, device), _as_tensor(principal_axes(data.points), torch.device("cpu")))
+
+    def mix(self, x: torch.Tensor, axes: torch.Tensor | None, n_points: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, n_points, 3), axes (B, 3) or None -> (B + k, n_points, 3) and (B + k, 3) or
+        None: k rehearsed shapes appended, drawn with the run's generator (a resumed run draws
+        the same), each sampled to `n_points` as the batch's own were."""
+        k = max(1, round(len(x) * self.share / (1 - self.share)))
+        idx = torch.randint(len(self.clouds), (k,), generator=generator)
+        points = _draw_points(self.clouds[idx.to(self.clouds.device)], n_points, generator)
+        if points.shape[1] != x.shape[1]:
+            raise ValueError(f"the rehearsed shapes have {points.shape[1]} points, the batch's {x.shape[1]}: "
+                             "pre-train the base with at least as many points per shape")
+        return torch.cat([x, points]), None if axes is None else torch.cat([axes, self.axes[idx]])
+
+
 def _no_single_batches(items: Iterator[np.ndarray], batch_size: int,
                        min_size: int = 2) -> Iterator[list[np.ndarray]]:
     """Batches of `batch_size` items; as `_batches`, never a batch smaller than `min_size`: a
@@ -285,6 +313,7 @@ def train(
     init_weights: dict[str, torch.Tensor] | None = None,
     registered_epochs: Collection[int] = (),
     buffer_bytes: int = BUFFER_BYTES,
+    rehearsal: PointCloudSet | None = None,
 ) -> TrainResult:
     """Train AtlasNet on `data` (a PointCloudSet, or any ShapeSource such as a sharded version);
     resume from checkpoint bytes or start from given weights. The validation split is
@@ -298,6 +327,11 @@ def train(
     better epoch before it is already stored. `registered_epochs` are the epochs whose
     checkpoints the caller already holds (an earlier attempt's): a resumed run takes its best
     epoch from the resumed history, among those.
+
+    With `config.rehearsal` = r > 0, `rehearsal` holds the shapes the fine-tuned base was
+    trained on, and every training batch of B shapes gets round(B r / (1 - r)) of them drawn at
+    random (so that they are a share r of it): the few shapes of `data` are not memorised and
+    the base's shape space is not forgotten. Validation and checkpoints' scores stay on `data`.
 
     Data-parallel (`config.devices` > 1): call it in each of `devices` processes, inside a
     process group of that size (`atlas_core.distributed.process_group`), with the same config,
@@ -328,6 +362,7 @@ def train(
 
     train_idx, val_idx = split_of(data, config.val_fraction, config.seed, config.split)
     loader = _Loader(data, train_idx, val_idx, buffer_bytes, device)
+    replay = _Rehearsal.of(config.rehearsal, rehearsal, device)
 
     # Several ranks: the plain layers (the fused kernels take a local batch's statistics).
     model = AtlasNet(config.model, fused=world == 1).to(device)
@@ -385,9 +420,12 @@ def train(
         for clouds, axes in loader.epoch(config.batch_size, generator, max(2, world)):
             # The global batch's points and augmentation, drawn alike on every rank.
             x = _draw_points(clouds, n_points, generator)
-            if config.augment.enabled:
-                if axes is None:  # streamed: each shape's axis from its whole cloud, as resident
-                    axes = _as_tensor(principal_axes(clouds.cpu().numpy()), torch.device("cpu"))
+            if config.augment.enabled and axes is None:
+                # streamed: each shape's axis from its whole cloud, as resident
+                axes = _as_tensor(principal_axes(clouds.cpu().numpy()), torch.device("cpu"))
+            if replay is not None:
+                x, axes = replay.mix(x, axes, n_points, generator)
+            if config.augment.enabled and axes is not None:
                 x = augment(x, axes, config.augment, generator)
             if world == 1:
                 pred = trainee(x, generator=generator)

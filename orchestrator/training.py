@@ -161,6 +161,9 @@ def plan_training(settings: Settings, request: TrainingRequest) -> TrainingPlan:
     if request.pretrain is not None and request.from_model is not None:
         raise UserInputError("--pretrain and --from-model both name where training starts; give one")
     start = resolve_start(settings, request.dataset, request.from_model)
+    if request.given.get("rehearsal") and request.pretrain is None:
+        raise UserInputError("--rehearsal mixes the shapes a base was pre-trained on into the batches: "
+                             "it needs --pretrain FAMILY (or auto)")
     if request.pretrain is None:
         return TrainingPlan(start, build_config(request.given, request.reference, start.parent_config),
                             scratch_warnings(start))

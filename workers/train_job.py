@@ -23,8 +23,8 @@ from atlas_core.render import render_loss_curves
 from atlas_core.train import CheckpointEvent, EpochStats, TrainCallbacks, TrainResult, train
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
-from orchestrator.datasets import open_version
-from orchestrator.errors import RegistryInvariantError
+from orchestrator.datasets import load_version, open_version
+from orchestrator.errors import RegistryInvariantError, RodinError
 from orchestrator.kinds import TrainParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
@@ -36,6 +36,8 @@ from workers.blobs import Blob
 from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask
 
 log = logging.getLogger(__name__)
+#: Shapes of the base's training set held for rehearsal (a sample of a larger one).
+REHEARSAL_SHAPES = 2000
 
 
 @dataclass
@@ -45,6 +47,8 @@ class _Plan:
     dataset: Blob
     resume: Blob | None  # this job's newest checkpoint (a retried attempt)
     start_from: Blob | None  # the model to fine-tune
+    #: With `--rehearsal`: the dataset the fine-tuned base was trained on (its family's shapes).
+    rehearsal: Blob | None = None
 
 
 def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
@@ -58,7 +62,13 @@ def _plan(settings: Settings, job_id: int, device: str) -> _Plan:
         newest = newest_checkpoint(s, job_id)
         resume = Blob.of_model(newest) if newest else None
         start = Blob.of_model(job.input_model) if job.input_model else None
-        return _Plan(config, ds.id, Blob.of_dataset(ds), resume, start)
+        rehearsal = None
+        if config.rehearsal > 0:
+            if job.input_model is None or job.input_model.dataset is None:
+                raise RodinError(f"training job {job_id} asks for rehearsal but fine-tunes no base model: "
+                                 "--rehearsal needs --pretrain")
+            rehearsal = Blob.of_dataset(job.input_model.dataset)
+        return _Plan(config, ds.id, Blob.of_dataset(ds), resume, start, rehearsal)
 
 
 class _Recorder:
@@ -111,6 +121,15 @@ def _open_data(settings: Settings, store: ArtifactStore, plan: _Plan) -> ShapeSo
     return open_version(store, plan.dataset.uri, plan.dataset.sha256, ShardCache.for_settings(settings, store))
 
 
+def _open_rehearsal(settings: Settings, store: ArtifactStore, plan: _Plan) -> PointCloudSet | None:
+    """The base's own training shapes, in memory (at most REHEARSAL_SHAPES: a family's
+    generated set is a few hundred), when the config rehearses them."""
+    if plan.rehearsal is None:
+        return None
+    return load_version(store, plan.rehearsal.uri, plan.rehearsal.sha256, ShardCache.for_settings(settings, store),
+                        max_shapes=REHEARSAL_SHAPES)
+
+
 def _start_state(store: ArtifactStore, plan: _Plan) -> tuple[bytes | None, dict[str, torch.Tensor] | None]:
     """(the checkpoint a resumed attempt continues, the weights a fine-tune starts from)."""
     resume_bytes = plan.resume.read(store) if plan.resume else None
@@ -137,7 +156,8 @@ def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devic
         data = _open_data(settings, store, plan)
         resume_bytes, init_weights = _start_state(store, plan)
         result = train(plan.config, data, recorder.callbacks(), resume_from=resume_bytes,
-                       init_weights=init_weights, registered_epochs=set(recorder.ids))
+                       init_weights=init_weights, registered_epochs=set(recorder.ids),
+                       rehearsal=_open_rehearsal(settings, store, plan))
 
     outputs = []
     if result.history:

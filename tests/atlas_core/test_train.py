@@ -158,3 +158,24 @@ def test_batches_cover_every_shape_and_are_never_of_one(n: int) -> None:
     batches = _batches(n, 4, torch.Generator().manual_seed(0))
     assert all(len(b) >= 2 for b in batches)
     assert set(torch.cat(batches).tolist()) == set(range(n))
+
+
+def test_rehearsal_mixes_the_bases_shapes_into_training_batches_only(swords: PointCloudSet) -> None:
+    family = PointCloudSet.from_shapes(shape_from_mesh(m, n, 300, seed=100 + i)
+                                       for i, (n, m, _) in enumerate(generate_swords(5, seed=9)))
+    plain = train(tiny(keep_best=False), swords)
+    mixed = train(tiny(keep_best=False, rehearsal=0.5), swords, rehearsal=family)
+    again = train(tiny(keep_best=False, rehearsal=0.5), swords, rehearsal=family)
+    assert torch.equal(_weights(mixed.model), _weights(again.model))  # drawn with the run's generator
+    assert not torch.equal(_weights(mixed.model), _weights(plain.model))  # the batches changed
+    # the rehearsed shapes train, never validate: a version without them validates the same shapes
+    assert len(mixed.history) == len(plain.history) == 4
+    events: list[CheckpointEvent] = []
+    train(tiny(keep_best=False, rehearsal=0.5), swords, TrainCallbacks(on_checkpoint=events.append),
+          rehearsal=family)
+    resumed = train(tiny(keep_best=False, rehearsal=0.5), swords, resume_from=events[0].state, rehearsal=family)
+    assert torch.allclose(_weights(resumed.model), _weights(mixed.model), atol=1e-6)
+    with pytest.raises(ValueError, match="rehearsal > 0 needs"):
+        train(tiny(rehearsal=0.5), swords)
+    with pytest.raises(ValueError, match="rehearsal must be in"):
+        tiny(rehearsal=0.95).validate()

@@ -60,6 +60,8 @@ def test_a_plan_builds_the_preset_then_the_flags_and_writes_nothing(settings: Se
     (TrainingRequest("nosuch"), "dataset 'nosuch' is not registered"),
     (TrainingRequest("d", pretrain="swords", from_model="1"), "--pretrain and --from-model both"),
     (TrainingRequest("d", pretrain="chairs"), "--pretrain 'chairs': no such procedural family; known: furniture, generic"),
+    (TrainingRequest("d", {"rehearsal": 0.5}), "--rehearsal mixes .* it needs --pretrain"),
+    (TrainingRequest("d", {"rehearsal": 0.95}, pretrain="swords"), "rehearsal must be in \\[0, 0.9\\]"),
 ])
 def test_a_bad_request_is_refused_before_anything_is_written(settings: Settings, dataset_id: int,
                                                              request_: TrainingRequest, message: str) -> None:

@@ -226,10 +226,12 @@ def test_pretrain_then_fine_tune_and_the_base_is_reused(slice_home: Rodin) -> No
     shown = slice_home.json("models", "show", str(first["model_id"]))
     assert first["base_model_id"] in shown["lineage"]  # the base is the fine-tune's ancestor
     assert shown["config"]["lr"] == 1e-4 and shown["config"]["augment"]["scale"] == 0.1  # the recipe
-    again = slice_home.json("submit", "train", "--dataset", "swords", *flags, "--lr", "3e-4", "--wait")
+    again = slice_home.json("submit", "train", "--dataset", "swords", *flags, "--lr", "3e-4",
+                            "--rehearsal", "0.5", "--wait")
     assert again["status"] == "succeeded" and again["pretrain_job_id"] is None
     assert again["base_model_id"] == first["base_model_id"]  # reused, not retrained
-    assert slice_home.json("models", "show", str(again["model_id"]))["config"]["lr"] == 3e-4
+    config = slice_home.json("models", "show", str(again["model_id"]))["config"]
+    assert config["lr"] == 3e-4 and config["rehearsal"] == 0.5  # the base's shapes were rehearsed
 
 
 def test_training_from_scratch_on_few_shapes_says_so(slice_home: Rodin) -> None:
