@@ -36,8 +36,8 @@ Batches. `refine_batch` refines B inputs together, each as `refine` would refine
 Why stacking rather than torch.func.vmap over `functional_call`: vmap runs the same products
 one level removed (it cannot run `atlas_core.fused`'s autograd Functions, so the plain layers)
 and adds its own dispatch to each of a step's few dozen small operations; measured on the
-2-core machine, phase 2 at (1000, 2000) points, one thread, best of 3 interleaved: 11.0 ms per
-input and step stacked against 12.2 ms with vmap at B = 8 (9.5 against 10.9 ms at B = 1).
+2-core machine, phase 2 at (1000, 2000) points, one thread, best of 3 interleaved: 11.3 ms per
+input and step stacked against 13.2 ms with vmap at B = 8 (10.7 against 12.7 ms at B = 1).
 What batching saves is the per-step overhead (Python, autograd's and the optimiser's
 bookkeeping, small kernels); the arithmetic and the nearest-neighbour searches grow with B,
 and so do the private copies' weights, gradients and Adam moments that phase 2 streams through
@@ -466,7 +466,7 @@ def _clouds(points: Tensor | Sequence[Tensor]) -> list[Tensor]:
 def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_steps: int = LATENT_STEPS,
                  decoder_steps: int = DECODER_STEPS,
                  latent_lr: float = 0.1, decoder_lr: float = 1e-4, decoder_latent_lr: float = 1e-3,
-                 latent_points: Points = (250, 500), decoder_points: Points = (1000, 2000),
+                 latent_points: Points = (250, 500), decoder_points: Points = (400, 800),
                  decoder_points_start: Points | None = None,
                  warmup: float = 0.2, patience: int = 20, decoder_patience: int = 0, threads: int | None = 1,
                  generators: Sequence[torch.Generator] | None = None,
@@ -484,22 +484,33 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         copy of the decoders per input (lr `decoder_lr`) and on its code (`decoder_latent_lr`),
         the rates warmed up over the first `warmup` of its steps; 0 steps: latent only.
         decoder_points_start: the points of its first step, growing linearly to
-        `decoder_points` at the last (None: `decoder_points` throughout). decoder_patience:
-        as `patience`, counted from the end of the warm-up (its loss first rises a little,
-        which early stopping would take for the end); 0: every input runs all its steps.
+        `decoder_points` at the last (None, the default: `decoder_points` throughout; see
+        below for why). decoder_patience: as `patience`, counted from the end of the warm-up
+        (its loss first rises a little, which early stopping would take for the end); 0, the
+        default: every input runs all its steps.
     threads: torch's CPU threads while refining, restored afterwards (None: leave them). The
         operations are small: on a 2-core machine shared with other work, two threads refined
-        no faster than one (3.4 s against 3.2 s a shape) at twice the CPU time.
+        no faster than one (3.4 s against 3.2 s a shape) at twice the CPU time, and a batch of
+        8 on two threads took 7x the CPU time of one thread at a load of 4.
     generators: one per input, the random stream of its template samples and input subsets
         (default: input i's seeded with i); the same generator state gives the same result,
         alone or in any batch.
     on_step: called after every optimisation step (a job's proof of progress).
 
     The defaults were measured with benchmarks/refine.py (CPU-default model, 30 training
-    swords, 20 held-out): F-score@1% 0.745 unrefined, 0.933 after the code alone (0.6 s a
-    shape), 0.991 after both phases (3.3 s a shape, one core). Per step on one core: 8 ms for
-    the code, 28 ms for the decoders (about 16x that for the reference-size model, K=25,
-    bottleneck 1024, hidden 512).
+    swords, 20 held-out, one thread; CPU seconds per mesh, refinement and meshing, as the
+    2-core machine was shared with other work at a load of 2 to 4.6 and wall times followed
+    the load): F-score@1% 0.751 unrefined, 0.938 after the code alone (0.22 s), 0.990 (the
+    worst input 0.943) after both phases at the defaults, 0.74 s in batches of 8 and 0.84 s
+    one at a time, against 0.994 (0.957) and 1.41 s with the decoder phase's (1000, 2000)
+    points of before. Phase 2's cost per step follows its points (5.5 ms at (400, 800), 10.7
+    ms at (1000, 2000), per input): (250, 500) gave 0.986 at 0.60 s, (500, 1000) 0.991 at
+    0.82 s; growing the points from few to many over the phase did no better than as many
+    points throughout at the same cost ((250, 500) to (500, 1000): 0.987 at 0.68 s), and
+    stopping phase 2 on a plateau (decoder_patience 10) cut a third of its steps for 0.974,
+    as it stops before the cosine decay settles it. The code phase gains most from batches
+    (one set of weights for all inputs: 0.25 -> 0.16 s a mesh). The normal consistency is
+    what fewer points cost most: 0.763 against 0.801.
     """
     started = time.perf_counter()
     clouds = _clouds(points)

@@ -1,17 +1,22 @@
 """Test-time refinement and out-of-distribution warnings on held-out shapes (figures, not a test).
 
-    python -m benchmarks.refine [--family swords|chairs] [--train 30] [--epochs 300] [--test 20] [--json]
+    python -m benchmarks.refine [--family swords|chairs] [--train 30] [--epochs 300] [--test 20] [--batch 8] [--json]
 
 1. A CPU-default AtlasNet (`TrainConfig.cpu()`: K=10 square patches, 1,000 points, bottleneck
    256, hidden 128, 2 layers) trains on `--train` generated shapes, the situation of a user with
    ~30 meshes, niced; the checkpoint is cached (see --cache) and reused by later runs.
 2. `--test` held-out shapes of the same family (another seed) are reconstructed from 10,000
    surface points each (as `rodin reconstruct` ingests a mesh) with no refinement, the code
-   only, and the code then the decoders (`atlas_core.refine` defaults), and scored the way
+   only, and the code then the decoders (`atlas_core.refine` defaults) one input at a time and
+   in batches of `--batch` (`refine_batch`, as the reconstruct job runs it), and with the
+   decoder phase's points before issue 20 ((1000, 2000) a step), and scored the way
    `rodin evaluate` scores (atlas_core.metrics: Chamfer x10^3, F-score and coverage at 1% of the
    unit ball's diameter, 2,500 points) against 2,500 points sampled afresh from the true
    surface, not the points the refinement fitted. Seconds per mesh: refinement and meshing,
-   wall and CPU time, on `--threads` torch threads.
+   wall and CPU time, on one torch thread; a batch's time divided by its inputs. The methods
+   run interleaved, each on the same `--batch` inputs before the next inputs, so that the
+   machine's load (printed beside the table) weighs on all alike. Steps: the mean steps each
+   phase took (the code phase stops per input on a plateau).
 3. Out-of-distribution warnings (`atlas_core.ood`, statistics collected as the train worker
    does, each input judged after the default refinement's code phase): the false-positive rate
    on the held-out shapes of the model's own family and the true-positive rate on clearly
@@ -45,16 +50,19 @@ from atlas_core.mesh_io import MeshError, Shape, ingest_file, shape_from_mesh
 from atlas_core.metrics import sample_mesh, surface_scores
 from atlas_core.model import AtlasNet
 from atlas_core.ood import collect, ood_warnings
-from atlas_core.refine import refine
+from atlas_core.refine import refine, refine_batch
 from atlas_core.swords import generate_swords
 
 TRAIN_POINTS = 5000  # per shape, as `rodin datasets make` samples
 INPUT_POINTS = 10000  # per input, as `rodin reconstruct` ingests a mesh
 EVAL_POINTS = 2500
-METHODS: list[tuple[str, dict[str, int]]] = [
-    ("no refinement", {"latent_steps": 0, "decoder_steps": 0}),
-    ("latent only", {"decoder_steps": 0}),
-    ("latent + decoders", {}),
+#: (label, refine_batch's options, inputs refined together: 0 for --batch)
+METHODS: list[tuple[str, dict[str, Any], int]] = [
+    ("no refinement", {"latent_steps": 0, "decoder_steps": 0}, 1),
+    ("latent only", {"decoder_steps": 0}, 1),
+    ("latent + decoders, one at a time", {}, 1),
+    ("latent + decoders, batches of {batch}", {}, 0),
+    ("before issue 20: (1000, 2000) points, one at a time", {"decoder_points": (1000, 2000)}, 1),
 ]
 
 
@@ -167,29 +175,44 @@ def _points(shape: Shape) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None]
 
 
-def reconstruction_rows(model: AtlasNet, tests: list[tuple[Shape, Shape]]) -> list[dict[str, Any]]:
-    """One row per method: mean scores over the held-out (input, ground truth) pairs."""
-    rows = []
-    for label, options in METHODS:
-        scores, wall, cpu = [], [], []
-        for i, (shape, truth) in enumerate(tests):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            result = refine(model, _points(shape), generator=torch.Generator().manual_seed(i), **options)
-            mesh = result.mesh(10000)
-            wall.append(time.perf_counter() - started)
-            cpu.append(time.process_time() - cpu_started)
-            pred, pred_normals = sample_mesh(mesh, EVAL_POINTS, seed=i)
-            scores.append(surface_scores(pred, pred_normals, truth.points, truth.normals))
-        rows.append({
-            "method": label, "shapes": len(tests),
-            "chamfer_x1e3": float(np.mean([s.chamfer for s in scores])),
-            "fscore": float(np.mean([s.fscore for s in scores])),
-            "coverage": float(np.mean([s.coverage for s in scores])),
-            "normal_consistency": float(np.mean([s.normal_consistency for s in scores])),
-            "seconds_per_mesh": float(np.mean(wall)), "cpu_seconds_per_mesh": float(np.mean(cpu)),
-        })
-        print(f"  {label}: done", file=sys.stderr)
-    return rows
+def reconstruction_rows(model: AtlasNet, tests: list[tuple[Shape, Shape]], batch: int) -> list[dict[str, Any]]:
+    """One row per method: mean scores over the held-out (input, ground truth) pairs. The
+    methods take turns on each `batch` of inputs, starting with another method each time;
+    input i's generator is seeded with i."""
+    methods = [(label.format(batch=batch), options, size or batch) for label, options, size in METHODS]
+    scores: dict[str, list[Any]] = {label: [] for label, _, _ in methods}
+    steps: dict[str, list[tuple[int, int]]] = {label: [] for label, _, _ in methods}
+    wall = dict.fromkeys(scores, 0.0)
+    cpu = dict.fromkeys(scores, 0.0)
+    for start in range(0, len(tests), batch):
+        chunk = tests[start:start + batch]
+        turn = (start // batch) % len(methods)  # each batch of inputs starts with another method
+        for label, options, size in methods[turn:] + methods[:turn]:
+            for first in range(start, start + len(chunk), size):
+                part = tests[first:min(first + size, start + len(chunk))]
+                started, cpu_started = time.perf_counter(), time.process_time()
+                results = refine_batch(model, [_points(shape) for shape, _ in part],
+                                       generators=[torch.Generator().manual_seed(first + j) for j in range(len(part))],
+                                       **options)
+                meshes = [result.mesh(10000) for result in results]
+                wall[label] += time.perf_counter() - started
+                cpu[label] += time.process_time() - cpu_started
+                for j, (mesh, result, (_, truth)) in enumerate(zip(meshes, results, part)):
+                    pred, pred_normals = sample_mesh(mesh, EVAL_POINTS, seed=first + j)
+                    scores[label].append(surface_scores(pred, pred_normals, truth.points, truth.normals))
+                    steps[label].append((result.latent_steps, result.decoder_steps))
+        print(f"  {start + len(chunk)}/{len(tests)} inputs", file=sys.stderr)
+    return [{
+        "method": label, "shapes": len(tests), "batch": size,
+        "chamfer_x1e3": float(np.mean([s.chamfer for s in scores[label]])),
+        "fscore": float(np.mean([s.fscore for s in scores[label]])),
+        "fscore_min": float(np.min([s.fscore for s in scores[label]])),
+        "coverage": float(np.mean([s.coverage for s in scores[label]])),
+        "normal_consistency": float(np.mean([s.normal_consistency for s in scores[label]])),
+        "latent_steps": float(np.mean([a for a, _ in steps[label]])),
+        "decoder_steps": float(np.mean([b for _, b in steps[label]])),
+        "seconds_per_mesh": wall[label] / len(tests), "cpu_seconds_per_mesh": cpu[label] / len(tests),
+    } for label, _, size in methods]
 
 
 def ood_rates(model: AtlasNet, config: TrainConfig, data: PointCloudSet, own: list[Shape],
@@ -233,6 +256,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=30, help="training shapes (default 30)")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--test", type=int, default=20, help="held-out shapes (default 20)")
+    parser.add_argument("--batch", type=int, default=8, help="inputs refined together (default 8, as the job)")
     parser.add_argument("--cache", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rodin" / "benchmarks")
     parser.add_argument("--objects", type=Path, default=Path("/work/shared/meshes/objects"),
@@ -247,22 +271,27 @@ def main() -> None:
     tests = [(shape_from_mesh(mesh, name, INPUT_POINTS, seed=1000 + i), shape_from_mesh(mesh, name, EVAL_POINTS, seed=5000 + i))
              for i, (name, mesh) in enumerate(family(args.family, args.test, seed=3))]
     load_before = os.getloadavg()
-    rows = reconstruction_rows(model, tests)
+    rows = reconstruction_rows(model, tests, args.batch)
+    load_rows = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
     ood = ood_rates(model, config, data, [shape for shape, _ in tests], foreign_shapes(args.family, args.objects))
     load = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
     report = {"family": args.family, "train_shapes": args.train, "epochs": args.epochs, "test_shapes": args.test,
-              "rows": rows, "ood": ood, "load_average_1_5_15": load, "cpus": os.cpu_count(),
+              "rows": rows, "rows_load_average_1_5_15": load_rows, "ood": ood, "load_average_1_5_15": load,
+              "cpus": os.cpu_count(),
               "torch_threads": 1}
     if args.json:
         print(json.dumps(report))
         return
     print(f"\nCPU-default AtlasNet trained on {args.train} {args.family} ({args.epochs} epochs); "
           f"{args.test} held-out {args.family}, scored against fresh samples of the true surface\n")
-    print("| method | Chamfer x1e3 | F-score@1% | coverage | normal cons. | s per mesh (wall) | CPU s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | Chamfer x1e3 | F-score@1% (min) | coverage | normal cons. | steps | s per mesh (wall) | CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['chamfer_x1e3']:.3f} | {r['fscore']:.3f} | {r['coverage']:.3f} | "
-              f"{r['normal_consistency']:.3f} | {r['seconds_per_mesh']:.2f} | {r['cpu_seconds_per_mesh']:.2f} |")
+        print(f"| {r['method']} | {r['chamfer_x1e3']:.3f} | {r['fscore']:.3f} ({r['fscore_min']:.3f}) | "
+              f"{r['coverage']:.3f} | {r['normal_consistency']:.3f} | "
+              f"{r['latent_steps']:.0f} + {r['decoder_steps']:.0f} | {r['seconds_per_mesh']:.2f} | "
+              f"{r['cpu_seconds_per_mesh']:.2f} |")
+    print(f"load average while these ran (1, 5, 15 min, max of start and end): {load_rows} on {os.cpu_count()} CPUs")
     own, foreign = ood["own"], ood["foreign"]
     print(f"\nOOD: warns above {ood['fit_factor']:g}x the fit after refining the code ({ood['fit_reference']}), "
           f"{ood['chamfer_factor']:g}x the encoder's Chamfer ({ood['reference']}) or "
