@@ -419,7 +419,7 @@ def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tens
             rows = torch.tensor(active)
             for f, t in zip(final, tensors):
                 f[rows] = t.detach()
-        if done:
+        if done and step < steps - 1:
             keep = [row for row in range(len(active)) if row not in done]
             active = [active[row] for row in keep]
             if not active:
