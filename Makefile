@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: setup
 # processes (80 s in one on 2 cores, under a minute in two).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" -n 2
+
+# On a machine with a CUDA GPU, in at most 8 minutes: the CUDA tests, benchmarks.train_step fp32
+# and bf16, a `--gpus 0` worker through the queue, `--devices N` on every GPU; one table, non-zero
+# exit on a failure. Without a GPU it says so and skips the GPU parts (scripts/gpu_check.py).
+gpu-check: setup
+	bash scripts/gpu_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

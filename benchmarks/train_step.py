@@ -6,6 +6,7 @@ straightforward implementation kept here for comparison.
     python -m benchmarks.train_step --json         # the same as one JSON object on stdout
     python -m benchmarks.train_step --quick        # a small configuration: a smoke run in seconds
     python -m benchmarks.train_step --device cuda --bf16
+    python -m benchmarks.train_step --device cuda --json   # what scripts/gpu_check.sh runs, fp32 and --bf16
 
 What is measured, for the reference configuration (batch 32, 2500 points per shape, 25 square
 patches, bottleneck 1024, hidden 512, 2 hidden layers, ReLU, BatchNorm, Adam):
@@ -14,8 +15,11 @@ patches, bottleneck 1024, hidden 512, 2 hidden layers, ReLU, BatchNorm, Adam):
   two warm-up steps, for rodin's AtlasNet and for the baseline below;
 - its rate in GFLOP/s, from FLOPs counted from the layer shapes (2 in out per point per Linear,
   the backward counted as twice the forward), whatever the implementation actually computes;
-- the fp32 matrix-multiply peak: a 2048^3 product timed between the steps, so that it sees the
-  same machine load, and reported as the median rate;
+- the matrix-multiply peak in the step's precision (fp32, or bf16 with --bf16): a 2048^3
+  product on the CPU, 8192^3 on CUDA (a 2048^3 product takes well under a millisecond on a large GPU,
+  too short to time against the launch and synchronisation; --peak-n sets it), timed between
+  the steps, so that it sees the same machine load, and reported as the median rate. On CUDA
+  fp32 means fp32 (torch's default: no TF32 in matrix products; the JSON says `matmul_tf32`);
 - Chamfer forward + backward at batch 32, 2500 x 2500 points: the median time, and the peak
   memory. On the CPU (Linux) that is the high-water mark of the resident set of a fresh subprocess
   (VmHWM, reset just before the call) minus its resident size just before the call, after a small
@@ -371,6 +375,7 @@ def run(config: BenchConfig, device: torch.device, repeats: int, bf16: bool = Fa
         "torch": torch.__version__,
         "python": platform.python_version(),
         "dtype": "bf16 autocast" if bf16 else "fp32",
+        "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if device.type == "cuda" else None,
         "config": {"batch": config.batch, "n_input": config.n_input, **asdict(m)},
         "repeats": repeats,
         "loadavg_1min": _loadavg(),
@@ -435,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; fp32 on the CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--peak-n", type=int, default=None,
+                        help="size of the matrix product that measures the peak (default 2048; 8192 on CUDA)")
     parser.add_argument("--chamfer-child", nargs=3, metavar=("KIND", "BATCH", "POINTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -452,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.quick:
-        result = run(QUICK, device, args.repeats, bf16=args.bf16, peak_n=512, warmup=1)
+        result = run(QUICK, device, args.repeats, bf16=args.bf16, peak_n=args.peak_n or 512, warmup=1)
     else:
-        result = run(REFERENCE, device, args.repeats, bf16=args.bf16)
+        peak_n = args.peak_n or (8192 if device.type == "cuda" else 2048)
+        result = run(REFERENCE, device, args.repeats, bf16=args.bf16, peak_n=peak_n)
     print(json.dumps(result) if args.json else table(result))
     return 0
 

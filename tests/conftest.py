@@ -139,6 +139,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         proc.wait()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/cuda: skipped without one; "
+                                       "`make gpu-check` runs them on a GPU machine)")
+
+
 #: Folders whose every test starts servers, workers or benchmarks.
 SLOW_FOLDERS = ("integration", "benchmarks")
 
