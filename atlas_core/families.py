@@ -172,9 +172,13 @@ class PretrainRecipe:
     #: How the generated shapes are turned before pre-training, so that they lie as the user's
     #: shapes do (atlas_core.orientation.turn_between); part of what makes two bases the same.
     turn: Turn = IDENTITY
-    #: Fine-tuning on the user's shapes: gentle, so that it does not forget the family.
+    #: Fine-tuning on the user's shapes: gentle, so that it does not forget the family, and half
+    #: of every batch the family's own shapes (rehearsal): measured on 30 generated swords, 100
+    #: held out, the fine-tuned model alone went from Chamfer 0.373 and F-score 0.819 (retrieval
+    #: from the 30: 0.248, 0.885) to 0.217 and 0.894 (README, "Thirty meshes in").
     finetune: dict[str, Any] = field(default_factory=lambda: {
-        "lr": 1e-4, "epochs": 40, "augment_scale": 0.1, "checkpoint_every": 5, "keep_best": True})
+        "lr": 1e-4, "epochs": 40, "augment_scale": 0.1, "checkpoint_every": 5, "keep_best": True,
+        "rehearsal": 0.5})
 
     def pretrain_config(self, architecture: dict[str, Any], base: TrainConfig) -> TrainConfig:
         """The pre-training job's config: the fine-tune's architecture (`TrainConfig.architecture`),

@@ -47,7 +47,7 @@ def train(
              "dataset's: the registry's base with the same recipe and architecture, else its "
              "pre-training is queued first (auto builds at most one base, and prefers one that "
              "exists when it is nearly as near). Fine-tuning follows rodin's measured recipe "
-             "(lr 1e-4, 40 epochs, scaling 0.1), each value overridable by its flag.")] = None,
+             "(lr 1e-4, 40 epochs, scaling 0.1, rehearsal 0.5), each value overridable by its flag.")] = None,
     pretrain_shapes: Annotated[int | None, typer.Option(
         "--pretrain-shapes", min=2, show_default=False,
         help=f"Generated shapes to pre-train on (default: {_recipe().count}).")] = None,
