@@ -6,7 +6,8 @@ disjoint sets of generated shapes of `--family` (swords by default: the 30 to tr
 out, and the pre-training set that `--pretrain FAMILY` generates with its own seed):
 
   (b)  `rodin submit train --dataset F-30 --pretrain F` from an empty registry
-       (the pre-training is queued first), then the same with the base already registered;
+       (the pre-training is queued first), then the same with the base already registered,
+       and without rehearsal (`--rehearsal 0`, scored without refinement);
   (a)  trained from scratch on the 30 (for comparison);
 each evaluated on the 100 held-out shapes with default refinement (and without), against
 retrieval from the 30; which family `--pretrain auto` picks for the 30 and its scores; then the
@@ -163,6 +164,13 @@ def main() -> None:
                                       "train_s": again_s}
         report(figures["base_registered"], "base registered", args.json)
 
+        # The recipe rehearses the family's shapes; the same fine-tune without (the base is reused).
+        bare, _ = timed(home, "submit", "train", "--dataset", small, "--pretrain", family, "--rehearsal", "0",
+                        *quick, "--wait")
+        bare_plain, _ = evaluate(home, bare["model_id"], test, "--refine", "0")
+        figures["no_rehearsal"] = {"model_id": bare["model_id"], "unrefined": bare_plain}
+        report(figures["no_rehearsal"], "without rehearsal", args.json)
+
         held_out = family_files(family, home / "held-out", 10 if not args.quick else 3, seed=3, turned=args.turned)
         one, one_s = timed(home, "reconstruct", "--model", str(model), str(held_out[0]), "--wait",
                            "--out", str(home / "one"))
@@ -209,6 +217,7 @@ def table(f: dict[str, Any], n_test: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = [(f"--pretrain {family}, refined", f["pretrained"]["refined"]),
             (f"--pretrain {family}, no refinement", f["pretrained"]["unrefined"]),
+            (f"--pretrain {family} --rehearsal 0, no refinement", f["no_rehearsal"]["unrefined"]),
             ("from scratch on the 30, refined", f["scratch"]["refined"])]
     for label, r in rows:
         print(f"| {label} | {r['chamfer']:.3f} | {r['retrieval_chamfer']:.3f} | "
