@@ -101,12 +101,12 @@ def choose(scores: Sequence[FamilyScore], margin: float = REUSE_MARGIN) -> Choic
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
     ahead = "" if runner is None else \
-        f" ({best.chamfer:.3g} against {runner.family}'s {runner.chamfer:.3g}, {runner.chamfer / max(best.chamfer, 1e-12):.2f}x)"
+        f" ({best.chamfer:.3g} against {runner.chamfer:.3g} for {runner.family}, {runner.chamfer / max(best.chamfer, 1e-12):.2f}x)"
     if not best.has_base:
         reusable = next((s for s in ranked if s.has_base and s.chamfer <= best.chamfer * (1 + margin)), None)
         if reusable is not None:
             return Choice(reusable.family, ranked,
-                          f"{reusable.family}'s base exists and its shapes are within {margin:.0%} of the "
+                          f"the {reusable.family} base exists and its shapes are within {margin:.0%} of the "
                           f"closest family, {best.family} ({reusable.chamfer:.3g} against {best.chamfer:.3g}): "
                           "no pre-training needed")
-    return Choice(best.family, ranked, f"{best.family}'s shapes are the closest to the collection's{ahead}")
+    return Choice(best.family, ranked, f"the {best.family} family's shapes are the closest to the collection's{ahead}")

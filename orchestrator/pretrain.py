@@ -78,10 +78,10 @@ def _dataset_points(settings: Settings, store: ArtifactStore, dataset_id: int) -
     return load_version(store, uri, sha256, max_shapes=TURN_SHAPES).points
 
 
-#: Shapes pre-trained per second (shape-epochs) by a 2-core CPU worker with the CPU preset:
-#: the swords base (500 shapes, 30 epochs) took about 16 minutes under load. What `--pretrain
-#: auto` quotes for a base that does not exist yet.
-PRETRAIN_SHAPE_EPOCHS_PER_S = 15.0
+#: Shapes pre-trained per second (shape-epochs) by a 2-core CPU worker with the CPU preset: the
+#: swords base (500 shapes, 30 epochs) took about 185 s on a quiet machine (README, small data),
+#: two to three times that on a loaded one. What `--pretrain auto` quotes for a missing base.
+PRETRAIN_SHAPE_EPOCHS_PER_S = 80.0
 
 
 def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,

@@ -123,6 +123,7 @@ def _print_choice(choice: dict[str, Any]) -> None:
     for column in ("family", "Chamfer", "base"):
         table.add_column(column)
     for row in choice["scores"]:
-        base = "exists" if row["has_base"] else f"none (pre-training: about {row['pretrain_estimate_s'] / 60:.0f} min on 2 CPU cores)"
+        base = ("exists" if row["has_base"] else
+                f"none (pre-training: about {max(1, round(row['pretrain_estimate_s'] / 60))} min on a quiet 2-core CPU worker)")
         table.add_row(escape(row["family"]), f"{row['chamfer']:.3g}", base)
     err.print(table)
