@@ -198,8 +198,8 @@ def submit_training(settings: Settings, store: ArtifactStore, plan: TrainingPlan
         choice = found.as_dict()
         for row in choice["scores"]:  # what building each missing base would cost
             if not row["has_base"]:
-                row["pretrain_estimate_s"] = round(pretrain_estimate_s(
-                    next(r for r in plan.recipes if r.family == row["family"])))
+                row["pretrain_estimate_s"] = max(1, round(pretrain_estimate_s(
+                    next(r for r in plan.recipes if r.family == row["family"]))))
     else:
         recipe = plan.recipes[0]
         recipe = replace(recipe, turn=matching_turn(settings, store, recipe.family, start.dataset_id))
