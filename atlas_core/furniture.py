@@ -26,10 +26,12 @@ from atlas_core.primitives import (
     cylinder,
     loft,
     moved,
+    pick,
     rectangle,
     revolve,
     ring_tube,
     rotation,
+    shape_name,
     strut,
     superellipse,
     sweep_xy,
@@ -115,45 +117,41 @@ class FurnitureParams:
         return asdict(self)
 
 
-def _pick(rng: np.random.Generator, options: tuple[str, ...], p: list[float]) -> str:
-    return str(options[int(rng.choice(len(options), p=np.asarray(p) / np.sum(p)))])
-
-
 def sample_furniture_params(rng: np.random.Generator) -> FurnitureParams:
     """Draw the parameters of one piece from ``rng``: the kind first, then sizes and styles
     that suit it (a stool has no back, a long bench no pedestal), each drawn broadly."""
     u = rng.uniform
-    kind = _pick(rng, KINDS, [0.35, 0.15, 0.15, 0.35])
+    kind = pick(rng, KINDS, [0.35, 0.15, 0.15, 0.35])
     if kind == "chair":
         width = u(0.36, 0.65)
         depth = width * u(0.8, 1.25)
         height = u(0.38, 0.5) if rng.random() < 0.8 else u(0.6, 0.8)
-        top = _pick(rng, TOPS, [0.5, 0.35, 0.15])
-        legs = _pick(rng, LEGS, [0.3, 0.3, 0.2, 0.2, 0.0])
-        back = _pick(rng, BACKS, [0.0, 0.3, 0.25, 0.25, 0.2])
+        top = pick(rng, TOPS, [0.5, 0.35, 0.15])
+        legs = pick(rng, LEGS, [0.3, 0.3, 0.2, 0.2, 0.0])
+        back = pick(rng, BACKS, [0.0, 0.3, 0.25, 0.25, 0.2])
         thickness = u(0.025, 0.09)
     elif kind == "stool":
         width = u(0.26, 0.48)
         depth = width if rng.random() < 0.7 else width * u(0.6, 0.95)
         height = u(0.4, 0.85)
-        top = _pick(rng, TOPS, [0.25, 0.2, 0.55])
-        legs = _pick(rng, LEGS, [0.3, 0.25, 0.3, 0.15, 0.0])
+        top = pick(rng, TOPS, [0.25, 0.2, 0.55])
+        legs = pick(rng, LEGS, [0.3, 0.25, 0.3, 0.15, 0.0])
         back = "none"
         thickness = u(0.025, 0.08)
     elif kind == "bench":
         width = u(0.8, 2.0)
         depth = u(0.28, 0.55)
         height = u(0.38, 0.5)
-        top = _pick(rng, TOPS, [0.6, 0.4, 0.0])
-        legs = _pick(rng, LEGS, [0.3, 0.25, 0.2, 0.0, 0.25])
-        back = _pick(rng, BACKS, [0.55, 0.15, 0.2, 0.1, 0.0])
+        top = pick(rng, TOPS, [0.6, 0.4, 0.0])
+        legs = pick(rng, LEGS, [0.3, 0.25, 0.2, 0.0, 0.25])
+        back = pick(rng, BACKS, [0.55, 0.15, 0.2, 0.1, 0.0])
         thickness = u(0.03, 0.1)
     else:
         width = u(0.45, 2.2)
         depth = float(np.clip(width * u(0.35, 1.0), 0.35, 1.2))
         height = float(rng.choice([u(0.3, 0.5), u(0.68, 0.78), u(0.9, 1.1)], p=[0.3, 0.5, 0.2]))
-        top = _pick(rng, TOPS, [0.45, 0.3, 0.25])
-        legs = _pick(rng, LEGS, [0.3, 0.2, 0.15, 0.15 if width < 1.3 else 0.0, 0.2])
+        top = pick(rng, TOPS, [0.45, 0.3, 0.25])
+        legs = pick(rng, LEGS, [0.3, 0.2, 0.15, 0.15 if width < 1.3 else 0.0, 0.2])
         back = "none"
         thickness = u(0.018, 0.07)
     if top == "disc" and kind in ("table", "stool") and rng.random() < 0.6:
@@ -174,11 +172,11 @@ def sample_furniture_params(rng: np.random.Generator) -> FurnitureParams:
     if legs == "pedestal":
         stretchers = "none"
     elif legs == "panel":
-        stretchers = _pick(rng, ("none", "box"), [0.4, 0.6])
+        stretchers = pick(rng, ("none", "box"), [0.4, 0.6])
     elif round_top:
-        stretchers = _pick(rng, ("none", "box", "ring"), [0.4, 0.2, 0.4])
+        stretchers = pick(rng, ("none", "box", "ring"), [0.4, 0.2, 0.4])
     else:
-        stretchers = _pick(rng, ("none", "box", "H"), [0.45, 0.3, 0.25])
+        stretchers = pick(rng, ("none", "box", "H"), [0.45, 0.3, 0.25])
     arms = kind in ("chair", "bench") and back != "none" and rng.random() < (0.35 if kind == "chair" else 0.3)
     return FurnitureParams(
         kind=kind,
@@ -191,7 +189,7 @@ def sample_furniture_params(rng: np.random.Generator) -> FurnitureParams:
         leg_count=leg_count,
         leg_thickness=float(leg_scale * u(0.05, 0.14)),
         leg_taper=float(u(0.4, 0.8)) if legs in ("tapered", "splayed") else 1.0,
-        leg_section=_pick(rng, ("square", "round"), [0.5, 0.5]),
+        leg_section=pick(rng, ("square", "round"), [0.5, 0.5]),
         leg_inset=float(u(0.03, 0.3)),
         splay=float(u(0.06, 0.25)) if legs == "splayed" else 0.0,
         apron=bool(legs not in ("pedestal", "panel") and rng.random() < 0.5),
@@ -486,7 +484,6 @@ def generate_furniture(count: int, seed: int = 0) -> Iterator[tuple[str, trimesh
     Deterministic for a given ``seed``; the first ``n`` do not depend on ``count``.
     """
     rng = np.random.default_rng(seed)
-    width = max(4, len(str(max(count - 1, 0))))
     for index in range(count):
         params = sample_furniture_params(rng)
-        yield f"furniture_{index:0{width}d}", make_furniture(params), params
+        yield shape_name("furniture", index, count), make_furniture(params), params

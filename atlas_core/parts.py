@@ -32,9 +32,11 @@ from atlas_core.primitives import (
     extrude,
     mirrored,
     moved,
+    pick,
     ray_hits,
     revolve,
     rotation,
+    shape_name,
     sweep,
     to_mesh,
 )
@@ -317,17 +319,12 @@ def _symmetric_ok(kind: str, turn: np.ndarray) -> bool:
 # Drawing and building
 
 
-def _choice(rng: np.random.Generator, options: tuple, weights: tuple[float, ...]):
-    p = np.asarray(weights, dtype=np.float64)
-    return options[int(rng.choice(len(options), p=p / p.sum()))]
-
-
 def _draw_part(rng: np.random.Generator, index: int) -> PartSpec:
     """One part after the body: its role, then what suits the role."""
     u = rng.uniform
-    role = str(_choice(rng, ROLES, _ROLE_WEIGHTS))
-    kind = str(_choice(rng, *_ROLE_KINDS[role]))
-    face = str(_choice(rng, FACES, _ROLE_FACES[role]))
+    role = str(pick(rng, ROLES, _ROLE_WEIGHTS))
+    kind = str(pick(rng, *_ROLE_KINDS[role]))
+    face = str(pick(rng, FACES, _ROLE_FACES[role]))
     spot = lambda: float(rng.choice([0.0, 1.0, -1.0], p=[0.5, 0.25, 0.25]) * u(0.3, 0.85))  # noqa: E731
     anchor = (spot(), spot(), spot())
     repeat, tilt = 1, 0.0
@@ -374,7 +371,7 @@ def sample_generic_params(rng: np.random.Generator) -> GenericParams:
     part_count = int(rng.integers(2, 9))
     symmetric = bool(rng.random() < 0.6)
     scale = float(np.exp(u(np.log(0.1), np.log(1.5))))
-    body = str(_choice(rng, KINDS, (0.3, 0.22, 0.1, 0.1, 0.03, 0.12, 0.13)))
+    body = str(pick(rng, KINDS, (0.3, 0.22, 0.1, 0.1, 0.03, 0.12, 0.13)))
     ratios = np.exp(u(np.log(0.15), 0.0, size=2))
     extents = scale * rng.permutation(np.array([1.0, *ratios]))
     if body == "tube":
@@ -496,11 +493,10 @@ def generate_generic(count: int, seed: int = 0) -> Iterator[tuple[str, trimesh.T
     Deterministic for a given ``seed``; the first ``n`` do not depend on ``count``.
     """
     rng = np.random.default_rng(seed)
-    width = max(4, len(str(max(count - 1, 0))))
     for index in range(count):
         params = sample_generic_params(rng)
         parts, labels = _compose(params)
         # What fitted: building again from these gives the same parts.
         params = replace(params, part_count=len(parts), kinds=tuple(k for k, _ in labels),
                          roles=tuple(r for _, r in labels))
-        yield f"generic_{index:0{width}d}", to_mesh(parts), params
+        yield shape_name("generic", index, count), to_mesh(parts), params

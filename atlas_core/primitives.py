@@ -12,7 +12,9 @@ cylinder's axis, a capsule's length, an extrusion's depth), then posed with :fun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import trimesh
@@ -20,10 +22,26 @@ from numpy.typing import ArrayLike
 
 __all__ = ["Part", "loft_faces", "loft", "sweep_xy", "superellipse", "rectangle", "revolve", "box", "cylinder",
            "ellipsoid", "capsule", "strut", "beam", "sweep", "ring_tube", "extrude", "rotation",
-           "align", "moved", "mirrored", "to_mesh", "ray_hits"]
+           "align", "moved", "mirrored", "to_mesh", "ray_hits", "pick", "shape_name"]
 
 #: One closed surface: vertices (V, 3) float64, faces (F, 3) int64.
 Part = tuple[np.ndarray, np.ndarray]
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------------
+# What every family's generator shares
+
+
+def pick(rng: np.random.Generator, options: Sequence[_T], weights: Sequence[float]) -> _T:
+    """One of `options`, drawn with probabilities proportional to `weights` (one draw of `rng`)."""
+    p = np.asarray(weights, dtype=np.float64)
+    return options[int(rng.choice(len(options), p=p / p.sum()))]
+
+
+def shape_name(prefix: str, index: int, count: int) -> str:
+    """`prefix_0007`: the index zero-padded to at least 4 digits, or to as many as `count` needs."""
+    return f"{prefix}_{index:0{max(4, len(str(max(count - 1, 0))))}d}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ import numpy as np
 import trimesh
 
 from atlas_core.primitives import loft as _loft
+from atlas_core.primitives import shape_name, to_mesh
 from atlas_core.primitives import superellipse as _superellipse
 from atlas_core.primitives import sweep_xy as _sweep_xy
-from atlas_core.primitives import to_mesh
 
 __all__ = ["SwordParams", "sample_sword_params", "make_sword", "generate_swords"]
 
@@ -370,7 +370,6 @@ def generate_swords(
     ``n`` swords do not depend on ``count``.
     """
     rng = np.random.default_rng(seed)
-    width = max(4, len(str(max(count - 1, 0))))
     for index in range(count):
         params = sample_sword_params(rng)
-        yield f"sword_{index:0{width}d}", make_sword(params), params
+        yield shape_name("sword", index, count), make_sword(params), params

@@ -25,8 +25,10 @@ from atlas_core.primitives import (
     ellipsoid,
     loft,
     moved,
+    pick,
     revolve,
     rotation,
+    shape_name,
     superellipse,
     sweep_xy,
     to_mesh,
@@ -84,16 +86,12 @@ class VesselParams:
         return asdict(self)
 
 
-def _pick(rng: np.random.Generator, options: tuple[str, ...], p: list[float]) -> str:
-    return str(options[int(rng.choice(len(options), p=np.asarray(p) / np.sum(p)))])
-
-
 def _profile_for(kind: str, rng: np.random.Generator) -> tuple[list[tuple[float, float]], float]:
     """Control points (t, r) of the outer profile of one ``kind``, and how far down the
     cavity reaches (fraction of the height)."""
     u = rng.uniform
     if kind == "vase":
-        style = _pick(rng, ("ovoid", "cylinder", "trumpet", "gourd", "amphora"), [0.3, 0.15, 0.2, 0.15, 0.2])
+        style = pick(rng, ("ovoid", "cylinder", "trumpet", "gourd", "amphora"), [0.3, 0.15, 0.2, 0.15, 0.2])
         if style == "ovoid":
             belly = u(0.25, 0.6)
             neck = u(belly + 0.2, 0.92)
@@ -122,7 +120,7 @@ def _profile_for(kind: str, rng: np.random.Generator) -> tuple[list[tuple[float,
                   (1.0, rn * 1.15)]
         return points, 1.0 - neck + u(0.0, 0.05)
     if kind == "mug":
-        style = _pick(rng, ("straight", "tapered", "barrel", "flared"), [0.4, 0.2, 0.2, 0.2])
+        style = pick(rng, ("straight", "tapered", "barrel", "flared"), [0.4, 0.2, 0.2, 0.2])
         r0 = {"straight": 1.0, "tapered": u(0.7, 0.85), "barrel": u(0.85, 0.95), "flared": u(0.75, 0.9)}[style]
         mid = {"straight": 1.0, "tapered": 0.5 * (1 + r0), "barrel": 1.0, "flared": 0.5 * (1 + r0)}[style]
         r1 = {"straight": 1.0, "tapered": 1.0, "barrel": r0, "flared": 1.0}[style]
@@ -154,7 +152,7 @@ def _profile_for(kind: str, rng: np.random.Generator) -> tuple[list[tuple[float,
 def sample_vessel_params(rng: np.random.Generator) -> VesselParams:
     """Draw the parameters of one vessel from ``rng``: the kind, then its profile and fittings."""
     u = rng.uniform
-    kind = _pick(rng, KINDS, [0.22, 0.15, 0.15, 0.1, 0.15, 0.12, 0.11])
+    kind = pick(rng, KINDS, [0.22, 0.15, 0.15, 0.1, 0.15, 0.12, 0.11])
     height, slender = {
         "vase": (u(0.15, 0.6), u(0.15, 0.4)), "bottle": (u(0.15, 0.4), u(0.1, 0.22)),
         "mug": (u(0.07, 0.14), u(0.3, 0.6)), "cup": (u(0.045, 0.09), u(0.6, 1.0)),
@@ -174,7 +172,7 @@ def sample_vessel_params(rng: np.random.Generator) -> VesselParams:
         handles = int(rng.choice([0, 2], p=[0.75, 0.25]))
     else:
         handles = 0
-    shape = _pick(rng, HANDLES, [0.5, 0.3, 0.2])
+    shape = pick(rng, HANDLES, [0.5, 0.3, 0.2])
     if kind in ("bowl", "jar"):
         shape = "ear"
     top, bottom = u(0.7, 0.9), u(0.15, 0.45)
@@ -325,7 +323,6 @@ def generate_vessels(count: int, seed: int = 0) -> Iterator[tuple[str, trimesh.T
     Deterministic for a given ``seed``; the first ``n`` do not depend on ``count``.
     """
     rng = np.random.default_rng(seed)
-    width = max(4, len(str(max(count - 1, 0))))
     for index in range(count):
         params = sample_vessel_params(rng)
-        yield f"vessel_{index:0{width}d}", make_vessel(params), params
+        yield shape_name("vessel", index, count), make_vessel(params), params

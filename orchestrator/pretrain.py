@@ -99,7 +99,7 @@ def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,
     target = _dataset_points(settings, store, dataset_id)
     architecture = finetune.architecture()
     turned: dict[str, PretrainRecipe] = {}
-    scores = []
+    fits: dict[str, float] = {}
     for recipe in recipes:
         sample = family_pose_sample(recipe.family).points
         # The frames' turn, or none: a family whose shapes are nearly as wide as deep (chairs,
@@ -108,12 +108,11 @@ def choose_family(settings: Settings, store: ArtifactStore, dataset_id: int,
         poses = {turn: score_family(target, sample @ np.asarray(turn, float).T)
                  for turn in {IDENTITY, turn_between(sample, target)}}
         turn = min(poses, key=lambda t: (poses[t], t != IDENTITY))
-        recipe = replace(recipe, turn=turn)
-        with session_scope(settings) as s:
-            has_base = _base_model(s, recipe.key(architecture)) is not None
-        scores.append(FamilyScore(recipe.family, poses[turn], has_base))
-        turned[recipe.family] = recipe
-    choice = choose(scores)
+        turned[recipe.family], fits[recipe.family] = replace(recipe, turn=turn), poses[turn]
+    with session_scope(settings) as s:
+        based = _keys_with_base(s, {r.key(architecture) for r in turned.values()})
+    choice = choose([FamilyScore(family, fits[family], r.key(architecture) in based)
+                     for family, r in turned.items()])
     return choice, turned[choice.family]
 
 
@@ -148,21 +147,31 @@ def find_or_queue_base(settings: Settings, store: ArtifactStore, recipe: Pretrai
     return Base(recipe.family, key, pretrain_job_id=job_id, queued_now=True, turn=turn)
 
 
-def _pretrain_jobs(session: Any, key: str, statuses: tuple[JobStatus, ...]) -> list[Job]:
+def _pretrain_jobs(session: Any, keys: set[str], statuses: tuple[JobStatus, ...]) -> list[Job]:
     # The key lives in the job's JSON params; JSON queries differ between SQLite and
     # PostgreSQL, and pre-training jobs are few, so the match is made here.
     rows = session.scalars(select(Job).where(Job.kind == JobKind.train.value,
                                              Job.status.in_([st.value for st in statuses]))
                            .order_by(Job.id.desc())).all()
-    return [j for j in rows if (j.params or {}).get("pretrain", {}).get("key") == key]
+    return [j for j in rows if (j.params or {}).get("pretrain", {}).get("key") in keys]
 
 
 def _base_model(session: Any, key: str) -> int | None:
-    for job in _pretrain_jobs(session, key, (JobStatus.succeeded,)):
+    for job in _pretrain_jobs(session, {key}, (JobStatus.succeeded,)):
         final = _final_model(session, job.id)
         if final is not None:
             return final
     return None
+
+
+def _keys_with_base(session: Any, keys: set[str]) -> set[str]:
+    """The keys among `keys` that have a base model, from one read of the training jobs."""
+    found: set[str] = set()
+    for job in _pretrain_jobs(session, keys, (JobStatus.succeeded,)):
+        key = job.params["pretrain"]["key"]
+        if key not in found and _final_model(session, job.id) is not None:
+            found.add(key)
+    return found
 
 
 def _final_model(session: Any, job_id: int) -> int | None:
@@ -181,7 +190,7 @@ def base_model_id(settings: Settings, base: Base) -> int | None:
 
 
 def _pretraining_in_progress(session: Any, key: str) -> int | None:
-    active = _pretrain_jobs(session, key, (JobStatus.queued, JobStatus.running))
+    active = _pretrain_jobs(session, {key}, (JobStatus.queued, JobStatus.running))
     return active[0].id if active else None
 
 

@@ -128,6 +128,16 @@ class Rodin:
         raise TimeoutError(f"worker {name} did not become ready")
 
 
+def until(predicate, timeout: float = 120, what: str = "", every: float = 0.3):  # type: ignore[no-untyped-def]
+    """Poll `predicate` every `every` s until it returns something true, and return that; fail
+    the test (naming `what`) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" if what else "timed out"
+        time.sleep(every)
+    return value
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     if proc.poll() is not None:
         return

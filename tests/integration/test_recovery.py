@@ -11,13 +11,14 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import Rodin, stop_process
+from tests.conftest import Rodin, stop_process, until
 from tests.servers import REDIS_PASSWORD, free_port, redis_binary
 
 #: An epoch of this model on 8 swords takes ~50 ms: jobs meant to be interrupted midway run
@@ -28,12 +29,7 @@ TRAIN = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", 
 FAST_RECOVERY = {"RODIN_STALE_AFTER_S": "6", "OMP_NUM_THREADS": "1"}
 
 
-def _until(predicate, timeout: float = 180, what: str = "") -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return value
+_until = partial(until, timeout=180)
 
 
 def _job(rodin: Rodin, job_id: int) -> dict:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.conftest import Rodin, stop_process
+from tests.conftest import Rodin, stop_process, until
 
 LONG = ["--epochs", "400", "--patches", "4", "--points", "128", "--bottleneck", "32",
         "--hidden", "32", "--layers", "1", "--batch-size", "4", "--checkpoint-every", "1",
@@ -23,12 +23,7 @@ def _job(rodin: Rodin, job_id: int) -> dict:
     return rodin.json("status", str(job_id))
 
 
-def _until(predicate, timeout: float = 120, what: str = ""):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return value
+_until = partial(until, timeout=120)
 
 
 def test_cold_stop_requeues_and_the_next_worker_resumes(tmp_path, redis_server, postgres_server) -> None:  # type: ignore[no-untyped-def]

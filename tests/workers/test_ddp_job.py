@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from tests.conftest import Rodin, stop_process
+from tests.conftest import Rodin, stop_process, until
 
 TINY = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "32", "--layers", "1",
         "--batch-size", "4", "--val-fraction", "0.25", "--devices", "2"]
@@ -43,12 +42,7 @@ def _rank_pids(home: Path) -> list[int]:
     return found
 
 
-def _until(predicate, timeout: float = 180, what: str = "") -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return value
+_until = partial(until, timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import Rodin, stop_process
+from tests.conftest import Rodin, stop_process, until
 
 TINY = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "32", "--layers", "1",
         "--batch-size", "4", "--val-fraction", "0.25", "--checkpoint-every", "1000"]
@@ -28,12 +27,7 @@ TINY = ["--patches", "4", "--points", "128", "--bottleneck", "32", "--hidden", "
 SLOW_FIXTURES = ("two_devices",)
 
 
-def _until(predicate, timeout: float = 120, what: str = "") -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
+_until = partial(until, timeout=120, every=0.2)
 
 
 @pytest.fixture(scope="module")

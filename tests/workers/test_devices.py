@@ -11,11 +11,12 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, until
 from workers.devices import Allocator, Grant, Line, Offer, TooWide
 
 
@@ -41,11 +42,7 @@ class Waiter(threading.Thread):
         self.done.set()
 
 
-def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+_until = partial(until, timeout=10.0, every=0.02)
 
 
 def test_all_or_nothing_in_the_offers_order(tmp_path: Path) -> None:
