@@ -171,8 +171,13 @@ class TrainConfig:
     #: Devices (ranks) that train one job data-parallel on one machine: GPUs, or CPU processes
     #: of one thread each. Each rank computes `batch_size // devices` shapes of every step.
     devices: int = field(default=1, metadata=declare(
-        "Devices that train this job data-parallel on one worker machine; each takes "
-        "batch-size / devices shapes of every step"))
+        "Devices that train this job data-parallel on each worker machine it uses; each takes "
+        "batch-size / (nodes x devices) shapes of every step"))
+    #: Worker machines one job trains on, `devices` ranks on each: nodes x devices ranks in all
+    #: (rank r on machine r // devices). The job's worker is machine 0 and rank 0.
+    nodes: int = field(default=1, metadata=declare(
+        "Worker machines that train this job together, --devices on each (they meet through "
+        "the queue; see docs/ARCHITECTURE.md)"))
     lr: float = field(default=1e-3, metadata=declare("Adam learning rate, /10 at 80, 93, 97% of epochs"))
     lr_decay_at: tuple[float, ...] = REFERENCE_LR_DECAY_AT
     val_fraction: float = field(default=0.1, metadata=declare("Shapes held out for validation"))
@@ -212,9 +217,14 @@ class TrainConfig:
         )
 
     @property
+    def world_size(self) -> int:
+        """Ranks that train the job: `devices` on each of `nodes` machines."""
+        return max(1, self.nodes) * max(1, self.devices)
+
+    @property
     def device_batch(self) -> int:
-        """Shapes each device computes per step: the global batch over the devices."""
-        return self.batch_size // max(1, self.devices)
+        """Shapes each device computes per step: the global batch over every rank."""
+        return self.batch_size // self.world_size
 
     def lr_milestones(self) -> list[int]:
         return sorted({max(1, round(f * self.epochs)) for f in self.lr_decay_at})
@@ -225,9 +235,11 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.devices >= 1, f"devices must be >= 1, got {self.devices}"),
-            (self.devices < 1 or self.batch_size % self.devices == 0,
-             f"batch size {self.batch_size} is not divisible by devices {self.devices}: the batch is "
-             f"split evenly among the devices; pick a multiple of {self.devices}"),
+            (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
+            (self.devices < 1 or self.nodes < 1 or self.batch_size % self.world_size == 0,
+             f"batch size {self.batch_size} is not divisible by the {self.world_size} devices "
+             f"({self.nodes} node(s) x {self.devices}): the batch is split evenly among them; pick "
+             f"a multiple of {self.world_size}"),
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.checkpoint_every >= 1, "checkpoint-every must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val-fraction must be in [0, 1)"),
@@ -235,8 +247,8 @@ class TrainConfig:
              f"split must be identity or position, not {self.split!r}"),
             (self.patience >= 0, "patience must be >= 0"),
             (0.0 <= self.rehearsal <= 0.9, f"rehearsal must be in [0, 0.9], got {self.rehearsal}"),
-            (self.rehearsal == 0 or self.devices == 1,
-             "rehearsal runs on one device only for now; drop --devices or --rehearsal"),
+            (self.rehearsal == 0 or self.world_size == 1,
+             "rehearsal runs on one device only for now; drop --devices/--nodes or --rehearsal"),
         ]
         for ok, reason in checks:
             if not ok:

@@ -35,17 +35,25 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 @dataclass(frozen=True)
 class RankSpec:
-    """One rank's place in a process group: rank in [0, world_size), and the address and port of
-    the c10d TCP store that rank 0 serves (the rendezvous)."""
+    """One rank's place in a process group: rank in [0, world_size), the address and port of
+    the c10d TCP store that rank 0 serves (the rendezvous), and the rank's place on its own
+    machine (`local_rank`: which of the machine's devices it takes; its rank when the group
+    is one machine's)."""
 
     rank: int
     world_size: int
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    local_rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in a world of {self.world_size}")
+
+    @property
+    def local(self) -> int:
+        """The rank's index among its machine's ranks (its device there)."""
+        return self.rank if self.local_rank is None else self.local_rank
 
 
 def backend_for(device: str) -> str:
@@ -53,11 +61,12 @@ def backend_for(device: str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def rank_device(device: str, rank: int) -> torch.device:
-    """The device a rank trains on: the CPU for every rank, or the rank-th visible GPU."""
+def rank_device(device: str, local_rank: int) -> torch.device:
+    """The device a rank trains on: the CPU for every rank, or its machine's `local_rank`-th
+    visible GPU."""
     base = torch.device(device)
     if base.type == "cuda":
-        return torch.device("cuda", rank)
+        return torch.device("cuda", local_rank)
     return base
 
 
@@ -75,8 +84,8 @@ def init_process_group(spec: RankSpec, device: str, *, store: dist.Store | None 
     `timeout_s`). `store`: rank 0's own `serve_store`, when it made one first; otherwise rank 0
     serves the store at `spec.master_port` and the others connect to it."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    if rank_device(device, spec.rank).type == "cuda":
-        torch.cuda.set_device(rank_device(device, spec.rank))
+    if rank_device(device, spec.local).type == "cuda":
+        torch.cuda.set_device(rank_device(device, spec.local))
     if store is None:
         store = dist.TCPStore(spec.master_addr, spec.master_port, spec.world_size,
                               is_master=spec.rank == 0, timeout=timeout)

@@ -333,8 +333,8 @@ def train(
     random (so that they are a share r of it): the few shapes of `data` are not memorised and
     the base's shape space is not forgotten. Validation and checkpoints' scores stay on `data`.
 
-    Data-parallel (`config.devices` > 1): call it in each of `devices` processes, inside a
-    process group of that size (`atlas_core.distributed.process_group`), with the same config,
+    Data-parallel (`config.world_size` = nodes x devices > 1): call it in each of that many
+    processes, inside a process group of that size (`atlas_core.distributed.process_group`), with the same config,
     data and resume state. Every rank draws the same global batches from the same seeded
     generator and computes its part of each (`distributed.batch_part`); the model's BatchNorm
     takes the global batch's statistics (`distributed.sync_batchnorm`; the fused kernels, which
@@ -349,14 +349,16 @@ def train(
     config.validate()
     callbacks = callbacks or TrainCallbacks()
     rank, world = distributed.world()
-    if world != config.devices:
-        raise ValueError(f"the config trains on {config.devices} device(s) but this process is one of "
-                         f"{world} rank(s): start {config.devices} ranks in a process group "
+    if world != config.world_size:
+        raise ValueError(f"the config trains on {config.world_size} device(s) but this process is one of "
+                         f"{world} rank(s): start {config.world_size} ranks in a process group "
                          "(atlas_core.distributed.process_group)")
     if rank != 0 and (callbacks.on_epoch is not None or callbacks.on_checkpoint is not None):
         raise ValueError(f"rank {rank} was given on_epoch/on_checkpoint callbacks: only rank 0 "
                          "reports and keeps checkpoints")
-    device = distributed.rank_device(config.device, rank) if world > 1 else torch.device(config.device)
+    # Ranks are laid out machine by machine: rank r is device r % devices of its machine.
+    device = (distributed.rank_device(config.device, rank % config.devices) if world > 1
+              else torch.device(config.device))
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 

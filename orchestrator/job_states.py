@@ -30,6 +30,7 @@ class JobKind(str, enum.Enum):
     evaluate = "evaluate"
     ingest = "ingest"  # one part of a collection read by a worker
     assemble = "assemble"  # a dataset version registered from its parts
+    member = "member"  # one more machine's ranks of a multi-node training job's attempt
 
 
 class JobStatus(str, enum.Enum):

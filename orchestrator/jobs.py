@@ -283,6 +283,11 @@ def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
         seen = job.status
         if JobStatus(seen).finished:
             return seen, f"job {job_id} already {seen}; nothing to cancel"
+        if job.kind == JobKind.member.value:
+            # Its ranks are part of one process group: only the training job can stop them all.
+            parent = (job.params or {}).get("train_job")
+            return seen, (f"job {job_id} is one machine's ranks of training job {parent}: "
+                          f"`rodin cancel {parent}` stops every rank")
         job.cancel_requested = True
         if seen in (JobStatus.queued.value, JobStatus.waiting.value):
             message = f"job {job_id} cancelled before it started"
@@ -298,6 +303,24 @@ def cancel(settings: Settings, job_id: int) -> tuple[str, str]:
             return seen, f"job {job_id} moved on while it was being cancelled; see `rodin status {job_id}`"
     _settle_quietly(settings, job_id)
     return JobStatus.cancelled.value, message
+
+
+def end_members(settings: Settings, job_ids: list[int], reason: str) -> None:
+    """The members of a `--nodes` training job's attempt that the attempt no longer needs
+    (it was given back, or failed): a queued one is cancelled at once with `reason`, a
+    running one is flagged, and its body ends it once its process group breaks (a claim of
+    a flagged one cancels it too)."""
+    if not job_ids:
+        return
+
+    def write() -> None:
+        with session_scope(settings) as s:
+            s.execute(update(Job).where(Job.id.in_(job_ids), Job.status.in_(
+                (JobStatus.queued.value, JobStatus.running.value))).values(cancel_requested=True))
+            _move(s, Event.cancel, JobStatus.cancelled, Job.id.in_(job_ids),
+                  Job.status == JobStatus.queued.value, finished_at=now(), lease_token=None, error=reason)
+
+    with_retries(settings, f"end members {job_ids}", write)
 
 
 def get(settings: Settings, job_id: int) -> JobView:

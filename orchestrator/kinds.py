@@ -105,6 +105,28 @@ class AssembleParams(JobParams):
 
 
 @dataclass(frozen=True)
+class MemberParams(JobParams):
+    """Machine `node` of one attempt of a `--nodes` training job: what its ranks need to join
+    rank 0, published by rank 0 (workers/train_job.py). Blobs are [uri, sha256]."""
+
+    #: The training job, and the attempt of it that this member joins (a later attempt makes
+    #: its own members; a member of an attempt that has ended ends at its claim).
+    train_job: int = 0
+    attempt: int = 0
+    node: int = 0
+    #: Where rank 0's c10d store listens.
+    master_addr: str = ""
+    master_port: int = 0
+    #: The training job's config, its device set by the worker that runs the member.
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset: list[str] = field(default_factory=list)
+    resume: list[str] | None = None
+    start_from: list[str] | None = None
+    #: How long a collective waits for the other ranks.
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
 class KindSpec:
     """One kind of job."""
 
@@ -128,6 +150,7 @@ KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (
     KindSpec(JobKind.evaluate, INFER_QUEUE, "workers.evaluate_job:run_evaluate", EvaluateParams),
     KindSpec(JobKind.ingest, INFER_QUEUE, "workers.ingest_job:run_ingest", IngestParams),
     KindSpec(JobKind.assemble, INFER_QUEUE, "workers.ingest_job:run_assemble", AssembleParams),
+    KindSpec(JobKind.member, TRAIN_QUEUE, "workers.member_job:run_member", MemberParams),
 )}
 
 

@@ -82,6 +82,12 @@ class Settings:
     #: Bytes `datasets add`'s cache of shapes already read (`home/ingest-cache`) may hold; the
     #: least recently used entries go first, after each add. 0: no bound.
     ingest_cache_bytes: int = 10 * 1024**3
+    #: A `--nodes` training job: the address other worker machines reach this one at, where
+    #: its rank 0 serves the rendezvous (empty: the address this machine reaches the broker
+    #: from, else the registry's, else loopback), and seconds rank 0 waits for every other
+    #: machine's ranks to arrive before the attempt is given back.
+    node_address: str = ""
+    nodes_arrive_timeout_s: float = 300.0
 
     @property
     def registry_url(self) -> str:
@@ -141,6 +147,8 @@ class Settings:
             "ingest_file_timeout_s": f"{self.ingest_file_timeout_s:g}",
             "ingest_memory_bytes": str(self.ingest_memory_bytes),
             "ingest_cache_bytes": str(self.ingest_cache_bytes),
+            "node_address": self.node_address,
+            "nodes_arrive_timeout_s": f"{self.nodes_arrive_timeout_s:g}",
         }
 
 

@@ -123,11 +123,12 @@ def _wait_for_devices(offer: devices.Offer, job_id: int) -> devices.Grant | None
 
 
 def _width(job_id: int) -> int:
-    """How many devices the job needs: a training job's `config.devices`, 1 for any other kind
-    (and for a job the registry does not know: its claim drops it)."""
+    """How many devices the job needs on this machine: a training job's `config.devices` (so
+    does a member of a `--nodes` one), 1 for any other kind (and for a job the registry does
+    not know: its claim drops it)."""
     with session_scope(settings) as s:
         row = s.execute(select(Job.kind, Job.params).where(Job.id == job_id)).first()
-    if row is None or row.kind != JobKind.train.value:
+    if row is None or row.kind not in (JobKind.train.value, JobKind.member.value):
         return 1
     return max(1, int((row.params or {}).get("config", {}).get("devices", 1)))
 

@@ -54,6 +54,16 @@ class RankTask:
     master_port: int
     parent_pid: int
     timeout_s: float  # how long a collective waits for the other ranks
+    #: This rank's index on its machine (its device there), and how many ranks the machine
+    #: runs (0: all of them, a one-machine job). A `--nodes` job's machine m runs ranks
+    #: m*D .. m*D+D-1, its local ranks 0..D-1.
+    local_rank: int = 0
+    machine_ranks: int = 0
+
+    @property
+    def on_machine(self) -> int:
+        """How many of the job's ranks run on this machine."""
+        return self.machine_ranks or self.world_size
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -78,24 +88,31 @@ class RankLost(RuntimeError):
 class HelperRanks:
     """Ranks 1..N-1 of a job, seen from rank 0 (the job process)."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]]):
-        self.procs = procs  # procs[i] is rank i + 1
+    def __init__(self, procs: list[subprocess.Popen[bytes]], first: int = 0):
+        self.procs = procs  # procs[i] is rank first + i + 1
+        self.first = first
         self._reports: dict[int, dict[str, Any]] = {}
+
+    @property
+    def ranks(self) -> list[int]:
+        """The helpers' ranks in the job's process group."""
+        return [self.first + i + 1 for i in range(len(self.procs))]
 
     @classmethod
     def start(cls, task: RankTask, keep_fds: tuple[int, ...] = ()) -> HelperRanks:
-        """Start ranks 1..world_size-1 for `task` (rank 0's; each helper gets its own rank).
-        On the CPU each helper runs one torch thread. `keep_fds`: open descriptors each helper
+        """Start the machine's other ranks for `task` (the machine's local rank 0's: ranks
+        task.rank+1 .. task.rank+on_machine-1, each told its own rank and local rank). On the
+        CPU each helper runs one torch thread. `keep_fds`: open descriptors each helper
         inherits and holds until it ends (the job's device locks, `workers.devices.Grant`)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         procs: list[subprocess.Popen[bytes]] = []
-        helpers = cls(procs)
+        helpers = cls(procs, task.rank)
         try:
-            for rank in range(1, task.world_size):
+            for local in range(1, task.on_machine):
                 proc = subprocess.Popen([sys.executable, "-m", "workers.rank"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, pass_fds=keep_fds)
                 procs.append(proc)
-                own = RankTask(**{**asdict(task), "rank": rank})
+                own = RankTask(**{**asdict(task), "rank": task.rank + local, "local_rank": local})
                 assert proc.stdin is not None
                 proc.stdin.write(own.to_json().encode())
                 proc.stdin.close()
@@ -105,17 +122,27 @@ class HelperRanks:
         return helpers
 
     def wait_arrived(self, store: Any, timeout_s: float = ARRIVAL_TIMEOUT_S,
-                     tick: Callable[[], None] | None = None) -> None:
-        """Until every helper has set its arrival key in rank 0's c10d store: a helper that ends
-        or never arrives raises here, before rank 0 blocks in the process group's rendezvous."""
-        keys = [arrived_key(r) for r in range(1, len(self.procs) + 1)]
+                     tick: Callable[[], None] | None = None, ranks: list[int] | None = None,
+                     check: Callable[[], None] | None = None,
+                     late: Callable[[], Exception] | None = None) -> None:
+        """Until every rank of `ranks` (default: these helpers) has set its arrival key in rank
+        0's c10d store: a helper that ends or never arrives raises here, before this process
+        blocks in the process group's rendezvous. `check` runs every second and raises to stop
+        the wait (another machine's member has failed); `late` makes the exception raised at
+        the deadline (default: RankLost)."""
+        keys = [arrived_key(r) for r in (self.ranks if ranks is None else ranks)]
         deadline = time.monotonic() + timeout_s
+        checked = 0.0
         while not store.check(keys):
             cause = self.cause()
             if cause is not None:
                 raise cause
+            if check is not None and time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                check()
             if time.monotonic() > deadline:
-                raise RankLost(f"helper ranks did not start within {timeout_s:.0f} s")
+                raise late() if late is not None else RankLost(
+                    f"helper ranks did not start within {timeout_s:.0f} s")
             if tick is not None:
                 tick()
             time.sleep(0.05)
@@ -150,10 +177,10 @@ class HelperRanks:
             if code == 0 and report.get("ok"):
                 continue
             if "error" in report:
-                failed.append(f"rank {i + 1}: {report['error']}")
+                failed.append(f"rank {self.first + i + 1}: {report['error']}")
             else:
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                lost.append(f"rank {i + 1} died ({how})")
+                lost.append(f"rank {self.first + i + 1} died ({how})")
         if lost:  # a killed rank is the cause; the others' errors are its consequence
             return RankLost("; ".join(lost))
         if failed:
@@ -238,7 +265,8 @@ def run_rank(task: RankTask) -> None:
     client = dist.TCPStore(task.master_addr, task.master_port, task.world_size, is_master=False,
                            timeout=datetime.timedelta(seconds=task.timeout_s))
     client.set(arrived_key(task.rank), "1")
-    spec = distributed.RankSpec(task.rank, task.world_size, task.master_addr, task.master_port)
+    spec = distributed.RankSpec(task.rank, task.world_size, task.master_addr, task.master_port,
+                                local_rank=task.local_rank)
     with distributed.process_group(spec, config.device, store=client, timeout_s=task.timeout_s):
         train(config, data, resume_from=resume, init_weights=init)
 

@@ -155,14 +155,22 @@ def test_the_global_batch_splits_alike_on_every_rank() -> None:
 
 
 def test_devices_are_validated_and_checked_against_the_process_group() -> None:
-    with pytest.raises(ValueError, match="batch size 6 is not divisible by devices 4"):
+    with pytest.raises(ValueError, match="batch size 6 is not divisible by the 4 devices"):
         tiny(batch_size=6, devices=4).validate()
+    with pytest.raises(ValueError, match=r"batch size 6 is not divisible by the 4 devices \(2 node\(s\) x 2\)"):
+        tiny(batch_size=6, devices=2, nodes=2).validate()
     with pytest.raises(ValueError, match="devices must be >= 1"):
         tiny(devices=0).validate()
+    with pytest.raises(ValueError, match="nodes must be >= 1"):
+        tiny(nodes=0).validate()
     assert tiny(batch_size=8, devices=4).device_batch == 2
+    assert tiny(batch_size=8, devices=2, nodes=2).device_batch == 2
     with pytest.raises(ValueError, match="start 2 ranks in a process group"):
         train(tiny(devices=2), blobs(4))
+    with pytest.raises(ValueError, match="start 4 ranks in a process group"):
+        train(tiny(devices=2, nodes=2, batch_size=8), blobs(4))
     assert TrainConfig.from_dict({k: v for k, v in tiny().to_dict().items() if k != "devices"}).devices == 1
+    assert TrainConfig.from_dict({k: v for k, v in tiny().to_dict().items() if k != "nodes"}).nodes == 1
 
 
 def test_only_rank_0_takes_the_callbacks_that_write(monkeypatch: pytest.MonkeyPatch) -> None:

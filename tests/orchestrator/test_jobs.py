@@ -69,6 +69,28 @@ def test_cancel(settings: Settings) -> None:
         jobs.cancel(settings, 999)
 
 
+def test_members_of_a_multi_machine_job_are_stopped_through_their_training_job(
+        settings: Settings, dataset_id: int) -> None:
+    """A member (one machine's ranks of a `--nodes` job) is not cancelled on its own: only the
+    training job can stop every rank. An attempt that ends ends its members: a queued one at
+    once (its late message is dropped), a running one flagged."""
+    from orchestrator.kinds import MemberParams
+
+    train = jobs.submit(settings, JobKind.train, params={"config": {}}, dataset_id=dataset_id)
+    queued, running = (jobs.submit(settings, JobKind.member, dataset_id=dataset_id,
+                                   params=MemberParams(train_job=train, attempt=1, node=n)) for n in (1, 2))
+    assert jobs.claim(settings, running, "w2", "cpu") is not None
+    status, message = jobs.cancel(settings, running)
+    assert status == "running" and f"`rodin cancel {train}` stops every rank" in message
+    jobs.end_members(settings, [queued, running], "attempt 1 ended")
+    assert (jobs.get(settings, queued).status, jobs.get(settings, queued).error) == \
+        (JobStatus.cancelled, "attempt 1 ended")
+    assert not jobs.claim(settings, queued, "w3", "cpu")
+    with session_scope(settings) as s:
+        member = s.get(Job, running)
+        assert member is not None and member.status == "running" and member.cancel_requested
+
+
 def test_a_job_without_its_row_cannot_be_finished(settings: Settings) -> None:
     with session_scope(settings):
         pass  # creates the registry

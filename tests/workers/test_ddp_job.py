@@ -89,7 +89,7 @@ def test_a_job_asking_more_devices_than_the_machine_has_fails_in_one_line(ddp_ho
                         "--devices", str(cores + 1), "--batch-size", str(4 * (cores + 1)), "--wait",
                         expect_code=1, timeout=300)
     assert out["status"] == "failed"
-    assert f"trains on {cores + 1} devices but this worker has {cores} CPU core(s)" in out["error"]
+    assert f"trains on {cores + 1} devices per machine but this worker has {cores} CPU core(s)" in out["error"]
 
 
 def test_cancel_stops_every_rank(ddp_home: Rodin) -> None:

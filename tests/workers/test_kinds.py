@@ -35,12 +35,13 @@ def test_every_kind_declares_its_parameters_and_they_round_trip() -> None:
         AssembleParams,
         EvaluateParams,
         IngestParams,
+        MemberParams,
         ReconstructParams,
         TrainParams,
     )
 
     assert {spec.params for spec in KINDS.values()} == {TrainParams, ReconstructParams, EvaluateParams,
-                                                        IngestParams, AssembleParams}
+                                                        IngestParams, AssembleParams, MemberParams}
     # None that means something is stored; None that means "not this kind of training" is not.
     assert checked_params(JobKind.reconstruct, {"inputs": [], "refine": None}) == {"inputs": [], "refine": None}
     assert checked_params(JobKind.train, TrainParams(config={"epochs": 1}, dataset="d@1")) == \
