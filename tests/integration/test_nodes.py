@@ -9,7 +9,6 @@ attempt back after RODIN_NODES_ARRIVE_TIMEOUT_S, registers nothing, and ends its
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
