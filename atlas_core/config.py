@@ -132,6 +132,10 @@ class InferConfig:
     #: Points of the fixed evaluation sample on both sides of a score's Chamfer (as many as the
     #: paper's scores use).
     eval_points: int = 2500
+    #: Points sampled from a reconstruction for its F-score and coverage, and the most of the
+    #: ground truth's own points they are scored against: dense enough that the F-score at 1%
+    #: measures the surface, not the samples' spacing (atlas_core.metrics).
+    fscore_points: int = 30_000
     #: Vertices per reconstructed mesh, over all patches.
     mesh_vertices: int = 10_000
     #: Points sampled from an input mesh (or kept of a point cloud) to reconstruct it.

@@ -42,8 +42,10 @@ from atlas_core.metrics import (
 )
 from atlas_core.model import AtlasNet
 
-#: Points per shape for the scores, as the paper reports them.
+#: Points per shape for the Chamfer distance, as the paper reports it.
 EVAL_POINTS = INFER.eval_points
+#: Points of a reconstruction (and at most of its ground truth) for the F-score and coverage.
+FSCORE_POINTS = INFER.fscore_points
 MESH_VERTICES = INFER.mesh_vertices
 BATCH = 16
 #: Reconstructions kept for the patch-health check: enough to see a collapse, few enough to
@@ -69,8 +71,10 @@ class EvaluationReport:
     """Mean scores over the evaluated shapes, the retrieval baseline, and one row per shape.
 
     Per-shape rows: name, chamfer, fscore, precision, coverage, normal_consistency,
-    retrieval_chamfer and retrieved (the name of the nearest library shape, by Chamfer), and that
-    shape's retrieval_fscore, retrieval_coverage and retrieval_normal_consistency.
+    fscore_ceiling (what a perfect reconstruction would score against that ground truth's
+    samples), retrieval_chamfer and retrieved (the name of the nearest library shape, by
+    Chamfer), and that shape's retrieval_fscore, retrieval_coverage and
+    retrieval_normal_consistency.
     """
 
     shapes: int
@@ -95,6 +99,11 @@ class EvaluationReport:
     retrieval_fscore: float | None = None
     retrieval_coverage: float | None = None
     retrieval_normal_consistency: float | None = None
+    #: The F-score a perfect reconstruction would get against these shapes' own samples (mean):
+    #: below 1 where they are too sparse for the threshold (atlas_core.metrics.fscore_ceiling).
+    fscore_ceiling: float | None = None
+    #: Points of each reconstruction the F-score and coverage are measured on.
+    fscore_points: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, keys in the order of the stored evaluation report."""
@@ -124,15 +133,27 @@ def subsample(data: PointCloudSet, n: int, seed: int) -> tuple[np.ndarray, np.nd
     return data.points[rows, pick], data.normals[rows, pick]
 
 
-def _score_batch(meshes: list[PatchMesh], first: int, names: list[str], gt: np.ndarray,
+def dense_points(shapes: PointCloudSet, index: int, n: int = FSCORE_POINTS) -> np.ndarray:
+    """Up to n of shape `index`'s own points (all of them when it has fewer), seeded by its
+    index: the ground truth of its F-score. (P', 3)"""
+    points = shapes.points[index]
+    if len(points) <= n:
+        return points
+    return points[np.random.default_rng(1_000 + index).permutation(len(points))[:n]]
+
+
+def _score_batch(meshes: list[PatchMesh], first: int, shapes: PointCloudSet, gt: np.ndarray,
                  gt_normals: np.ndarray, eval_points: int) -> list[Row]:
-    """Rows for shapes first.. of one batch; gt, gt_normals: (S, M, 3) for all shapes."""
+    """Rows for shapes first.. of one batch; gt, gt_normals: (S, M, 3) for all shapes (the
+    Chamfer's samples); the F-score's are drawn here, dense."""
     rows: list[Row] = []
     for i, mesh in enumerate(meshes, first):
         # Seeded by the shape's index, so a shape scores the same whatever the batch size.
         pred, pred_normals = sample_mesh(mesh, eval_points, seed=i)
-        scores = surface_scores(pred, pred_normals, gt[i], gt_normals[i])
-        rows.append({"name": names[i], **scores.as_dict()})
+        pred_dense, _ = sample_mesh(mesh, FSCORE_POINTS, seed=2_000_003 + i)
+        scores = surface_scores(pred, pred_normals, gt[i], gt_normals[i],
+                                dense=(pred_dense, dense_points(shapes, i)))
+        rows.append({"name": shapes.names[i], **scores.as_dict()})
     return rows
 
 
@@ -152,7 +173,7 @@ def _reconstruct_and_score(model: AtlasNet, shapes: PointCloudSet, gt: np.ndarra
         else:
             meshes = _refined(model, shapes.points[start:start + batch], mesh_vertices, refine, device)
         kept.extend(meshes[:HEALTH_PER_BATCH] if len(kept) < HEALTH_MESHES else [])
-        per_shape.extend(_score_batch(meshes, start, shapes.names, gt, gt_normals, eval_points))
+        per_shape.extend(_score_batch(meshes, start, shapes, gt, gt_normals, eval_points))
         if on_progress is not None:
             on_progress(min(start + batch, len(shapes)), len(shapes), "reconstruct")
     return per_shape, kept
@@ -167,19 +188,22 @@ def _refined(model: AtlasNet, clouds: np.ndarray, mesh_vertices: int, options: d
                    **options).mesh(mesh_vertices) for cloud in clouds]
 
 
-def _add_retrieval(per_shape: list[Row], gt: np.ndarray, gt_normals: np.ndarray, library: PointCloudSet,
-                   eval_points: int, candidates: int = RETRIEVAL_CANDIDATES,
+def _add_retrieval(per_shape: list[Row], shapes: PointCloudSet, gt: np.ndarray, gt_normals: np.ndarray,
+                   library: PointCloudSet, eval_points: int, candidates: int = RETRIEVAL_CANDIDATES,
                    exact_up_to: int = EXACT_RETRIEVAL_UP_TO) -> tuple[str, int | None]:
     """Adds retrieval_chamfer and retrieved to every row, and the retrieved shape's other
     scores as the model's are scored (retrieval_fscore, retrieval_coverage,
-    retrieval_normal_consistency); gt, gt_normals: (S, M, 3). Returns the search used and its
-    candidates per shape (None: exact)."""
+    retrieval_normal_consistency; the F-score on the retrieved shape's own points, up to
+    FSCORE_POINTS: a library stored sparser than that is scored at its own density); gt,
+    gt_normals: (S, M, 3). Returns the search used and
+    its candidates per shape (None: exact)."""
     lib, lib_normals = subsample(library, eval_points, seed=3)  # (T, M, 3) each
     distances, nearest, search = nearest_library_shapes(gt, lib, candidates, exact_up_to)
     for i, (row, dist, j) in enumerate(zip(per_shape, distances, nearest)):
         row["retrieval_chamfer"] = float(dist)
         row["retrieved"] = library.names[j]
-        scores = surface_scores(lib[j], lib_normals[j], gt[i], gt_normals[i])
+        scores = surface_scores(lib[j], lib_normals[j], gt[i], gt_normals[i],
+                                dense=(dense_points(library, int(j)), dense_points(shapes, i)))
         row["retrieval_fscore"], row["retrieval_coverage"] = scores.fscore, scores.coverage
         row["retrieval_normal_consistency"] = scores.normal_consistency
     return search, (None if search == "exact" else min(candidates, len(lib)))
@@ -281,6 +305,8 @@ def _report(per_shape: list[Row], meshes: list[PatchMesh], n_patches: int, libra
         retrieval_fscore=mean("retrieval_fscore"),
         retrieval_coverage=mean("retrieval_coverage"),
         retrieval_normal_consistency=mean("retrieval_normal_consistency"),
+        fscore_ceiling=mean("fscore_ceiling"),
+        fscore_points=FSCORE_POINTS,
     )
 
 
@@ -294,7 +320,9 @@ def evaluate(model: AtlasNet, shapes: PointCloudSet, library: PointCloudSet, *,
     shapes: S evaluated clouds (points (S, P, 3) in the unit ball); library: T clouds, usually
     the model's training split (see :func:`validation_and_library`). Each shape is encoded from
     `model.config.n_points` of its points, meshed with about `mesh_vertices` vertices, and
-    scored on `eval_points` points sampled from the mesh against as many of its own; the model
+    scored on `eval_points` points sampled from the mesh against as many of its own (Chamfer,
+    normal consistency) and on FSCORE_POINTS of them against up to as many of its own (F-score,
+    precision, coverage; `fscore_ceiling` says what those allow); the model
     runs on whichever device its weights are on. Subsampling is seeded, so repeated calls agree.
     `on_progress(done, total, stage)` is called after every batch ("reconstruct") and once
     before retrieval ("retrieval"). With `refine` (keyword arguments of
@@ -312,6 +340,6 @@ def evaluate(model: AtlasNet, shapes: PointCloudSet, library: PointCloudSet, *,
                                                mesh_vertices, batch, on_progress, refine)
     if on_progress is not None:
         on_progress(len(shapes), len(shapes), "retrieval")
-    search = _add_retrieval(per_shape, gt, gt_normals, library, eval_points, retrieval_candidates,
+    search = _add_retrieval(per_shape, shapes, gt, gt_normals, library, eval_points, retrieval_candidates,
                             exact_retrieval_up_to)
     return _report(per_shape, meshes, model.config.n_patches, len(library), eval_points, search)

@@ -8,6 +8,16 @@ the ground truth, d(p, Q) = min_q ||p - q||:
     fscore   = 2 PR / (P + R)        tau = 1% of the unit ball's diameter = 0.02
     normal consistency = mean over both directions of |n_p . n_nearest|   (patches are unoriented)
 
+The F-score is a statement about surfaces, measured on samples of them, and samples too sparse
+measure their own spacing: a shape whose area in the unit ball is 5 (a chair) holds 2,500
+points about 0.045 apart, so a point of a perfect reconstruction is often farther than tau from
+every ground-truth sample. Two independent 2,500-point samplings of the same generated chair
+score F 0.53 against each other (vessels 0.32, swords 1.0). So the F-score is measured densely:
+`fscore_points` (30,000) samples of the reconstruction against up to as many of the ground
+truth's own points; its `fscore_ceiling` says what those densities still allow (a perfect
+reconstruction's score: about 0.85 for a chair sampled at 5,000 points, 0.99 at 30,000).
+The Chamfer distance keeps the paper's 2,500 points a side.
+
 The retrieval baseline answers "did the network learn more than a lookup table?": for each
 evaluated shape, the Chamfer to the nearest training shape.
 """
@@ -34,6 +44,8 @@ class ShapeScores:
     precision: float
     coverage: float  # = recall
     normal_consistency: float
+    #: What a perfect reconstruction would score against this ground truth (`fscore_ceiling`).
+    fscore_ceiling: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -50,23 +62,53 @@ def paper_chamfer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return CHAMFER_SCALE * 0.5 * (d_xy.mean(1) + d_yx.mean(1))
 
 
+def fscore_terms(pred: np.ndarray, gt: np.ndarray, threshold: float = FSCORE_THRESHOLD) -> tuple[float, float, float]:
+    """(precision, recall, F-score) of pred (N, 3) against gt (M, 3) at `threshold`."""
+    _, sq_pg = nearest_neighbors(_t(pred), _t(gt))
+    _, sq_gp = nearest_neighbors(_t(gt), _t(pred))
+    precision = float((sq_pg[0].double().sqrt() < threshold).double().mean())
+    recall = float((sq_gp[0].double().sqrt() < threshold).double().mean())
+    return precision, recall, 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def fscore_ceiling(gt: np.ndarray, threshold: float = FSCORE_THRESHOLD, pred_points: int | None = None) -> float:
+    """The F-score a perfect reconstruction would get against the ground-truth samples gt
+    (M, 3), sampled at `pred_points` points (None: densely). Its precision is the share of the
+    surface within `threshold` of some ground-truth sample, its recall the same share for its
+    own samples. Both are estimated from the ground truth alone: c, the share of one half of it
+    within `threshold` of the other half, is the share at half its density; for samples spread
+    independently over a locally flat surface the share missed falls as exp(-density x pi
+    threshold^2), so at density x k it is (1 - c)^(2k). Checked against perfect reconstructions
+    of generated chairs, vessels and parts at 2,500 to 30,000 points: within 0.015 of their
+    actual F-score."""
+    if len(gt) < 4:
+        return 0.0
+    half = len(gt) // 2
+    _, sq = nearest_neighbors(_t(gt[:half]), _t(gt[half:2 * half]))
+    missed = 1.0 - float((sq[0].double().sqrt() < threshold).double().mean())
+    precision = 1.0 - missed ** 2
+    recall = 1.0 if pred_points is None else 1.0 - missed ** (2 * pred_points / len(gt))
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
 def surface_scores(
     pred: np.ndarray, pred_normals: np.ndarray, gt: np.ndarray, gt_normals: np.ndarray,
-    threshold: float = FSCORE_THRESHOLD,
+    threshold: float = FSCORE_THRESHOLD, dense: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ShapeScores:
-    """Scores of one reconstruction. pred: (N, 3), gt: (M, 3), normals unit length."""
+    """Scores of one reconstruction. pred: (N, 3), gt: (M, 3), normals unit length. `dense`:
+    (pred, gt) samples for the F-score, precision and coverage (denser than the Chamfer's,
+    see the module's doc), (N', 3) and (M', 3); without it they are scored on pred and gt."""
     idx_pg, sq_pg = nearest_neighbors(_t(pred), _t(gt))
     idx_gp, sq_gp = nearest_neighbors(_t(gt), _t(pred))
     d_pg, d_gp = sq_pg[0].double().numpy(), sq_gp[0].double().numpy()
-    precision = float((np.sqrt(d_pg) < threshold).mean())
-    recall = float((np.sqrt(d_gp) < threshold).mean())
-    fscore = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    precision, recall, fscore = fscore_terms(*(dense if dense is not None else (pred, gt)), threshold)
     cos_pg = np.abs((pred_normals * gt_normals[idx_pg[0].numpy()]).sum(-1))
     cos_gp = np.abs((gt_normals * pred_normals[idx_gp[0].numpy()]).sum(-1))
     return ShapeScores(
         chamfer=float(CHAMFER_SCALE * 0.5 * (d_pg.mean() + d_gp.mean())),
         fscore=fscore, precision=precision, coverage=recall,
         normal_consistency=float(0.5 * (cos_pg.mean() + cos_gp.mean())),
+        fscore_ceiling=fscore_ceiling(dense[1], threshold, len(dense[0])) if dense is not None else None,
     )
 
 

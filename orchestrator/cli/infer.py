@@ -127,6 +127,11 @@ def print_evaluation(r: dict[str, Any]) -> None:
         console.print(f"[red]The model does NOT beat retrieval[/]: copying the nearest of its "
                       f"{r['retrieval_library']} training shapes scores Chamfer {r['retrieval_chamfer']:.3f}, "
                       f"the model {r['chamfer']:.3f} ({wins}).")
+    ceiling = r.get("fscore_ceiling")
+    if ceiling is not None and ceiling < 0.95:
+        console.print(f"[yellow]note:[/] these shapes' own points are too sparse to measure an F-score "
+                      f"@ {r['fscore_threshold']} above about {ceiling:.2f} (what a perfect reconstruction "
+                      "would score); register them with more --points-per-shape to measure it")
     for warning in r.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 

@@ -29,7 +29,8 @@ POINTS = 200  # per shape; scoring on all of them makes retrieval of a shape fro
 KEYS = ["shapes", "retrieval_library", "chamfer", "fscore", "normal_consistency", "coverage",
         "retrieval_chamfer", "fscore_threshold", "chamfer_units", "collapsed_patches",
         "per_shape", "beats_retrieval", "shapes_beating_retrieval", "warnings", "retrieval_search",
-        "retrieval_candidates", "retrieval_fscore", "retrieval_coverage", "retrieval_normal_consistency"]
+        "retrieval_candidates", "retrieval_fscore", "retrieval_coverage", "retrieval_normal_consistency",
+        "fscore_ceiling", "fscore_points"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,10 @@ def test_a_checkpoint_scores_its_validation_split_against_its_training_split(
     assert {r["retrieved"] for r in report.per_shape} <= set(library.names)
     assert 0 <= report.fscore <= 1 and 0 <= report.coverage <= 1
     assert f"{POINTS} points" in report.chamfer_units
+    # The F-score is measured densely, with what the shapes' own points allow beside it.
+    assert report.fscore_points == 30_000
+    assert report.fscore_ceiling is not None and 0 < report.fscore_ceiling <= 1
+    assert all(0 < r["fscore_ceiling"] <= 1 for r in report.per_shape)
     n = len(shapes)
     assert progress == [*((i, n, "reconstruct") for i in range(1, n + 1)), (n, n, "retrieval")]
     assert (report.retrieval_search, report.retrieval_candidates) == ("exact", None)  # a small library

@@ -10,6 +10,8 @@ from atlas_core.augment import augment, principal_axes
 from atlas_core.config import AugmentConfig
 from atlas_core.meshing import PatchMesh
 from atlas_core.metrics import (
+    fscore_ceiling,
+    fscore_terms,
     paper_chamfer,
     patch_health,
     retrieval_chamfer,
@@ -46,6 +48,31 @@ def test_a_known_offset_gives_the_known_distance(offset: float, fscore: float) -
     assert s.fscore == fscore and s.coverage == fscore  # threshold 0.02
     out = paper_chamfer(torch.from_numpy(y)[None], torch.from_numpy(x)[None])
     assert float(out[0]) == pytest.approx(1e3 * offset**2, rel=1e-4)
+
+
+def _sphere(n: int, seed: int) -> np.ndarray:
+    """n points spread uniformly over the unit sphere (area 4 pi: a large surface)."""
+    x = np.random.default_rng(seed).normal(size=(n, 3))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_sparse_ground_truth_caps_the_f_score_and_the_ceiling_says_by_how_much() -> None:
+    """A perfect reconstruction (samples of the very surface) scored against 2,500 samples of a
+    large surface (the unit sphere's 4 pi) scores far below 1: the samples are farther apart
+    than the threshold. fscore_ceiling predicts that score from the ground truth alone and the
+    reconstruction's number of samples; at 100,000 a side both come near 1."""
+    for n, pred_n, below in ((2_500, 2_500, 0.4), (2_500, 30_000, 0.6), (30_000, 30_000, 0.97),
+                             (100_000, 100_000, 1.01)):
+        truth, perfect = _sphere(n, seed=2), _sphere(pred_n, seed=1)
+        _, _, f = fscore_terms(perfect, truth)
+        assert f < below
+        assert fscore_ceiling(truth, pred_points=pred_n) == pytest.approx(f, abs=0.02)
+    assert fscore_ceiling(_sphere(100_000, seed=3)) > 0.99
+    # The dense samples are what surface_scores scores its F-score on, when given.
+    sparse, dense = _sphere(2_500, seed=2), (_sphere(30_000, seed=1), _sphere(30_000, seed=4))
+    s = surface_scores(sparse, sparse, sparse, sparse, dense=dense)
+    assert s.chamfer == 0.0 and s.fscore > 0.9
+    assert s.fscore_ceiling == pytest.approx(s.fscore, abs=0.02)
 
 
 def test_normal_consistency_ignores_orientation_and_sees_perpendicular() -> None:
