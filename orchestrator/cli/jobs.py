@@ -203,6 +203,8 @@ def jobs_table(rows: list["JobView"], width: int | None = None) -> Table:
             target += f" model {r.input_model_id}" if target else f"model {r.input_model_id}"
         if r.status is JobStatus.waiting:
             target += f" (after job {r.depends_on_job_id})"
+        if r.kind == "member":  # one more machine's ranks: say whose
+            target += f" (job {(r.params or {}).get('train_job')}, machine {(r.params or {}).get('node')})"
         done, total, steps = _steps(r.progress)
         progress_cell = Text("-", style="dim") if total is None else bar(done, total, width=6) + f" {steps}"
         table.add_row(str(r.id), escape(r.kind), escape(target),
