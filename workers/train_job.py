@@ -31,7 +31,7 @@ from orchestrator.registry.models import Job, JobStatus, ModelCheckpoint
 from orchestrator.registry.queries import newest_checkpoint
 from orchestrator.settings import Settings
 from orchestrator.shard_cache import ShardCache
-from workers import liveness, runtime
+from workers import liveness, nodes, runtime
 from workers.blobs import Blob
 from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask
 
@@ -143,7 +143,7 @@ def run_train(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devic
     job_id = lease.job_id
     plan = _plan(settings, job_id, device)
     recorder = _Recorder(settings, store, lease, plan)
-    if plan.config.devices > 1:
+    if plan.config.world_size > 1:
         try:
             result, data = _train_ranks(settings, store, plan, recorder)
         except RankLost as exc:
@@ -186,34 +186,52 @@ def _usable_devices(device: str) -> tuple[int, str]:
     return cores, "CPU core(s)"
 
 
+def check_devices(config: TrainConfig) -> None:
+    """Refuse, in one line, a job that needs more devices on each machine than this worker has."""
+    usable, what = _usable_devices(config.device)
+    if config.devices > usable:
+        raise ValueError(f"the job trains on {config.devices} devices per machine but this worker has "
+                         f"{usable} {what}: --devices is at most one machine's GPUs (or CPU cores); "
+                         f"resubmit with --devices {usable} (and --nodes for more machines) or start a "
+                         f"worker where {config.devices} fit")
+
+
+def collective_timeout_s(settings: Settings) -> float:
+    """How long a rank waits in a collective: long enough for rank 0 to ride out a registry or
+    store outage while the others wait."""
+    return max(distributed.DEFAULT_TIMEOUT_S, 2 * settings.registry_retry_s + settings.progress_timeout_s)
+
+
 def _train_ranks(settings: Settings, store: ArtifactStore, plan: _Plan,
                  recorder: _Recorder) -> tuple[TrainResult, ShapeSource]:
-    """Train on `config.devices` ranks of this machine, this process being rank 0.
+    """Train on `config.world_size` ranks, this process being rank 0.
 
-    Rank 0 serves the c10d store on loopback (a port the system picks), starts ranks 1..N-1
-    (`HelperRanks`), reads the data while they start, waits for every one to arrive (a helper
-    that ends first raises here rather than leaving rank 0 in the rendezvous), then trains with
-    the callbacks that write; the helpers train with none. A helper that dies makes a collective
-    fail on rank 0: RankLost (killed, crashed) or the helper's own error (RuntimeError). Every
-    helper is killed on the way out, whatever happened. On the CPU each rank runs one thread."""
+    Rank 0 serves the c10d store (on loopback for a one-machine job; at this machine's address
+    for a `--nodes` job, which it publishes as member jobs, `workers.nodes`), starts this
+    machine's other ranks (`HelperRanks`), reads the data while they start, waits for every
+    rank to arrive (a helper that ends first, or a member that fails, raises here rather than
+    leaving rank 0 in the rendezvous; members late past RODIN_NODES_ARRIVE_TIMEOUT_S give the
+    attempt back), then trains with the callbacks that write; every other rank trains with
+    none. A rank that dies makes a collective fail on rank 0: RankLost (killed, crashed) or the
+    rank's own error. Every helper is killed on the way out, whatever happened, and the members
+    of an attempt that did not finish are ended. On the CPU each rank runs one thread."""
     config = plan.config
-    world = config.devices
-    usable, what = _usable_devices(config.device)
-    if world > usable:
-        raise ValueError(f"the job trains on {world} devices but this worker has {usable} {what}: a "
-                         f"job runs on one machine, so --devices is at most its GPUs (or CPU cores); "
-                         f"resubmit with --devices {usable} or start a worker where {world} fit")
-    # Helpers wait in a collective while rank 0 rides out a registry or store outage.
-    timeout_s = max(distributed.DEFAULT_TIMEOUT_S, 2 * settings.registry_retry_s + settings.progress_timeout_s)
-    tcp = distributed.serve_store("127.0.0.1", world, timeout_s=timeout_s)
+    world = config.world_size
+    check_devices(config)
+    timeout_s = collective_timeout_s(settings)
+    address = nodes.node_address(settings) if config.nodes > 1 else "127.0.0.1"
+    tcp = distributed.serve_store(address, world, timeout_s=timeout_s)
     task = RankTask(job_id=recorder.lease.job_id, config=config.to_dict(),
                     dataset=(plan.dataset.uri, plan.dataset.sha256),
                     resume=(plan.resume.uri, plan.resume.sha256) if plan.resume else None,
                     start_from=(plan.start_from.uri, plan.start_from.sha256)
                     if plan.start_from and not plan.resume else None,
-                    rank=0, world_size=world, master_addr="127.0.0.1", master_port=tcp.port,
-                    parent_pid=os.getpid(), timeout_s=timeout_s)
+                    rank=0, world_size=world, master_addr=address, master_port=tcp.port,
+                    parent_pid=os.getpid(), timeout_s=timeout_s, machine_ranks=config.devices)
     threads = torch.get_num_threads()
+    members = (nodes.Members.publish(settings, task, recorder.lease.attempt, plan.dataset_id, config.nodes)
+               if config.nodes > 1 else None)
+    finished = False
     # On a machine that offers its devices, each helper holds the job's device locks too: the
     # devices are free again only once every rank has ended (workers/devices.py).
     grant = runtime.current_grant
@@ -223,23 +241,34 @@ def _train_ranks(settings: Settings, store: ArtifactStore, plan: _Plan,
             torch.set_num_threads(1)
         data = _open_data(settings, store, plan)
         resume_bytes, init_weights = _start_state(store, plan)
-        helpers.wait_arrived(tcp, tick=liveness.tick)
-        log.info("job %s: %s ranks on %s", task.job_id, world, config.device)
-        spec = distributed.RankSpec(0, world, task.master_addr, task.master_port)
+        if members is None:
+            helpers.wait_arrived(tcp, tick=liveness.tick)
+        else:
+            arrive_s = settings.nodes_arrive_timeout_s
+            helpers.wait_arrived(tcp, timeout_s=arrive_s, tick=liveness.tick, ranks=list(range(1, world)),
+                                 check=members.check, late=lambda: members.late(tcp, arrive_s))
+        log.info("job %s: %s ranks on %s machine(s), %s", task.job_id, world, config.nodes, config.device)
+        spec = distributed.RankSpec(0, world, task.master_addr, task.master_port, local_rank=0)
         try:
             with distributed.process_group(spec, config.device, store=tcp, timeout_s=timeout_s):
                 result = train(config, data, recorder.callbacks(), resume_from=resume_bytes,
                                init_weights=init_weights, registered_epochs=set(recorder.ids))
-        except RuntimeError as exc:  # a collective failed (gloo, NCCL): did a helper end?
+        except RuntimeError as exc:  # a collective failed (gloo, NCCL): did a rank end?
             cause = helpers.cause(grace_s=DEATH_GRACE_S)
+            if cause is None and members is not None:
+                cause = members.cause(grace_s=DEATH_GRACE_S)
             if cause is None:
                 raise
             raise cause from exc
         helpers.join()
+        finished = True
         return result, data
     finally:
         helpers.kill()
         torch.set_num_threads(threads)
+        if members is not None and not finished:
+            members.end(f"job {task.job_id}'s attempt {recorder.lease.attempt} ended before it trained "
+                        "to the end; a later attempt queues its own members")
 
 
 def _blob_of(settings: Settings, model_id: int) -> Blob:
