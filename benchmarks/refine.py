@@ -49,7 +49,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cache as cache_result
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -136,11 +137,15 @@ def foreign_shapes(own: str, objects: Path) -> list[Shape]:
 
 
 def trained_model(name: str, count: int, epochs: int, cache: Path, threads: int,
-                  patches: int | None = None) -> tuple[AtlasNet, TrainConfig, PointCloudSet]:
+                  patches: int | None = None) -> tuple[AtlasNet, TrainConfig, Callable[[], PointCloudSet]]:
     """The CPU-default model (with `patches` patches, if given) trained on `count` shapes of
-    `name` (cached), and its data."""
-    data = PointCloudSet.from_shapes(shape_from_mesh(mesh, shape, TRAIN_POINTS, seed=2 * 100003 + i)
-                                     for i, (shape, mesh) in enumerate(family(name, count, seed=2)))
+    `name` (cached), and its data (generated when asked for: the cached model needs none)."""
+
+    @cache_result
+    def data() -> PointCloudSet:
+        return PointCloudSet.from_shapes(shape_from_mesh(mesh, shape, TRAIN_POINTS, seed=2 * 100003 + i)
+                                         for i, (shape, mesh) in enumerate(family(name, count, seed=2)))
+
     config = TrainConfig.cpu().with_overrides(epochs=epochs, checkpoint_every=epochs)
     if patches is not None:
         config = config.with_overrides(n_patches=patches)
@@ -158,7 +163,7 @@ def trained_model(name: str, count: int, epochs: int, cache: Path, threads: int,
                 print(f"  epoch {stats.epoch}: val Chamfer {stats.val_chamfer:.5f}", file=sys.stderr)
 
         started = time.perf_counter()
-        result = train(config, data, TrainCallbacks(on_epoch=progress, on_checkpoint=events.append))
+        result = train(config, data(), TrainCallbacks(on_epoch=progress, on_checkpoint=events.append))
         state = [e for e in events if e.epoch == result.final_epoch][-1].state
         cache.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_bytes(state)
@@ -334,7 +339,7 @@ def main() -> None:
     rows = [ceiling_row(args.family, args.test, args.dense),
             *reconstruction_rows(model, tests, args.batch, (QUICK_METHODS if args.quick else METHODS) + args.variant)]
     load_rows = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
-    ood = None if args.quick else ood_rates(model, config, data, [held.input for held in tests],
+    ood = None if args.quick else ood_rates(model, config, data(), [held.input for held in tests],
                                             foreign_shapes(args.family, args.objects))
     load = [round(max(a, b), 2) for a, b in zip(load_before, os.getloadavg())]
     report = {"family": args.family, "train_shapes": args.train, "epochs": args.epochs, "test_shapes": args.test,
