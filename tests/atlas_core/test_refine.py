@@ -225,3 +225,32 @@ def test_an_input_that_stops_early_records_its_steps_and_leaves_the_model_alone(
     assert result.decoder_steps == 0 and not result.decoders_refined
     assert _state_bytes(model) == before_bytes
     assert result.chamfer_after <= result.chamfer_before
+
+
+def test_the_decoder_phase_fits_more_input_points_than_it_generates(
+        model: AtlasNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Phase 2 by default generates 1,000 points a step and matches them against a fresh subset
+    # of 4,000 of the input's: thin parts are reached through the input's side of the Chamfer,
+    # which costs only nearest-neighbour searches, not decoder passes.
+    from atlas_core import refine as module
+
+    subsets: list[int] = []
+    samples: list[int] = []
+    subset, sample = module._subset, type(model.template).sample
+
+    def record_subset(points: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        subsets.append(n)
+        return subset(points, n, seed)
+
+    def record_sample(self: object, k: int, n: int, *args: object, **kwargs: object) -> torch.Tensor:
+        samples.append(k * n)
+        return sample(self, k, n, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "_subset", record_subset)
+    monkeypatch.setattr(type(model.template), "sample", record_sample)
+    cloud = torch.rand(1, 5000, 3) - 0.5
+    refine(model, cloud, latent_steps=0, decoder_steps=2)
+    # Each of the two steps once; the encoder's subset (96) and the fixed evaluation's
+    # (2,500 points, 833 per patch) are the other calls.
+    assert subsets.count(4000) == 2 and max(subsets) == 4000
+    assert samples.count(999) == 2  # 1,000 over K = 3 patches, 333 each
