@@ -62,13 +62,18 @@ def paper_chamfer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return CHAMFER_SCALE * 0.5 * (d_xy.mean(1) + d_yx.mean(1))
 
 
+def _shares(d_pg: np.ndarray, d_gp: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(precision, recall, F-score) from the squared nearest distances of each side, (N,), (M,)."""
+    precision = float((np.sqrt(d_pg) < threshold).mean())
+    recall = float((np.sqrt(d_gp) < threshold).mean())
+    return precision, recall, 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
 def fscore_terms(pred: np.ndarray, gt: np.ndarray, threshold: float = FSCORE_THRESHOLD) -> tuple[float, float, float]:
     """(precision, recall, F-score) of pred (N, 3) against gt (M, 3) at `threshold`."""
     _, sq_pg = nearest_neighbors(_t(pred), _t(gt))
     _, sq_gp = nearest_neighbors(_t(gt), _t(pred))
-    precision = float((sq_pg[0].double().sqrt() < threshold).double().mean())
-    recall = float((sq_gp[0].double().sqrt() < threshold).double().mean())
-    return precision, recall, 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return _shares(sq_pg[0].double().numpy(), sq_gp[0].double().numpy(), threshold)
 
 
 def fscore_ceiling(gt: np.ndarray, threshold: float = FSCORE_THRESHOLD, pred_points: int | None = None) -> float:
@@ -101,7 +106,8 @@ def surface_scores(
     idx_pg, sq_pg = nearest_neighbors(_t(pred), _t(gt))
     idx_gp, sq_gp = nearest_neighbors(_t(gt), _t(pred))
     d_pg, d_gp = sq_pg[0].double().numpy(), sq_gp[0].double().numpy()
-    precision, recall, fscore = fscore_terms(*(dense if dense is not None else (pred, gt)), threshold)
+    precision, recall, fscore = (fscore_terms(*dense, threshold) if dense is not None
+                                 else _shares(d_pg, d_gp, threshold))
     cos_pg = np.abs((pred_normals * gt_normals[idx_pg[0].numpy()]).sum(-1))
     cos_gp = np.abs((gt_normals * pred_normals[idx_gp[0].numpy()]).sum(-1))
     return ShapeScores(

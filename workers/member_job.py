@@ -17,29 +17,24 @@ reads back and fails the job with.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 
 import torch
-import torch.distributed as dist
 from sqlalchemy import select
 
 from atlas_core import distributed
-from atlas_core.checkpoint import load_checkpoint
 from atlas_core.config import TrainConfig
 from atlas_core.train import TrainCallbacks, train
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactStore
-from orchestrator.datasets import open_version
 from orchestrator.errors import RodinError
 from orchestrator.kinds import MemberParams
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Job, JobStatus
 from orchestrator.settings import Settings
-from orchestrator.shard_cache import ShardCache
 from workers import liveness, runtime
-from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask, arrived_key
+from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask, arrived_key, connect, rank_spec, read_inputs
 from workers.train_job import check_devices
 
 log = logging.getLogger(__name__)
@@ -97,20 +92,14 @@ def run_member(settings: Settings, store: ArtifactStore, lease: jobs.Lease, devi
     try:
         if torch.device(config.device).type == "cpu":
             torch.set_num_threads(1)
-        data = open_version(store, p.dataset[0], p.dataset[1], ShardCache.for_settings(settings, store))
-        resume = store.get_bytes(p.resume[0], p.resume[1]) if p.resume else None
-        init = None
-        if p.start_from is not None and resume is None:
-            init = load_checkpoint(store.get_bytes(p.start_from[0], p.start_from[1]), map_location="cpu")["model"]
+        data, resume, init = read_inputs(task, settings, store)
         try:
-            client = dist.TCPStore(p.master_addr, p.master_port, config.world_size, is_master=False,
-                                   timeout=datetime.timedelta(seconds=p.timeout_s))
+            client = connect(task)
             helpers.wait_arrived(client, tick=liveness.tick)
             client.set(arrived_key(first), "1")
             log.info("member job %s: machine %s of job %s, ranks %s..%s", lease.job_id, p.node, p.train_job,
                      ranks[0], ranks[-1])
-            spec = distributed.RankSpec(first, config.world_size, p.master_addr, p.master_port, local_rank=0)
-            with distributed.process_group(spec, config.device, store=client, timeout_s=p.timeout_s):
+            with distributed.process_group(rank_spec(task), config.device, store=client, timeout_s=p.timeout_s):
                 result = train(config, data, TrainCallbacks(on_step=liveness.tick), resume_from=resume,
                                init_weights=init)
         except RuntimeError as exc:  # the store or a collective failed: which rank ended?

@@ -236,38 +236,58 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def run_rank(task: RankTask) -> None:
-    """Read the job's data (and checkpoint), arrive, join the process group, train."""
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    from atlas_core import distributed
+def read_inputs(task: RankTask, settings: Any, store: Any) -> tuple[Any, bytes | None, dict[str, Any] | None]:
+    """What a rank other than rank 0 reads before it arrives: the dataset (through the store
+    and the machine's shard cache, sha256 checked), the checkpoint a resumed attempt continues
+    and the weights a fine-tune starts from (None where there is none)."""
     from atlas_core.checkpoint import load_checkpoint
-    from atlas_core.config import TrainConfig
-    from atlas_core.train import train
-    from orchestrator.artifacts import open_store
     from orchestrator.datasets import open_version
-    from orchestrator.settings import load_settings
     from orchestrator.shard_cache import ShardCache
 
-    config = TrainConfig.from_dict(task.config)
-    if torch.device(config.device).type == "cpu":
-        torch.set_num_threads(1)
-    settings = load_settings()
-    store = open_store(settings)
     data = open_version(store, task.dataset[0], task.dataset[1], ShardCache.for_settings(settings, store))
     resume = store.get_bytes(*task.resume) if task.resume else None
     init = None
     if task.start_from is not None and resume is None:
         init = load_checkpoint(store.get_bytes(*task.start_from), map_location="cpu")["model"]
-    client = dist.TCPStore(task.master_addr, task.master_port, task.world_size, is_master=False,
-                           timeout=datetime.timedelta(seconds=task.timeout_s))
-    client.set(arrived_key(task.rank), "1")
-    spec = distributed.RankSpec(task.rank, task.world_size, task.master_addr, task.master_port,
+    return data, resume, init
+
+
+def connect(task: RankTask) -> Any:
+    """A client of rank 0's c10d store (raises once `task.timeout_s` has passed without it)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.TCPStore(task.master_addr, task.master_port, task.world_size, is_master=False,
+                         timeout=datetime.timedelta(seconds=task.timeout_s))
+
+
+def rank_spec(task: RankTask) -> Any:
+    """The task's place in the process group (atlas_core.distributed.RankSpec)."""
+    from atlas_core import distributed
+
+    return distributed.RankSpec(task.rank, task.world_size, task.master_addr, task.master_port,
                                 local_rank=task.local_rank)
-    with distributed.process_group(spec, config.device, store=client, timeout_s=task.timeout_s):
+
+
+def run_rank(task: RankTask) -> None:
+    """Read the job's data (and checkpoint), arrive, join the process group, train."""
+    import torch
+
+    from atlas_core import distributed
+    from atlas_core.config import TrainConfig
+    from atlas_core.train import train
+    from orchestrator.artifacts import open_store
+    from orchestrator.settings import load_settings
+
+    config = TrainConfig.from_dict(task.config)
+    if torch.device(config.device).type == "cpu":
+        torch.set_num_threads(1)
+    settings = load_settings()
+    data, resume, init = read_inputs(task, settings, open_store(settings))
+    client = connect(task)
+    client.set(arrived_key(task.rank), "1")
+    with distributed.process_group(rank_spec(task), config.device, store=client, timeout_s=task.timeout_s):
         train(config, data, resume_from=resume, init_weights=init)
 
 

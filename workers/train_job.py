@@ -33,7 +33,7 @@ from orchestrator.settings import Settings
 from orchestrator.shard_cache import ShardCache
 from workers import liveness, nodes, runtime
 from workers.blobs import Blob
-from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask
+from workers.rank import DEATH_GRACE_S, HelperRanks, RankLost, RankTask, rank_spec
 
 log = logging.getLogger(__name__)
 #: Shapes of the base's training set held for rehearsal (a sample of a larger one).
@@ -248,9 +248,8 @@ def _train_ranks(settings: Settings, store: ArtifactStore, plan: _Plan,
             helpers.wait_arrived(tcp, timeout_s=arrive_s, tick=liveness.tick, ranks=list(range(1, world)),
                                  check=members.check, late=lambda: members.late(tcp, arrive_s))
         log.info("job %s: %s ranks on %s machine(s), %s", task.job_id, world, config.nodes, config.device)
-        spec = distributed.RankSpec(0, world, task.master_addr, task.master_port, local_rank=0)
         try:
-            with distributed.process_group(spec, config.device, store=tcp, timeout_s=timeout_s):
+            with distributed.process_group(rank_spec(task), config.device, store=tcp, timeout_s=timeout_s):
                 result = train(config, data, recorder.callbacks(), resume_from=resume_bytes,
                                init_weights=init_weights, registered_epochs=set(recorder.ids))
         except RuntimeError as exc:  # a collective failed (gloo, NCCL): did a rank end?
