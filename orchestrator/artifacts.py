@@ -13,8 +13,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
+import re
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,22 @@ _REFUSALS = {
 
 class ArtifactError(RuntimeError):
     pass
+
+
+#: A temporary file's name after the blob's: `.tmp-<pid>@<host>-<uuid>`. The writer's pid and
+#: machine let a worker remove what a job process it saw die left half-written
+#: (`ArtifactStore.remove_dead_writers`), instead of leaving it for `rodin gc` an hour later.
+_TMP = re.compile(r"\.tmp-(\d+)@(.+)-[0-9a-f]{32}$")
+
+
+def _tmp_name(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex}"
+
+
+#: Temporary files this process could not remove when their write failed (a store gone
+#: read-only refuses the removal too): tried again at the next write.
+_left_behind: set[str] = set()
+_left_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -139,18 +160,61 @@ class ArtifactStore:
         """Write beside and move into place, so that a crash never leaves a partial blob under
         the content address (two writers of equal bytes both succeed); a write that fails
         (store full, read-only) removes its temporary file at once."""
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        self._remove_left_behind()
+        tmp = _tmp_name(path)
         try:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             with self.fs.open(tmp, "wb") as fh:
                 fh.write(data)
             self.fs.mv(tmp, path)
         except OSError as exc:
+            self._remove_tmp(tmp)
+            raise self._write_error(path, len(data), exc) from None
+
+    def _remove_tmp(self, tmp: str) -> None:
+        try:
+            self.fs.rm_file(tmp)
+        except FileNotFoundError:
+            pass  # never created
+        except OSError:
+            with _left_lock:  # the store refuses even that (read-only): try at the next write
+                _left_behind.add(tmp)
+
+    def _remove_left_behind(self) -> None:
+        with _left_lock:
+            pending = list(_left_behind)
+            _left_behind.clear()
+        for tmp in pending:
+            self._remove_tmp(tmp)
+
+    def remove_dead_writers(self, alive: Callable[[int], bool]) -> list[str]:
+        """Remove the temporary files that processes of this machine left when they died
+        mid-write (a job process killed outright); return their paths.
+
+        Raises ArtifactError, after removing what it could, when the store refuses a removal
+        (read-only for now). Only writers on this machine are judged (`alive(pid)` says whether one still runs):
+        another machine's half-written file stays for that machine's workers or `rodin gc`.
+        An object store has no temporary files (one PUT), so nothing is looked at there.
+        """
+        if not self._rename_into_place:
+            return []
+        here = socket.gethostname()
+        removed, refused = [], []
+        for tmp in self.fs.glob(f"{self.root}/sha256/*/*.tmp-*"):
+            found = _TMP.search(tmp)
+            if found is None or found.group(2) != here or alive(int(found.group(1))):
+                continue
             try:
                 self.fs.rm_file(tmp)
-            except OSError:
-                pass  # never created, or the store refuses even that: `rodin gc` removes it
-            raise self._write_error(path, len(data), exc) from None
+                removed.append(tmp)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                refused.append(f"{tmp} ({exc.strerror or exc})")
+        if refused:
+            raise ArtifactError(f"could not remove {len(refused)} temporary file(s) of dead "
+                                f"writers from {self.root_url}: {refused[0]}")
+        return removed
 
     def _write_error(self, path: str, size: int, exc: OSError) -> ArtifactError:
         """A failed write as one line: which store, which blob, and what to do."""

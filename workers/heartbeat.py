@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 
 from orchestrator import jobs, recovery
+from orchestrator.artifacts import open_store
 from orchestrator.registry.db import session_scope
 from orchestrator.registry.models import Worker
 from orchestrator.settings import Settings
@@ -52,6 +53,10 @@ class Heartbeat:
         #: given back (the registry may be away when the process is ended).
         self._ended: dict[tuple[int, int], str] = {}
         self._give_back_at = 0.0  # not before (monotonic): the registry was away
+        #: pids of job processes that died or were ended: once gone, what they were writing
+        #: to the artifact store is removed (`_remove_dead_writers`).
+        self._dead_writers: set[int] = set()
+        self._sweep_at = 0.0  # not before (monotonic): the store refused
 
     def start(self) -> None:
         with session_scope(self.settings) as s:
@@ -64,6 +69,9 @@ class Heartbeat:
             worker.started_at = worker.last_heartbeat = now
             worker.stopped_at = None
             worker.current_job_id = None
+        # A job process of this machine killed with its worker (or a worker killed mid-write)
+        # left its temporary file; the worker that starts next on this machine removes it.
+        self._dead_writers.add(0)
         self._thread.start()
 
     def beat(self, job_id: int | None = None) -> None:
@@ -91,6 +99,7 @@ class Heartbeat:
             if self._stop.is_set():
                 return
             self._watch_job_process()
+            self._remove_dead_writers()
             try:
                 job_id = runtime.active_job_id()
             except RuntimeError:  # the set of running tasks changed while it was read
@@ -130,6 +139,7 @@ class Heartbeat:
                     pass
             else:
                 return
+            self._dead_writers.add(attempt.pid)
         if time.monotonic() < self._give_back_at:
             return
         try:
@@ -145,6 +155,25 @@ class Heartbeat:
         if now_on_board is not None and now_on_board.same_attempt(attempt):  # not a newer one
             liveness.end()
         self._wake.set()
+
+    def _remove_dead_writers(self) -> None:
+        """Once the job processes this worker saw die are gone, remove the temporary files
+        they left half-written in the artifact store (pid 0: any dead writer of this machine,
+        looked for once at start)."""
+        if not self._dead_writers or time.monotonic() < self._sweep_at:
+            return
+        if any(p and liveness.process_alive(p) for p in self._dead_writers):
+            return  # an ended process not reaped yet: its write may still be in the kernel
+        try:
+            removed = open_store(self.settings).remove_dead_writers(liveness.process_alive)
+        except Exception as exc:  # noqa: BLE001 - the store may be away or read-only for now
+            log.warning("could not remove dead writers' temporary files yet (%s)", exc)
+            self._sweep_at = time.monotonic() + REAP_EVERY_S
+            return
+        self._dead_writers.clear()
+        if removed:
+            log.info("removed %d temporary file(s) that dead job processes left in the "
+                     "artifact store", len(removed))
 
     def _maybe_reap(self) -> None:
         if time.monotonic() < self._next_reap:

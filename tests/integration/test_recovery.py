@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,7 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
     try:
         job_id = rodin.json("submit", "train", "--dataset", "swords", "--epochs", "300", *TRAIN)["job_id"]
         killed = _kill_when_training(rodin, first, job_id)
+        half_written = _half_written_by_a_dead_process(rodin)
         # The message died with the worker (the embedded broker had handed it over): only the
         # registry knows the job, and the new worker's reaper sends it again.
         second = rodin.start_worker("e2")
@@ -88,6 +90,25 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
     assert back_after < 60, back_after
     rows = _checkpoints_are_one_lineage(rodin, job_id)
     assert rows[-1].epoch == 300
+    assert not half_written.exists()  # the worker that started next on this machine removed it
+
+
+def _half_written_by_a_dead_process(rodin: Rodin) -> Path:
+    """A temporary file in the store as a job process killed mid-write leaves it (the kill
+    above rarely lands inside a write, so one is made by a process that is then killed)."""
+    from orchestrator.artifacts import open_store
+
+    store = open_store(rodin.settings())
+    folder = Path(store.root) / "sha256" / "ab"
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = subprocess.run(
+        [sys.executable, "-c", "import sys; from orchestrator import artifacts; "
+         "name = artifacts._tmp_name(sys.argv[1]); open(name, 'wb').write(b'half'); print(name)",
+         str(folder / ("ab" + "0" * 62 + ".pt"))],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    tmp = Path(writer.stdout.strip())
+    assert tmp.exists()
+    return tmp
 
 
 @pytest.fixture
