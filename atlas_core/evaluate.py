@@ -181,11 +181,17 @@ def _reconstruct_and_score(model: AtlasNet, shapes: PointCloudSet, gt: np.ndarra
 
 def _refined(model: AtlasNet, clouds: np.ndarray, mesh_vertices: int, options: dict[str, Any],
              device: torch.device) -> list[PatchMesh]:
-    """Each cloud (B, P, 3) reconstructed, then fitted to its own points (atlas_core.refine)."""
+    """Each cloud (B, P, 3) reconstructed, then fitted to its own points (atlas_core.refine) and
+    trimmed to them (atlas_core.trim), as `rodin reconstruct` does."""
     from atlas_core.refine import refine
+    from atlas_core.trim import trim_to_input
 
-    return [refine(model, torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32)).to(device),
-                   **options).mesh(mesh_vertices) for cloud in clouds]
+    meshes = []
+    for cloud in clouds:
+        fitted = refine(model, torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32)).to(device),
+                        **options).mesh(mesh_vertices)
+        meshes.append(trim_to_input(fitted, cloud, INFER.trim_factor).mesh)
+    return meshes
 
 
 def _add_retrieval(per_shape: list[Row], shapes: PointCloudSet, gt: np.ndarray, gt_normals: np.ndarray,

@@ -15,7 +15,9 @@
    surface points each (as `rodin reconstruct` ingests a mesh) with no refinement, the code
    only, and the code then the decoders (`atlas_core.refine` defaults) one input at a time and
    in batches of `--batch` (`refine_batch`, as the reconstruct job runs it), and each
-   `--variant` (refine_batch's options as JSON, in batches of `--batch`; `--quick` keeps only
+   `--variant` (refine_batch's options as JSON, in batches of `--batch`, and "trim": the
+   factor of atlas_core.trim, which every refined row applies as the reconstruct job does;
+   `--quick` keeps only
    the rows without refinement, the code only and the default in batches, and skips step 3),
    and scored the way `rodin evaluate` scores (atlas_core.metrics: Chamfer x10^3, F-score and
    coverage at 1% of the unit ball's diameter, 2,500 points) against 2,500 points sampled afresh
@@ -59,7 +61,7 @@ import torch
 import trimesh
 
 from atlas_core.checkpoint import load_model
-from atlas_core.config import TrainConfig
+from atlas_core.config import INFER, TrainConfig
 from atlas_core.data import PointCloudSet, split_of
 from atlas_core.families import FAMILIES, family_names
 from atlas_core.mesh_io import MeshError, Shape, ingest_file, shape_from_mesh
@@ -67,6 +69,7 @@ from atlas_core.metrics import sample_mesh, surface_scores
 from atlas_core.model import AtlasNet
 from atlas_core.ood import collect, ood_warnings
 from atlas_core.refine import refine, refine_batch
+from atlas_core.trim import trim_to_input
 
 TRAIN_POINTS = 5000  # per shape, as `rodin datasets make` samples
 INPUT_POINTS = 10000  # per input, as `rodin reconstruct` ingests a mesh
@@ -88,6 +91,7 @@ QUICK_METHODS: list[tuple[str, dict[str, Any], int]] = [
     ("no refinement", {"latent_steps": 0, "decoder_steps": 0}, 0),
     ("latent only", {"decoder_steps": 0}, 0),
     ("default, batches of {batch}", {}, 0),
+    ("default, untrimmed", {"trim": 0.0}, 0),
 ]
 
 
@@ -227,6 +231,10 @@ def ceiling_row(name: str, count: int, dense: int) -> dict[str, Any]:
             "seconds_per_mesh": 0.0, "cpu_seconds_per_mesh": 0.0}
 
 
+def _refines(options: dict[str, Any]) -> bool:
+    return options.get("latent_steps", 1) > 0 or options.get("decoder_steps", 1) > 0
+
+
 def reconstruction_rows(model: AtlasNet, tests: list[Held], batch: int,
                         methods_given: list[tuple[str, dict[str, Any], int]] | None = None) -> list[dict[str, Any]]:
     """One row per method (default METHODS; size 0: refined in batches of `batch`): mean scores
@@ -246,10 +254,14 @@ def reconstruction_rows(model: AtlasNet, tests: list[Held], batch: int,
             for first in range(start, start + len(chunk), size):
                 part = tests[first:min(first + size, start + len(chunk))]
                 started, cpu_started = time.perf_counter(), time.process_time()
+                refine_options = {k: v for k, v in options.items() if k != "trim"}
                 results = refine_batch(model, [_points(held.input) for held in part],
                                        generators=[torch.Generator().manual_seed(first + j) for j in range(len(part))],
-                                       **options)
+                                       **refine_options)
                 meshes = [result.mesh(10000) for result in results]
+                # As the reconstruct job: a refined mesh is trimmed to its input (atlas_core.trim).
+                factor = options.get("trim", INFER.trim_factor if _refines(refine_options) else 0.0)
+                meshes = [trim_to_input(mesh, held.input.points, factor).mesh for mesh, held in zip(meshes, part)]
                 wall[label] += time.perf_counter() - started
                 cpu[label] += time.process_time() - cpu_started
                 for j, (mesh, result, held) in enumerate(zip(meshes, results, part)):

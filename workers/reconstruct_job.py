@@ -21,6 +21,7 @@ from atlas_core.model import AtlasNet
 from atlas_core.pointcloud_io import ingest_input
 from atlas_core.refine import batch_size, encode, fit_chamfer, mesh_latent, refine_batch
 from atlas_core.render import render_reconstruction
+from atlas_core.trim import trim_to_input
 from orchestrator import jobs
 from orchestrator.artifacts import ArtifactError, ArtifactStore, safe_name
 from orchestrator.datasets import open_version
@@ -201,9 +202,12 @@ def _fits(model: AtlasNet, shapes: list[Shape], refine_options: dict[str, int] |
                                decoder_steps=refine_options["decoder_steps"], on_step=liveness.tick)
         # The fit after the code phase is the OOD statistics' yardstick only at its default length.
         default_code = refine_options["latent_steps"] == DEFAULT_CODE_STEPS
-        for r in refined:
+        for r, p in zip(refined, points):
             warnings = _ood_warnings(ood, r.chamfer_before, r.encoded, r.chamfer_latent if default_code else None)
-            fits.append(_Fit(r.mesh(MESH_VERTICES), r.chamfer_before, r.chamfer_after, warnings, 0.0, r.as_dict()))
+            # The webs a patch spans between parts go: no input point supports them (atlas_core.trim).
+            trim = trim_to_input(r.mesh(MESH_VERTICES), p[0].cpu().numpy(), INFER.trim_factor)
+            fits.append(_Fit(trim.mesh, r.chamfer_before, r.chamfer_after, warnings, 0.0,
+                             {**r.as_dict(), **trim.as_dict()}))
     else:
         for p in points:
             encoded = encode(model, p)

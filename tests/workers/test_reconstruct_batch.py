@@ -39,11 +39,13 @@ def test_a_batch_of_inputs_is_refined_as_each_would_be_alone(model: AtlasNet, sh
     for a, b in zip(alone, together):
         assert b.refinement is not None and a.refinement is not None
         assert b.refinement["batch"] == 3 and a.refinement["batch"] == 1
-        for key in ("latent_steps", "decoder_steps", "decoders_refined", "chamfer_before"):
+        for key in ("latent_steps", "decoder_steps", "decoders_refined", "chamfer_before", "faces_before_trim"):
             assert b.refinement[key] == a.refinement[key]
         assert b.refinement["chamfer_after"] == pytest.approx(a.refinement["chamfer_after"], rel=1e-5)
         assert b.after == pytest.approx(a.after, rel=1e-5) and b.after <= b.before == a.before
         np.testing.assert_allclose(b.mesh.vertices, a.mesh.vertices, rtol=1e-4, atol=1e-5)
+        # What trimming took off is recorded, and the mesh is what is left.
+        assert len(b.mesh.faces) == b.refinement["faces_before_trim"] - b.refinement["faces_trimmed"]
     assert len({fit.seconds for fit in together}) == 1  # the batch's time, divided among its inputs
     plain = _fits(model, shapes, None, None, "cpu", first=0)
     assert [fit.before for fit in plain] == [fit.before for fit in together]
