@@ -80,6 +80,10 @@ LATENT_STEPS, DECODER_STEPS = INFER.refine_split()
 #: call, so that `chamfer_before` of a shape does not depend on the refinement's generator and
 #: matches the figures that `atlas_core.ood` collects at the end of training.
 EVAL_SEED, ENCODE_SEED = 12345, 54321
+#: Phase 2's two-sided patches start this far (unit-ball units) to either side of the patch: a
+#: little apart, so that each side has points of its own to pull it (at 0 both sides coincide
+#: and one of them takes every nearest neighbour).
+HALF_THICKNESS_START = 0.005
 
 # torch.optim's first optimiser imports torch._dynamo (about 1 s on the 2-core development
 # machine). Imported with this module instead, that cost falls where the imports are paid: a
@@ -121,19 +125,89 @@ def encode(model: AtlasNet, points: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def fit_chamfer(model: AtlasNet, latent: Tensor, points: Tensor) -> float:
+def fit_chamfer(model: AtlasNet, latent: Tensor, points: Tensor, half: Tensor | None = None) -> float:
     """Chamfer (`chamfer_distance` units) between the decoded fixed template sample and a fixed
     subset of EVAL_POINTS input points.
 
     latent: (1, D), points: (1, N, 3). The same sample for every call: comparable across shapes,
-    before and after refinement, and with `atlas_core.ood`'s statistics.
+    before and after refinement, and with `atlas_core.ood`'s statistics. half: (1, K), the
+    patches' half-thickness of a two-sided result: then the sample is the regular grid of
+    EVAL_POINTS / 2 points, each side (`_two_sided`), as many points as one side's sample.
     """
     was_training = model.training
     model.eval()
-    template = _eval_template(model, latent.device).to(latent.dtype)
-    generated = model.decode(latent, template).flatten(1, 2)  # (1, K*P, 3)
+    if half is None:
+        template = _eval_template(model, latent.device).to(latent.dtype)
+        generated = model.decode(latent, template).flatten(1, 2)  # (1, K*P, 3)
+    else:
+        K = model.config.n_patches
+        grid, _ = model.template.regular(max(4, EVAL_POINTS // (2 * K)))
+        template = grid.to(device=latent.device, dtype=latent.dtype).expand(K, -1, -1)
+        generated = _two_sided(model.decode(latent, template).flatten(1, 2), half)
     model.train(was_training)
     return float(chamfer_distance(generated, _subset(points, EVAL_POINTS, EVAL_SEED)))
+
+
+# -----------------------------------------------------------------------------
+# Two-sided patches
+#
+# A thin solid (a vessel's wall, a chair's leg or slat) has two surfaces a few hundredths of the
+# unit ball apart. One patch in the middle of it is a local minimum of the Chamfer (the points of
+# either surface pull it opposite ways), and it lies more than 1% from both when the part is
+# thicker than 2% of the unit ball: refined vessels scored F 0.56 with every point "near" and
+# almost none within 1%. So in phase 2 every patch carries a half-thickness h_k, learnt per input
+# like the decoders: its points go to both sides, x +- |h_k| n(x), n the patch's unit normal. On
+# a thin part the two sides spread to the two surfaces; on one side of a thick part h_k stays
+# small (its inner side has nothing to reach). The normals come from finite differences on each
+# patch's grid of template points (a jittered regular grid in phase 2, the regular one in
+# meshing), so no second derivative of the decoders is needed.
+
+
+def _jittered_grid(K: int, n: int, generator: torch.Generator) -> Tensor:
+    """About n // K points per patch on a g x g grid over the unit square, shifted by a random
+    fraction of a cell per patch: (K, g*g, 2), row i*g + j at ((i, j) + offset) / g. Over steps
+    the points cover the square as uniform samples would, more evenly within a step."""
+    g = max(2, round(math.sqrt(n / K)))
+    ticks = torch.arange(g, dtype=torch.float32)
+    u, v = torch.meshgrid(ticks, ticks, indexing="ij")
+    offset = torch.rand(K, 1, 1, 2, generator=generator)
+    return ((torch.stack([u, v], dim=-1)[None] + offset) / g).reshape(K, g * g, 2)
+
+
+def _grid_normals(grid: Tensor) -> Tensor:
+    """Unit normals of points on g x g grids by central differences: (..., g, g, 3) -> same."""
+    du = torch.gradient(grid, dim=-3)[0]
+    dv = torch.gradient(grid, dim=-2)[0]
+    normal = torch.cross(du, dv, dim=-1)
+    return normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _two_sided(generated: Tensor, half: Tensor) -> Tensor:
+    """Each patch's points moved |h_k| along and against its normal.
+
+    generated: (B, K*g*g, 3), each patch's points in its g x g grid order; half: (B, K)
+    returns (B, 2*K*g*g, 3): the outer sides of all patches, then the inner sides.
+    """
+    B, K = half.shape
+    g = math.isqrt(generated.shape[1] // K)
+    grid = generated.view(B, K, g, g, 3)
+    offset = half.abs()[..., None, None, None] * _grid_normals(grid)
+    return torch.cat([grid + offset, grid - offset], dim=1).reshape(B, -1, 3)
+
+
+def two_sided_mesh(mesh: PatchMesh, half: np.ndarray) -> PatchMesh:
+    """A mesh of `mesh_latent` (each patch a regular g x g grid) as two layers, each patch's
+    vertices moved |half[k]| along and against its normal; the inner layer's faces reversed, so
+    that both face outwards. half: (K,)."""
+    K = len(half)
+    V = len(mesh.vertices) // K
+    g = math.isqrt(V)
+    grid = torch.from_numpy(np.ascontiguousarray(mesh.vertices, dtype=np.float64)).view(K, g, g, 3)
+    offset = (torch.from_numpy(np.abs(half).astype(np.float64))[:, None, None, None] * _grid_normals(grid))
+    outer, inner = (grid + offset).reshape(-1, 3), (grid - offset).reshape(-1, 3)
+    vertices = torch.cat([outer, inner]).numpy().astype(np.float32)
+    faces = np.concatenate([mesh.faces, mesh.faces[:, ::-1] + len(mesh.vertices)])
+    return PatchMesh(vertices, faces, np.concatenate([mesh.patch_ids, mesh.patch_ids]))
 
 
 # -----------------------------------------------------------------------------
@@ -173,10 +247,15 @@ class Refinement:
     seconds: float
     batch: int = 1
     losses: list[float] = field(default_factory=list)  # the optimised Chamfer at every step
+    #: (K,) each patch's half-thickness when the result is two-sided (phase 2 ran two-sided and
+    #: was kept), else None.
+    half_thickness: np.ndarray | None = None
 
     def mesh(self, n_vertices: int = INFER.mesh_vertices) -> PatchMesh:
-        """The refined reconstruction, meshed like `atlas_core.meshing.reconstruct`."""
-        return mesh_latent(self.model, self.latent, n_vertices)[0]
+        """The refined reconstruction, meshed like `atlas_core.meshing.reconstruct`; a two-sided
+        one as two layers (`two_sided_mesh`: twice the vertices)."""
+        mesh = mesh_latent(self.model, self.latent, n_vertices)[0]
+        return mesh if self.half_thickness is None else two_sided_mesh(mesh, self.half_thickness)
 
     def as_dict(self) -> dict[str, float | int | bool]:
         """The figures worth storing with an output (JSON-ready); `seconds` is this input's
@@ -185,7 +264,10 @@ class Refinement:
                 "chamfer_after": self.chamfer_after,
                 "latent_steps": self.latent_steps, "decoder_steps": self.decoder_steps,
                 "decoders_refined": self.decoders_refined, "seconds": round(self.seconds, 3),
-                "batch": self.batch}
+                "batch": self.batch, "two_sided": self.half_thickness is not None,
+                **({} if self.half_thickness is None else
+                   {"thickness_max": round(2 * float(np.abs(self.half_thickness).max()), 5),
+                    "thickness_median": round(2 * float(np.median(np.abs(self.half_thickness))), 5)})}
 
 
 @torch.no_grad()
@@ -514,6 +596,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                  latent_points: Points = (250, 500), decoder_points: Points = (1000, 4000),
                  decoder_points_start: Points | None = None,
                  warmup: float = 0.2, patience: int = 20, decoder_patience: int = 0,
+                 two_sided: bool = True, thickness_lr: float = 1e-3,
                  coverage: float = 1.0, focus: float = 0.0, threads: int | None = 1,
                  generators: Sequence[torch.Generator] | None = None,
                  on_step: Callable[[], None] | None = None) -> list[Refinement]:
@@ -534,6 +617,14 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         below for why). decoder_patience: as `patience`, counted from the end of the warm-up
         (its loss first rises a little, which early stopping would take for the end); 0, the
         default: every input runs all its steps.
+    two_sided, thickness_lr: phase 2 gives every patch a half-thickness (Adam, `thickness_lr`),
+        its points on both sides of it, so that one patch covers both surfaces of a thin part
+        (see "Two-sided patches" above; the square template only: a sphere template's patch is
+        closed already). Phase 2 then draws its template points as a jittered regular grid per
+        patch, whose finite differences give the normals. False: one-sided, random samples.
+    coverage, focus: the input-to-patch half of the Chamfer weighted by `coverage`, and input
+        subsets drawn towards the points not reached yet (`_Focus`); 1 and 0, the defaults,
+        are the plain Chamfer and uniform subsets (neither raised the F-score: study notes).
     threads: torch's CPU threads while refining, restored afterwards (None: leave them). The
         operations are small: on a 2-core machine shared with other work, two threads refined
         no faster than one (3.4 s against 3.2 s a shape) at twice the CPU time, and a batch of
@@ -612,31 +703,50 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                     best_latent[b], best[b] = latents[b:b + 1], after
         chamfer_latent = list(best)
 
-        # Phase 2: each input's code and its private copy of the decoders, as B*K patches.
+        # Phase 2: each input's code and its private copy of the decoders, as B*K patches, and
+        # (two-sided, on the square template) each patch's half-thickness.
         models: list[AtlasNet] = [work] * B
         refined = [False] * B
         taken_decoders = [0] * B
+        halves: list[np.ndarray | None] = [None] * B
         if decoder_steps > 0:
             private = shared.copies(B)
             codes = torch.cat(best_latent).clone().requires_grad_(True)
+            groups = [([codes], decoder_latent_lr), (private.parameters(), decoder_lr)]
+            sided = two_sided and work.template.name == "square"
+            if sided:
+                half = torch.full((B, K), HALF_THICKNESS_START, device=device, dtype=codes.dtype)
+                groups.append(([half.requires_grad_(True)], thickness_lr))
+
+                def decode(ts: list[Tensor], t: Tensor) -> Tensor:
+                    return _two_sided(private.with_parameters(ts[1:-1])(t, ts[0]), ts[-1])
+
+                def grid(n: int, generator: torch.Generator) -> Tensor:
+                    return _jittered_grid(K, n, generator)
+            else:
+                def decode(ts: list[Tensor], t: Tensor) -> Tensor:
+                    return private.with_parameters(ts[1:])(t, ts[0])
+
+                grid = sample
             final, taken_decoders = _phase(
-                [([codes], decoder_latent_lr), (private.parameters(), decoder_lr)],
-                lambda ts, t: private.with_parameters(ts[1:])(t, ts[0]), clouds, sample, gens,
+                groups, decode, clouds, grid, gens,
                 steps=decoder_steps, points=(decoder_points_start or decoder_points, decoder_points),
                 warmup=warmup, patience=decoder_patience, losses=losses, coverage=coverage, focus=focus,
                 on_step=on_step)
-            result = private.with_parameters(final[1:])
+            result = private.with_parameters(final[1:-1] if sided else final[1:])
             for b in range(B):
                 candidate = copy.deepcopy(work)
                 result.write_to(candidate.decoders, b)
-                after = fit_chamfer(candidate, final[0][b:b + 1], clouds[b])
+                half_b = final[-1][b:b + 1] if sided else None
+                after = fit_chamfer(candidate, final[0][b:b + 1], clouds[b], half_b)
                 if after <= best[b]:  # else the phase is undone for this input
                     models[b], best_latent[b], best[b], refined[b] = candidate, final[0][b:b + 1], after, True
+                    halves[b] = None if half_b is None else half_b[0].abs().cpu().numpy()
     share = (time.perf_counter() - started) / B
     return [Refinement(model=models[b], latent=best_latent[b], encoded=encoded[b], chamfer_before=before[b],
                        chamfer_latent=chamfer_latent[b], chamfer_after=best[b], latent_steps=taken_latent[b],
                        decoder_steps=taken_decoders[b], decoders_refined=refined[b], seconds=share, batch=B,
-                       losses=losses[b])
+                       losses=losses[b], half_thickness=halves[b])
             for b in range(B)]
 
 

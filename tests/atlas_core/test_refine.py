@@ -13,7 +13,7 @@ from atlas_core.config import ModelConfig
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.meshing import reconstruct
 from atlas_core.model import AtlasNet
-from atlas_core.refine import _Decoders, encode, fit_chamfer, mesh_latent, refine, refine_batch
+from atlas_core.refine import _Decoders, _two_sided, encode, fit_chamfer, mesh_latent, refine, refine_batch
 from atlas_core.swords import generate_swords
 
 FAST = dict(latent_steps=15, decoder_steps=10, latent_points=(60, 120), decoder_points=(60, 120))
@@ -56,14 +56,57 @@ def test_refinement_lowers_the_chamfer_and_leaves_the_model_byte_identical(
     assert result.encoded.shape == result.latent.shape == (1, 16)
     # The reported figures are the fixed evaluation of what the result meshes.
     assert result.chamfer_before == pytest.approx(fit_chamfer(model, encode(model, points), points))
-    assert result.chamfer_after == pytest.approx(fit_chamfer(result.model, result.latent, points))
+    assert result.half_thickness is not None and result.half_thickness.shape == (3,)  # two-sided
+    half = torch.from_numpy(result.half_thickness)[None]
+    assert result.chamfer_after == pytest.approx(fit_chamfer(result.model, result.latent, points, half))
+    # Two layers of the plain mesh's layout, the inner one's faces reversed.
     mesh = result.mesh(300)
     reference = reconstruct(model, points, 300)[0]
-    np.testing.assert_array_equal(mesh.faces, reference.faces)
-    np.testing.assert_array_equal(mesh.patch_ids, reference.patch_ids)
+    V = len(reference.vertices)
+    np.testing.assert_array_equal(mesh.faces, np.concatenate([reference.faces, reference.faces[:, ::-1] + V]))
+    np.testing.assert_array_equal(mesh.patch_ids, np.tile(reference.patch_ids, 2))
     assert result.chamfer_after <= result.chamfer_latent <= result.chamfer_before
     assert set(result.as_dict()) == {"chamfer_before", "chamfer_latent", "chamfer_after", "latent_steps",
-                                     "decoder_steps", "decoders_refined", "seconds", "batch"}
+                                     "decoder_steps", "decoders_refined", "seconds", "batch", "two_sided",
+                                     "thickness_max", "thickness_median"}
+
+
+def test_one_sided_refinement_meshes_as_the_model_does(model: AtlasNet, points: torch.Tensor) -> None:
+    result = refine(model, points, two_sided=False, **FAST)
+    assert result.decoders_refined and result.half_thickness is None
+    assert result.chamfer_after == pytest.approx(fit_chamfer(result.model, result.latent, points))
+    mesh, reference = result.mesh(300), reconstruct(model, points, 300)[0]
+    np.testing.assert_array_equal(mesh.faces, reference.faces)
+    assert result.as_dict()["two_sided"] is False
+
+
+def test_two_sided_points_lie_either_side_of_the_patch() -> None:
+    # A flat patch z = 0 on a 4 x 4 grid: its sides are the planes z = +-h, h per patch.
+    u, v = torch.meshgrid(torch.linspace(0, 1, 4), torch.linspace(0, 1, 4), indexing="ij")
+    plane = torch.stack([u, v, torch.zeros_like(u)], dim=-1).reshape(1, 16, 3)
+    generated = torch.cat([plane, plane + torch.tensor([0.0, 0.0, 5.0])], dim=1)  # K = 2 patches
+    half = torch.tensor([[0.1, -0.3]])  # the sign does not matter
+    sides = _two_sided(generated, half)  # (1, 64, 3): outer sides of both patches, then inner
+    z = sides[0, :, 2].view(2, 2, 16)
+    torch.testing.assert_close(z[0, 0], torch.full((16,), 0.1))
+    torch.testing.assert_close(z[1, 0], torch.full((16,), -0.1))
+    torch.testing.assert_close(z[0, 1], torch.full((16,), 5.3))
+    torch.testing.assert_close(z[1, 1], torch.full((16,), 4.7))
+    torch.testing.assert_close(sides[0, :16, :2], plane[0, :, :2])
+
+
+def test_a_thin_slab_pulls_the_two_sides_apart(model: AtlasNet) -> None:
+    # Two parallel faces 0.2 apart: one sheet in the middle is 0.1 from both; the sides spread
+    # towards them, and the two-sided fit beats the one-sided one.
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(600, 2, generator=g) * 1.0 - 0.5
+    z = torch.where(torch.rand(600, generator=g) < 0.5, 0.1, -0.1)
+    slab = torch.cat([xy, z[:, None]], dim=1)[None]
+    options = dict(FAST, decoder_steps=80, decoder_points=(120, 300), thickness_lr=3e-3)
+    two = refine(model, slab, **options)
+    one = refine(model, slab, two_sided=False, **options)
+    assert two.half_thickness is not None and float(np.median(two.half_thickness)) > 0.02
+    assert two.chamfer_after < one.chamfer_after
 
 
 def test_latent_only_refinement_keeps_the_decoders(model: AtlasNet, points: torch.Tensor) -> None:
@@ -235,22 +278,23 @@ def test_the_decoder_phase_fits_more_input_points_than_it_generates(
     from atlas_core import refine as module
 
     subsets: list[int] = []
-    samples: list[int] = []
-    subset, sample = module._subset, type(model.template).sample
+    grids: list[tuple[int, ...]] = []
+    subset, jittered = module._subset, module._jittered_grid
 
     def record_subset(points: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         subsets.append(n)
         return subset(points, n, seed)
 
-    def record_sample(self: object, k: int, n: int, *args: object, **kwargs: object) -> torch.Tensor:
-        samples.append(k * n)
-        return sample(self, k, n, *args, **kwargs)  # type: ignore[arg-type]
+    def record_grid(K: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        grids.append(tuple((out := jittered(K, n, generator)).shape))
+        return out
 
     monkeypatch.setattr(module, "_subset", record_subset)
-    monkeypatch.setattr(type(model.template), "sample", record_sample)
+    monkeypatch.setattr(module, "_jittered_grid", record_grid)
     cloud = torch.rand(1, 5000, 3) - 0.5
     refine(model, cloud, latent_steps=0, decoder_steps=2)
     # Each of the two steps once; the encoder's subset (96) and the fixed evaluation's
-    # (2,500 points, 833 per patch) are the other calls.
+    # (2,500 points) are the other calls.
     assert subsets.count(4000) == 2 and max(subsets) == 4000
-    assert samples.count(999) == 2  # 1,000 over K = 3 patches, 333 each
+    # 1,000 template points over K = 3 patches: an 18 x 18 grid each (972), on both sides.
+    assert grids == [(3, 324, 2)] * 2
