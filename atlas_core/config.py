@@ -140,7 +140,7 @@ class InferConfig:
     mesh_vertices: int = 10_000
     #: A refined reconstruction loses the faces farther from every input point than this many
     #: times the input's median point spacing (atlas_core.trim; 0: keep every face).
-    trim_factor: float = 3.0
+    trim_factor: float = 2.5
     #: Points sampled from an input mesh (or kept of a point cloud) to reconstruct it.
     input_points: int = 10_000
 

@@ -9,9 +9,12 @@ points to drop what no point supports.
 
 "Far" is relative to how densely the input samples its surface: a face goes when its centroid is
 more than `factor` times the input's median nearest-neighbour spacing from every input point, so
-the same factor holds for 2,500 or 100,000 input points and any shape's area. At 3 (the default,
-`InferConfig.trim_factor`) refined swords lose about 4% of faces and nothing of their F-score;
-at 2 they lose a fifth, including true surface. A trim that would remove more than
+the same factor holds for 2,500 or 100,000 input points and any shape's area. The default, 2.5
+(`InferConfig.trim_factor`), was measured with two-sided refinement (docs/notes/refine_study.md,
+section 8): against 3, dense F-score +0.004 to +0.009 on furniture, vessels and generic parts and
+nothing on swords; at 2 swords' worst input loses true surface (0.991 -> 0.986). One-sided
+patches wanted more room (3): a sheet in the middle of a thin wall is 0.015 to 0.05 from the
+input, and at 2 a fifth of a sword's faces went. A trim that would remove more than
 `MAX_TRIMMED` of the faces is not done: the input does not describe the reconstruction's
 surface (another frame, a partial scan), and a mesh cut to ribbons would hide that.
 
