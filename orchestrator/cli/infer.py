@@ -68,9 +68,22 @@ def _print_reconstruction(job: "JobView") -> None:
     for r in (job.result or {}).get("inputs", []):
         gain = (f"Chamfer {r['chamfer_before']:.5f} -> {r['chamfer_after']:.5f}"
                 if r["chamfer_after"] != r["chamfer_before"] else f"Chamfer {r['chamfer_after']:.5f}")
-        err.print(f"  {escape(r['input'])}: {gain} ({r['seconds']:.1f} s)", highlight=False)
+        err.print(f"  {escape(r['input'])}: {gain} ({r['seconds']:.1f} s{_refined_how(r.get('refinement'))})",
+                  highlight=False)
         for warning in r["warnings"]:
             err.print(f"    [yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+def _refined_how(refinement: dict | None) -> str:
+    """What refinement did beyond the Chamfer: two-sided patches, trimmed faces (older jobs: '')."""
+    if not refinement:
+        return ""
+    parts = []
+    if refinement.get("two_sided"):
+        parts.append(f"two-sided, up to {refinement.get('thickness_max', 0.0):.3f} thick")
+    if refinement.get("faces_trimmed"):
+        parts.append(f"{refinement['faces_trimmed']} faces trimmed")
+    return "".join(f"; {p}" for p in parts)
 
 
 @app.command("evaluate")

@@ -104,3 +104,12 @@ def test_client_commands_do_not_import_torch(rodin: Rodin) -> None:
 def test_status_watch_without_a_terminal_prints_one_snapshot(rodin: Rodin) -> None:
     result = rodin.cli("status", "--watch")  # CliRunner: no terminal; returns instead of looping
     assert result.returncode == 0 and "No jobs yet" in result.stdout
+
+
+def test_a_reconstruction_line_says_what_refinement_did() -> None:
+    from orchestrator.cli.infer import _refined_how
+
+    assert _refined_how(None) == ""  # not refined, or a job from before these were recorded
+    assert _refined_how({"two_sided": True, "thickness_max": 0.0612, "faces_trimmed": 31}) == \
+        "; two-sided, up to 0.061 thick; 31 faces trimmed"
+    assert _refined_how({"two_sided": False, "faces_trimmed": 0}) == ""

@@ -254,6 +254,10 @@ def test_reconstruct_refines_a_point_cloud_and_leaves_the_model_alone(
     assert out["status"] == "succeeded", out
     [result] = out["results"]
     assert result["input"] == "scan" and result["chamfer_after"] <= result["chamfer_before"]
+    how = result["refinement"]  # what was done to this input: steps, two sides, trimmed faces
+    assert how["latent_steps"] >= 1 and how["decoder_steps"] == 12
+    assert "faces_trimmed" in how and how["faces_before_trim"] > 0
+    assert how["two_sided"] == how["decoders_refined"]  # a kept phase 2 is two-sided
     assert any(p.endswith("scan.ply") for p in out["outputs"])
     job = slice_home.json("status", str(out["job_id"]))
     assert job["params"]["refine"] == {"latent_steps": 8, "decoder_steps": 12}  # recorded
