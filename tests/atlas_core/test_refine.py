@@ -298,3 +298,12 @@ def test_the_decoder_phase_fits_more_input_points_than_it_generates(
     assert subsets.count(4000) == 2 and max(subsets) == 4000
     # 1,000 template points over K = 3 patches: an 18 x 18 grid each (972), on both sides.
     assert grids == [(3, 324, 2)] * 2
+
+
+def test_a_sphere_template_refines_one_sided(points: torch.Tensor) -> None:
+    # A sphere patch is closed already: it has an inside and an outside, not two sides to spread.
+    torch.manual_seed(0)
+    net = AtlasNet(ModelConfig(n_patches=2, template="sphere", bottleneck=16, hidden=16, layers=1, n_points=96)).eval()
+    result = refine(net, points, **FAST)
+    assert result.half_thickness is None and result.as_dict()["two_sided"] is False
+    assert result.chamfer_after <= result.chamfer_before
