@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from atlas_core.chamfer import chamfer_distance, chamfer_terms
+from atlas_core.chamfer import chamfer_distance
 from atlas_core.config import INFER
 from atlas_core.meshing import PatchMesh
 from atlas_core.model import AtlasNet, PatchDecoders, PatchLinear
@@ -421,52 +421,11 @@ def _points_at(step: int, steps: int, start: Points, end: Points) -> Points:
     return round(start[0] + f * (end[0] - start[0])), round(start[1] + f * (end[1] - start[1]))
 
 
-def _chamfers(generated: Tensor, targets: list[Tensor], coverage: float = 1.0) -> tuple[Tensor, list[Tensor]]:
-    """Each input's Chamfer, its input-to-generated half weighted by `coverage`:
-    generated (B, M, 3), targets B clouds (1, n_b, 3) -> (B,), and each target point's squared
-    distance to the generated points, B tensors (n_b,) (detached)."""
+def _chamfers(generated: Tensor, targets: list[Tensor]) -> Tensor:
+    """Each input's Chamfer: generated (B, M, 3), targets B clouds (1, n_b, 3) -> (B,)."""
     if len({t.shape[1] for t in targets}) == 1:
-        d_gen, d_in, _, _ = chamfer_terms(generated, torch.cat(targets))
-        return d_gen.mean(1) + coverage * d_in.mean(1), list(d_in.detach().unbind(0))
-    losses, reached = [], []
-    for b, t in enumerate(targets):
-        d_gen, d_in, _, _ = chamfer_terms(generated[b:b + 1], t)
-        losses.append(d_gen.mean(1) + coverage * d_in.mean(1))
-        reached.append(d_in.detach()[0])
-    return torch.cat(losses), reached
-
-
-class _Focus:
-    """Input subsets drawn towards the points the reconstruction has not reached yet.
-
-    A uniform subset of a chair's points hits its thin legs and stretchers only now and then,
-    so the input-to-patch half of the Chamfer seldom pulls a patch onto them. Each input keeps
-    an estimate of every one of its points' squared distance to the reconstruction (the
-    distances of the points a step drew, which the Chamfer computes anyway; points never drawn
-    count as far) and draws a step's subset with probability (1 - focus) / N + focus * d_i /
-    sum(d): focus 0 is the uniform subset of before.
-    """
-
-    def __init__(self, targets: list[Tensor], focus: float):
-        self.focus = focus
-        self.far = [torch.ones(t.shape[1], device=t.device) for t in targets]
-
-    def draw(self, i: int, target: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        """target (1, N, 3) -> a subset (1, n, 3) and its indices (None: all points, or uniform)."""
-        N = target.shape[1]
-        seed = int(torch.randint(2**31, (1,), generator=generator))
-        if self.focus <= 0 or N <= n:
-            return _subset(target, n, seed), None
-        d = self.far[i]
-        p = (1 - self.focus) / N + self.focus * d / d.sum().clamp_min(1e-12)
-        # n draws without replacement in one pass: the n largest of log p + Gumbel noise.
-        u = torch.rand(N, generator=torch.Generator().manual_seed(seed)).to(p.device)
-        pick = (p.log() - (-(u.clamp(1e-12, 1 - 1e-7)).log()).log()).topk(n).indices
-        return target[:, pick], pick
-
-    def update(self, i: int, pick: Tensor | None, reached: Tensor) -> None:
-        if pick is not None:
-            self.far[i][pick] = reached
+        return chamfer_distance(generated, torch.cat(targets), reduction="none")
+    return torch.cat([chamfer_distance(generated[b:b + 1], t, reduction="none") for b, t in enumerate(targets)])
 
 
 def _keep_rows(optimizer: torch.optim.Optimizer, rows: Tensor) -> list[Tensor]:
@@ -489,7 +448,7 @@ def _keep_rows(optimizer: torch.optim.Optimizer, rows: Tensor) -> list[Tensor]:
 def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tensor], Tensor], Tensor],
            targets: list[Tensor], template: Callable[[int, torch.Generator], Tensor],
            generators: list[torch.Generator], *, steps: int, points: tuple[Points, Points], warmup: float,
-           patience: int, losses: list[list[float]], coverage: float = 1.0, focus: float = 0.0,
+           patience: int, losses: list[list[float]],
            on_step: Callable[[], None] | None = None) -> tuple[list[Tensor], list[int]]:
     """Adam on the parameter groups [(tensors, lr)] against each input's Chamfer, the rates
     scaled by `_schedule`; every tensor has the input axis first (B rows).
@@ -516,21 +475,17 @@ def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tens
     rates = [lr for _, lr in groups]
     ramp = round(warmup * steps)
     stops = [_Plateau(patience) for _ in range(B)]
-    focused = _Focus(targets, focus)
     active = list(range(B))  # the inputs still in the batch, in row order
     for step in range(steps):
         for group, lr in zip(optimizer.param_groups, rates):
             group["lr"] = lr * _schedule(step, steps, warmup)
         n_generated, n_input = _points_at(step, steps, *points)
-        samples, subsets, picks = [], [], []
+        samples, subsets = [], []
         for i in active:
             samples.append(template(n_generated, generators[i]))
-            subset, pick = focused.draw(i, targets[i], n_input, generators[i])
-            subsets.append(subset)
-            picks.append(pick)
-        chamfers, reached = _chamfers(decode(tensors, torch.stack(samples).to(tensors[0])), subsets, coverage)
-        for i, pick, d in zip(active, picks, reached):
-            focused.update(i, pick, d)
+            seed = int(torch.randint(2**31, (1,), generator=generators[i]))
+            subsets.append(_subset(targets[i], n_input, seed))
+        chamfers = _chamfers(decode(tensors, torch.stack(samples).to(tensors[0])), subsets)  # (B',)
         optimizer.zero_grad(set_to_none=True)
         chamfers.sum().backward()  # the sum: each input's rows get its own Chamfer's gradient
         optimizer.step()
@@ -596,8 +551,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                  latent_points: Points = (250, 500), decoder_points: Points = (1000, 4000),
                  decoder_points_start: Points | None = None,
                  warmup: float = 0.2, patience: int = 20, decoder_patience: int = 0,
-                 two_sided: bool = True, thickness_lr: float = 1e-3,
-                 coverage: float = 1.0, focus: float = 0.0, threads: int | None = 1,
+                 two_sided: bool = True, thickness_lr: float = 1e-3, threads: int | None = 1,
                  generators: Sequence[torch.Generator] | None = None,
                  on_step: Callable[[], None] | None = None) -> list[Refinement]:
     """Fit `model`'s reconstruction of each input to its points, the inputs refined together;
@@ -622,9 +576,6 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         (see "Two-sided patches" above; the square template only: a sphere template's patch is
         closed already). Phase 2 then draws its template points as a jittered regular grid per
         patch, whose finite differences give the normals. False: one-sided, random samples.
-    coverage, focus: the input-to-patch half of the Chamfer weighted by `coverage`, and input
-        subsets drawn towards the points not reached yet (`_Focus`); 1 and 0, the defaults,
-        are the plain Chamfer and uniform subsets (neither raised the F-score: study notes).
     threads: torch's CPU threads while refining, restored afterwards (None: leave them). The
         operations are small: on a 2-core machine shared with other work, two threads refined
         no faster than one (3.4 s against 3.2 s a shape) at twice the CPU time, and a batch of
@@ -721,18 +672,17 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                 def decode(ts: list[Tensor], t: Tensor) -> Tensor:
                     return _two_sided(private.with_parameters(ts[1:-1])(t, ts[0]), ts[-1])
 
-                def grid(n: int, generator: torch.Generator) -> Tensor:
+                def draw(n: int, generator: torch.Generator) -> Tensor:
                     return _jittered_grid(K, n, generator)
             else:
                 def decode(ts: list[Tensor], t: Tensor) -> Tensor:
                     return private.with_parameters(ts[1:])(t, ts[0])
 
-                grid = sample
+                draw = sample
             final, taken_decoders = _phase(
-                groups, decode, clouds, grid, gens,
+                groups, decode, clouds, draw, gens,
                 steps=decoder_steps, points=(decoder_points_start or decoder_points, decoder_points),
-                warmup=warmup, patience=decoder_patience, losses=losses, coverage=coverage, focus=focus,
-                on_step=on_step)
+                warmup=warmup, patience=decoder_patience, losses=losses, on_step=on_step)
             result = private.with_parameters(final[1:-1] if sided else final[1:])
             for b in range(B):
                 candidate = copy.deepcopy(work)

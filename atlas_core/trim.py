@@ -51,11 +51,12 @@ class Trim:
                 "trim_distance": round(self.distance, 6), "trim_skipped": self.skipped}
 
 
-def input_spacing(points: np.ndarray) -> float:
-    """The median distance from an input point to its nearest other point. points: (N, 3)."""
+def input_spacing(points: np.ndarray, tree: cKDTree | None = None) -> float:
+    """The median distance from an input point to its nearest other point. points: (N, 3);
+    tree: a cKDTree of them, if one is at hand."""
     if len(points) < 2:
         return 0.0
-    distances, _ = cKDTree(points).query(points, k=2)
+    distances, _ = (tree if tree is not None else cKDTree(points)).query(points, k=2)
     return float(np.median(distances[:, 1]))
 
 
@@ -66,9 +67,10 @@ def trim_to_input(mesh: PatchMesh, points: np.ndarray, factor: float) -> Trim:
     if factor <= 0 or n_faces == 0 or len(points) < 2:
         return Trim(mesh, n_faces, 0, 0.0)
     points = np.asarray(points, dtype=np.float64)
-    distance = factor * input_spacing(points)
+    tree = cKDTree(points)
+    distance = factor * input_spacing(points, tree)
     centroids = mesh.vertices[mesh.faces].astype(np.float64).mean(axis=1)  # (F, 3)
-    nearest, _ = cKDTree(points).query(centroids, distance_upper_bound=distance)
+    nearest, _ = tree.query(centroids, distance_upper_bound=distance)
     keep = np.isfinite(nearest)  # beyond the bound the query answers inf
     removed = int(n_faces - keep.sum())
     if removed == 0:
