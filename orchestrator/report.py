@@ -451,6 +451,8 @@ def _evaluation(story: Story) -> str:
     for ev in story.evaluations:
         r = ev.result
         rows = [("Chamfer \u00d71e3 (lower is better)", r.get("chamfer"), r.get("retrieval_chamfer")),
+                (f"Chamfer \u00d71e3 at {number(r.get('fscore_points'))} points", r.get("chamfer_dense"),
+                 r.get("retrieval_chamfer_dense")),
                 (f"F-score @ {number(r.get('fscore_threshold'))}", r.get("fscore"), r.get("retrieval_fscore")),
                 ("normal consistency", r.get("normal_consistency"), r.get("retrieval_normal_consistency")),
                 ("coverage", r.get("coverage"), r.get("retrieval_coverage"))]

@@ -128,6 +128,9 @@ def print_evaluation(r: dict[str, Any]) -> None:
         value = r.get(f"retrieval_{key}")
         return "" if value is None else f"{value:.3f}"
 
+    if r.get("chamfer_dense") is not None:
+        table.add_row(f"Chamfer x1e3 at {r.get('fscore_points')} points", f"{r['chamfer_dense']:.3f}",
+                      retrieval("chamfer_dense"))
     table.add_row(f"F-score @ {r['fscore_threshold']}", f"{r['fscore']:.3f}", retrieval("fscore"))
     table.add_row("normal consistency", f"{r['normal_consistency']:.3f}", retrieval("normal_consistency"))
     table.add_row("coverage", f"{r['coverage']:.3f}", retrieval("coverage"))

@@ -30,7 +30,7 @@ KEYS = ["shapes", "retrieval_library", "chamfer", "fscore", "normal_consistency"
         "retrieval_chamfer", "fscore_threshold", "chamfer_units", "collapsed_patches",
         "per_shape", "beats_retrieval", "shapes_beating_retrieval", "warnings", "retrieval_search",
         "retrieval_candidates", "retrieval_fscore", "retrieval_coverage", "retrieval_normal_consistency",
-        "fscore_ceiling", "fscore_points"]
+        "fscore_ceiling", "fscore_points", "chamfer_dense", "retrieval_chamfer_dense"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,11 @@ def _assert_consistent(report: EvaluationReport) -> None:
     # The retrieved shape is scored as a reconstruction is: its F-score and coverage are shares.
     assert report.retrieval_fscore == pytest.approx(sum(r["retrieval_fscore"] for r in rows) / len(rows))
     assert all(0 <= r["retrieval_fscore"] <= 1 and 0 <= r["retrieval_coverage"] <= 1 for r in rows)
+    # And its Chamfer on the dense samples, as the model's.
+    assert report.chamfer_dense == pytest.approx(sum(r["chamfer_dense"] for r in rows) / len(rows))
+    assert report.retrieval_chamfer_dense == pytest.approx(
+        sum(r["retrieval_chamfer_dense"] for r in rows) / len(rows))
+    assert all(r["chamfer_dense"] >= 0 and r["retrieval_chamfer_dense"] >= 0 for r in rows)
 
 
 def test_a_checkpoint_scores_its_validation_split_against_its_training_split(

@@ -73,6 +73,11 @@ def test_sparse_ground_truth_caps_the_f_score_and_the_ceiling_says_by_how_much()
     s = surface_scores(sparse, sparse, sparse, sparse, dense=dense)
     assert s.chamfer == 0.0 and s.fscore > 0.9
     assert s.fscore_ceiling == pytest.approx(s.fscore, abs=0.02)
+    # The Chamfer of the same perfect reconstruction: at 2,500 points a side the sampling's own
+    # floor, about ten times what it is at 30,000 (the spacing squared falls with the density).
+    floor_sparse = surface_scores(sparse, sparse, _sphere(2_500, seed=5), sparse).chamfer
+    assert s.chamfer_dense is not None and 0 < s.chamfer_dense < floor_sparse / 5
+    assert surface_scores(sparse, sparse, sparse, sparse).chamfer_dense is None
 
 
 def test_normal_consistency_ignores_orientation_and_sees_perpendicular() -> None:
