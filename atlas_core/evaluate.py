@@ -175,7 +175,7 @@ def _reconstruct_and_score(model: AtlasNet, shapes: PointCloudSet, gt: np.ndarra
             x = torch.from_numpy(net_in[start:start + batch]).to(device)
             meshes = reconstruct(model, x, mesh_vertices)
         else:
-            meshes = _refined(model, shapes.points[start:start + batch], mesh_vertices, refine, device)
+            meshes = _refined(model, shapes.points[start:start + batch], mesh_vertices, refine, device, start)
         kept.extend(meshes[:HEALTH_PER_BATCH] if len(kept) < HEALTH_MESHES else [])
         per_shape.extend(_score_batch(meshes, start, shapes, gt, gt_normals, eval_points))
         if on_progress is not None:
@@ -184,18 +184,19 @@ def _reconstruct_and_score(model: AtlasNet, shapes: PointCloudSet, gt: np.ndarra
 
 
 def _refined(model: AtlasNet, clouds: np.ndarray, mesh_vertices: int, options: dict[str, Any],
-             device: torch.device) -> list[PatchMesh]:
+             device: torch.device, first: int) -> list[PatchMesh]:
     """Each cloud (B, P, 3) reconstructed, then fitted to its own points (atlas_core.refine) and
-    trimmed to them (atlas_core.trim), as `rodin reconstruct` does."""
-    from atlas_core.refine import refine
+    trimmed to them (atlas_core.trim), as `rodin reconstruct` does: in batches, several at
+    once on a CPU, cloud i (of the whole evaluation: first + i) with the random stream that
+    input i of a reconstruct job gets."""
+    from atlas_core.refine import batch_size, refine_parallel
     from atlas_core.trim import trim_to_input
 
-    meshes = []
-    for cloud in clouds:
-        fitted = refine(model, torch.from_numpy(np.ascontiguousarray(cloud[None], dtype=np.float32)).to(device),
-                        **options).mesh(mesh_vertices)
-        meshes.append(trim_to_input(fitted, cloud, INFER.trim_factor).mesh)
-    return meshes
+    points = [torch.from_numpy(np.ascontiguousarray(cloud, dtype=np.float32)).to(device) for cloud in clouds]
+    fits = refine_parallel(model, points, most=batch_size(model),
+                           generators=[torch.Generator().manual_seed(first + i) for i in range(len(points))],
+                           **options)
+    return [trim_to_input(fit.mesh(mesh_vertices), cloud, INFER.trim_factor).mesh for fit, cloud in zip(fits, clouds)]
 
 
 def _add_retrieval(per_shape: list[Row], shapes: PointCloudSet, gt: np.ndarray, gt_normals: np.ndarray,

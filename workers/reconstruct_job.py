@@ -19,7 +19,7 @@ from atlas_core.mesh_io import Limits, Shape
 from atlas_core.meshing import PatchMesh, to_ply_bytes
 from atlas_core.model import AtlasNet
 from atlas_core.pointcloud_io import ingest_input
-from atlas_core.refine import batch_size, encode, fit_chamfer, mesh_latent, refine_batch
+from atlas_core.refine import batch_size, encode, fit_chamfer, mesh_latent, parallel_width, refine_parallel
 from atlas_core.render import render_reconstruction
 from atlas_core.trim import trim_to_input
 from orchestrator import jobs
@@ -144,10 +144,12 @@ def run_reconstruct(settings: Settings, store: ArtifactStore, lease: jobs.Lease,
     outputs: list[dict[str, object]] = []
     results: list[dict[str, object]] = []
     used: set[str] = set()
+    # Batches of `size` refined `parallel_width` at a time (one per core on a CPU worker).
     size = batch_size(model, REFINE_BATCH)
-    for start in range(0, len(shapes), size):
-        batch = shapes[start:start + size]
-        fits = _fits(model, batch, inputs.refine, inputs.ood, device, first=start)
+    step = size * parallel_width(torch.device(device))
+    for start in range(0, len(shapes), step):
+        batch = shapes[start:start + step]
+        fits = _fits(model, batch, inputs.refine, inputs.ood, device, first=start, most=size)
         for i, (shape, fit) in enumerate(zip(batch, fits), start):
             stem = _unique(shape.name, used)
             original = fit.mesh.transformed(shape.center, shape.scale)
@@ -185,21 +187,21 @@ class _Fit:
 
 
 def _fits(model: AtlasNet, shapes: list[Shape], refine_options: dict[str, int] | None,
-          ood: dict[str, object] | None, device: str, first: int) -> list[_Fit]:
+          ood: dict[str, object] | None, device: str, first: int, most: int = REFINE_BATCH) -> list[_Fit]:
     """The reconstructions of consecutive inputs, the first being the job's input number
-    `first`: encoded, then (by default) refined to their points together, one batch
-    (`refine_batch`). Input i's random stream is seeded with i, so its result is what it would
-    be refined alone. Each input's `seconds` (and its refinement's) is the batch's time divided
-    among its inputs."""
+    `first`: encoded, then (by default) refined to their points in batches of at most `most`,
+    several batches at once on a CPU (`refine_parallel`). Input i's random stream is seeded
+    with i, so its result is what it would be refined alone. Each input's `seconds` (and its
+    refinement's) is the call's time divided among its inputs."""
     started = time.perf_counter()
     points = [torch.from_numpy(np.ascontiguousarray(shape.points, dtype=np.float32))[None].to(device)
               for shape in shapes]  # (1, N, 3) each
     fits = []
     if refine_options:
-        refined = refine_batch(model, points, generators=[torch.Generator().manual_seed(first + i)
-                                                          for i in range(len(points))],
-                               latent_steps=refine_options["latent_steps"],
-                               decoder_steps=refine_options["decoder_steps"], on_step=liveness.tick)
+        refined = refine_parallel(model, points, most=most,
+                                  generators=[torch.Generator().manual_seed(first + i) for i in range(len(points))],
+                                  latent_steps=refine_options["latent_steps"],
+                                  decoder_steps=refine_options["decoder_steps"], on_step=liveness.tick)
         # The fit after the code phase is the OOD statistics' yardstick only at its default length.
         default_code = refine_options["latent_steps"] == DEFAULT_CODE_STEPS
         for r, p in zip(refined, points):

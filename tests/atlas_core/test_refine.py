@@ -13,7 +13,16 @@ from atlas_core.config import ModelConfig
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.meshing import reconstruct
 from atlas_core.model import AtlasNet
-from atlas_core.refine import _Decoders, _two_sided, encode, fit_chamfer, mesh_latent, refine, refine_batch
+from atlas_core.refine import (
+    _Decoders,
+    _two_sided,
+    encode,
+    fit_chamfer,
+    mesh_latent,
+    refine,
+    refine_batch,
+    refine_parallel,
+)
 from atlas_core.swords import generate_swords
 
 FAST = dict(latent_steps=15, decoder_steps=10, latent_points=(60, 120), decoder_points=(60, 120))
@@ -258,6 +267,28 @@ def test_a_batch_refines_each_input_as_it_would_be_refined_alone(
     by_default = refine_batch(model, same_size, **FAST)
     for i, r in enumerate(by_default):
         assert r.losses == refine(model, swords[i], generator=torch.Generator().manual_seed(i), **FAST).losses
+
+
+def test_batches_refined_side_by_side_give_each_input_its_own_result(
+        model: AtlasNet, swords: list[torch.Tensor]) -> None:
+    # Two threads, each a batch of its own (1 + 2 inputs, or 3 batches of one): every result is
+    # the one input i gets alone with its generator, the model and the thread budget untouched.
+    inputs = [x[0] for x in swords]
+    before_bytes, threads = _state_bytes(model), torch.get_num_threads()
+    ticks: list[int] = []
+    alone = [refine(model, x, generator=torch.Generator().manual_seed(20 + i), **FAST) for i, x in enumerate(swords)]
+    for width, most in ((2, 8), (3, 1), (1, 2)):
+        side = refine_parallel(model, inputs, width=width, most=most, on_step=lambda: ticks.append(1),
+                               generators=[torch.Generator().manual_seed(20 + i) for i in range(3)], **FAST)
+        assert len(side) == 3
+        for a, b in zip(alone, side):
+            assert b.chamfer_after == pytest.approx(a.chamfer_after, rel=1e-5)
+            np.testing.assert_allclose(b.losses, a.losses, rtol=1e-5, atol=1e-7)
+        assert len({r.seconds for r in side}) == 1 and side[0].seconds > 0  # the call's time, shared
+    assert _state_bytes(model) == before_bytes and torch.get_num_threads() == threads
+    assert ticks  # every batch's steps reach on_step
+    with pytest.raises(ValueError, match="generators"):
+        refine_parallel(model, inputs, generators=[torch.Generator()])
 
 
 def test_an_input_that_stops_early_records_its_steps_and_leaves_the_model_alone(

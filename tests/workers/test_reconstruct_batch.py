@@ -30,15 +30,24 @@ def shapes() -> list[Shape]:
     return [shape_from_mesh(mesh, name, 300, seed=0) for name, mesh, _ in generate_swords(3, seed=5)]
 
 
+@pytest.mark.parametrize("threads, batches", [(1, [3, 3, 3]), (2, [2, 2, 1])])
 def test_a_batch_of_inputs_is_refined_as_each_would_be_alone(model: AtlasNet, shapes: list[Shape],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             threads: int, batches: list[int]) -> None:
+    # One thread: one batch of the three. Two (a job granted two cores): two batches side by side.
     monkeypatch.setattr(reconstruct_job, "MESH_VERTICES", 200)
     options = {"latent_steps": 6, "decoder_steps": 4}
-    together = _fits(model, shapes, options, None, "cpu", first=0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        together = _fits(model, shapes, options, None, "cpu", first=0)
+    finally:
+        torch.set_num_threads(previous)
     alone = [_fits(model, [shape], options, None, "cpu", first=i)[0] for i, shape in enumerate(shapes)]
+    assert [b.refinement["batch"] for b in together if b.refinement is not None] == batches
     for a, b in zip(alone, together):
         assert b.refinement is not None and a.refinement is not None
-        assert b.refinement["batch"] == 3 and a.refinement["batch"] == 1
+        assert a.refinement["batch"] == 1
         for key in ("latent_steps", "decoder_steps", "decoders_refined", "chamfer_before", "faces_before_trim"):
             assert b.refinement[key] == a.refinement[key]
         assert b.refinement["chamfer_after"] == pytest.approx(a.refinement["chamfer_after"], rel=1e-5)
