@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: Test-time refinement steps per input by default (`rodin reconstruct --refine STEPS`): the
 #: value of `atlas_core.config.InferConfig.refine_steps`, restated because the client path
 #: (`rodin status` imports this module) loads no atlas_core; a test holds the two together.
-DEFAULT_REFINE_STEPS = 160
+DEFAULT_REFINE_STEPS = 260
 
 
 def refine_steps(steps: int) -> dict[str, int] | None:

@@ -58,12 +58,12 @@ def test_inference_settings_are_declared_once() -> None:
     from atlas_core.refine import refine
     from orchestrator.jobs import DEFAULT_REFINE_STEPS, refine_steps
 
-    assert INFER.refine_split() == (60, 100) and INFER.refine_split(0) == (0, 0)
+    assert INFER.refine_split() == (60, 200) and INFER.refine_split(0) == (0, 0)
     assert INFER.refine_split(1) == (1, 0)
     defaults = inspect.signature(refine).parameters
     assert (defaults["latent_steps"].default, defaults["decoder_steps"].default) == INFER.refine_split()
     assert DEFAULT_REFINE_STEPS == INFER.refine_steps  # the CLI's default, restated client-side
-    assert refine_steps(DEFAULT_REFINE_STEPS) == {"latent_steps": 60, "decoder_steps": 100}
+    assert refine_steps(DEFAULT_REFINE_STEPS) == {"latent_steps": 60, "decoder_steps": 200}
 
 
 # ------------------------------------------------------------- the settings' one declaration
