@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from atlas_core.config import INFER
 from tests.conftest import Rodin, stop_process
 
 #: The worker's name as the registry, `rodin status` and `rodin workers` show it: `w1@%h` expanded.
@@ -255,12 +256,13 @@ def test_reconstruct_refines_a_point_cloud_and_leaves_the_model_alone(
     [result] = out["results"]
     assert result["input"] == "scan" and result["chamfer_after"] <= result["chamfer_before"]
     how = result["refinement"]  # what was done to this input: steps, two sides, trimmed faces
-    assert how["latent_steps"] >= 1 and how["decoder_steps"] == 12
+    assert how["latent_steps"] >= 1 and how["decoder_steps"] == INFER.refine_split(20)[1]  # every one of its steps
     assert "faces_trimmed" in how and how["faces_before_trim"] > 0
     assert how["two_sided"] == how["decoders_refined"]  # a kept phase 2 is two-sided
     assert any(p.endswith("scan.ply") for p in out["outputs"])
     job = slice_home.json("status", str(out["job_id"]))
-    assert job["params"]["refine"] == {"latent_steps": 8, "decoder_steps": 12}  # recorded
+    code, decoders = INFER.refine_split(20)
+    assert job["params"]["refine"] == {"latent_steps": code, "decoder_steps": decoders}  # recorded
     assert blob.read_bytes() == weights_before  # the registered model is never changed
     plain = slice_home.json("reconstruct", "--model", str(trained["model_id"]), str(scan), "--refine", "0",
                             "--wait", "--out", str(tmp_path / "plain"))
