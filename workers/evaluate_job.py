@@ -86,7 +86,9 @@ def run_evaluate(settings: Settings, store: ArtifactStore, lease: jobs.Lease, de
         liveness.tick()
         jobs.report_progress(settings, lease, {"done": done, "total": total, "stage": stage})
 
-    report = evaluate(model, evaluated, library, on_progress=on_progress, refine=inputs.refine)
+    # Refinement ticks after every step: a batch of large inputs is minutes between two progress reports.
+    refine = None if inputs.refine is None else {**inputs.refine, "on_step": liveness.tick}
+    report = evaluate(model, evaluated, library, on_progress=on_progress, refine=refine)
     # The registry's names for the model and the data are added here: atlas_core knows neither.
     result = {"model_id": inputs.model.id, "dataset": inputs.eval_ref, **report.as_dict(),
               "refine": inputs.refine}
