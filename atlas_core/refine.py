@@ -546,6 +546,15 @@ def _clouds(points: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def _generators(generators: Sequence[torch.Generator] | None, B: int) -> list[torch.Generator]:
+    """One random stream per input: the ones given (exactly B), or input i's seeded with i."""
+    if generators is None:
+        return [torch.Generator().manual_seed(i) for i in range(B)]
+    if len(generators) != B:
+        raise ValueError(f"{len(generators)} generators for {B} inputs")
+    return list(generators)
+
+
 def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_steps: int = LATENT_STEPS,
                  decoder_steps: int = DECODER_STEPS,
                  latent_lr: float = 0.1, decoder_lr: float = 2e-4, decoder_latent_lr: float = 1e-3,
@@ -629,11 +638,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
     clouds = _clouds(points)
     B = len(clouds)
     device = clouds[0].device
-    if generators is None:
-        generators = [torch.Generator().manual_seed(i) for i in range(B)]
-    if len(generators) != B:
-        raise ValueError(f"{len(generators)} generators for {B} inputs")
-    gens = list(generators)
+    gens = _generators(generators, B)
     K = model.config.n_patches
     with _threads(threads, device):
         work = copy.deepcopy(model).eval()
@@ -744,10 +749,7 @@ def refine_parallel(model: AtlasNet, points: Sequence[Tensor], *, width: int | N
     """
     clouds = _clouds(points)
     B = len(clouds)
-    if generators is None:
-        generators = [torch.Generator().manual_seed(i) for i in range(B)]
-    if len(generators) != B:
-        raise ValueError(f"{len(generators)} generators for {B} inputs")
+    generators = _generators(generators, B)
     width = width if width is not None else parallel_width(clouds[0].device)
     # Batches of at most `most`, as many as a multiple of `width`, so that no thread idles at the end.
     count = min(B, width * math.ceil(math.ceil(B / max(1, most)) / width))
