@@ -57,7 +57,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -81,6 +81,10 @@ LATENT_STEPS, DECODER_STEPS = INFER.refine_split()
 #: call, so that `chamfer_before` of a shape does not depend on the refinement's generator and
 #: matches the figures that `atlas_core.ood` collects at the end of training.
 EVAL_SEED, ENCODE_SEED = 12345, 54321
+#: A patch range refined on a thread of its own (`refine_batch`'s split) holds at least this
+#: many patches: measured only at K = 10 in two ranges on two cores (phase 2 of a lone input
+#: 3.0 -> 2.55 s); smaller ranges would spend more on each step's joins than they save.
+MIN_SPLIT_PATCHES = 5
 #: Phase 2's two-sided patches start this far (unit-ball units) to either side of the patch: a
 #: little apart, so that each side has points of its own to pull it (at 0 both sides coincide
 #: and one of them takes every nearest neighbour).
@@ -332,6 +336,23 @@ class _Decoders:
         t = list(tensors)
         return _Decoders(t[:L], t[L:2 * L], t[2 * L:2 * L + N], t[2 * L + N:], self.means, self.invstds, self.act)
 
+    def patches(self, start: int, stop: int) -> _Decoders:
+        """The decoders of patches start..stop-1 alone (views: the K axis sliced)."""
+        k = slice(start, stop)
+        return _Decoders([w[:, k] for w in self.weights], [b[:, k] for b in self.biases],
+                         [g[:, k] for g in self.gammas], [b[:, k] for b in self.betas],
+                         [m[k] for m in self.means], [s[k] for s in self.invstds], self.act)
+
+    @staticmethod
+    def cat(parts: Sequence[_Decoders]) -> _Decoders:
+        """The decoders of consecutive patch ranges (`patches`) joined back into one."""
+        def joined(tensors: Sequence[Sequence[Tensor]], dim: int) -> list[Tensor]:
+            return [torch.cat(same, dim) for same in zip(*tensors)]
+
+        return _Decoders(joined([p.weights for p in parts], 1), joined([p.biases for p in parts], 1),
+                         joined([p.gammas for p in parts], 1), joined([p.betas for p in parts], 1),
+                         joined([p.means for p in parts], 0), joined([p.invstds for p in parts], 0), parts[0].act)
+
     def copies(self, n: int) -> _Decoders:
         """n private copies (G = n) of a single one: new leaf tensors that require gradients."""
         return self.with_parameters([p.repeat(n, *[1] * (p.dim() - 1)).requires_grad_(True)
@@ -422,11 +443,13 @@ def _points_at(step: int, steps: int, start: Points, end: Points) -> Points:
     return round(start[0] + f * (end[0] - start[0])), round(start[1] + f * (end[1] - start[1]))
 
 
-def _chamfers(generated: Tensor, targets: list[Tensor]) -> Tensor:
-    """Each input's Chamfer: generated (B, M, 3), targets B clouds (1, n_b, 3) -> (B,)."""
+def _chamfers(generated: Tensor, targets: list[Tensor], pool: ThreadPoolExecutor | None = None) -> Tensor:
+    """Each input's Chamfer: generated (B, M, 3), targets B clouds (1, n_b, 3) -> (B,).
+    pool: the two directions' searches at once (`chamfer_terms`)."""
     if len({t.shape[1] for t in targets}) == 1:
-        return chamfer_distance(generated, torch.cat(targets), reduction="none")
-    return torch.cat([chamfer_distance(generated[b:b + 1], t, reduction="none") for b, t in enumerate(targets)])
+        return chamfer_distance(generated, torch.cat(targets), reduction="none", pool=pool)
+    return torch.cat([chamfer_distance(generated[b:b + 1], t, reduction="none", pool=pool)
+                      for b, t in enumerate(targets)])
 
 
 def _keep_rows(optimizer: torch.optim.Optimizer, rows: Tensor) -> list[Tensor]:
@@ -446,16 +469,48 @@ def _keep_rows(optimizer: torch.optim.Optimizer, rows: Tensor) -> list[Tensor]:
     return kept
 
 
-def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tensor], Tensor], Tensor],
+Decode = Callable[[list[Tensor], Tensor], Tensor]
+
+
+def _split_step(parts: Sequence[Decode], tensors: list[Tensor], template: Tensor, subsets: list[Tensor],
+                pool: ThreadPoolExecutor) -> Tensor:
+    """One step's Chamfers and gradients with the patches in parts, one thread each: returns
+    the (B',) Chamfers, the gradients left in every tensor's `.grad`.
+
+    Each part decodes its own patches (its own leaves) from a private leaf copy of the codes,
+    tensors[0], forward and backward on its thread (torch runs a backward on the thread that
+    calls it, without the GIL); the parts' points meet only in the Chamfer, which runs once on
+    a detached copy of them all and hands each part the gradient of its points. The codes'
+    gradient is the parts' sum. The same gradients as one graph, up to float rounding.
+    """
+    def forward(decode: Decode) -> tuple[Tensor, Tensor]:
+        code = tensors[0].detach().requires_grad_(True)
+        return code, decode([code, *tensors[1:]], template)
+
+    decoded = list(pool.map(forward, parts))
+    joined = torch.cat([points.detach() for _, points in decoded], dim=1).requires_grad_(True)
+    chamfers = _chamfers(joined, subsets, pool)
+    chamfers.sum().backward()
+    grads = cast(Tensor, joined.grad).split([points.shape[1] for _, points in decoded], dim=1)
+    list(pool.map(lambda part, grad: part[1].backward(grad), decoded, grads))
+    tensors[0].grad = torch.stack([cast(Tensor, code.grad) for code, _ in decoded]).sum(0)
+    return chamfers.detach()
+
+
+def _phase(groups: list[tuple[list[Tensor], float]], parts: Sequence[Decode],
            targets: list[Tensor], template: Callable[[int, torch.Generator], Tensor],
            generators: list[torch.Generator], *, steps: int, points: tuple[Points, Points], warmup: float,
-           patience: int, losses: list[list[float]],
+           patience: int, losses: list[list[float]], pool: ThreadPoolExecutor | None = None,
            on_step: Callable[[], None] | None = None) -> tuple[list[Tensor], list[int]]:
     """Adam on the parameter groups [(tensors, lr)] against each input's Chamfer, the rates
-    scaled by `_schedule`; every tensor has the input axis first (B rows).
+    scaled by `_schedule`; every tensor has the input axis first (B rows), the first group's
+    one tensor the codes.
 
-    decode(tensors, template points (B', K, P, dim)) -> (B', K*P, 3), the active inputs' points
-    from the active rows of the tensors (in group order). targets: B clouds (1, N_b, 3).
+    parts: one decode(tensors, template points (B', K, P, dim)) -> (B', M, 3) per range of
+    patches, each the active inputs' points of its patches from the active rows of the tensors
+    (in group order); one part: all K patches, (B', K*P, 3). Several parts run side by side,
+    one thread each of `pool` (`_split_step`; at least as many threads as parts).
+    targets: B clouds (1, N_b, 3).
     template(n, generator) -> (K, P, dim), P = n // K (at least 1). Each step, each active input draws from its own
     generator a template sample and a fresh subset of its points, as in training; points:
     (generated, input) points per step at the first and at the last step. Each input stops
@@ -486,9 +541,13 @@ def _phase(groups: list[tuple[list[Tensor], float]], decode: Callable[[list[Tens
             samples.append(template(n_generated, generators[i]))
             seed = int(torch.randint(2**31, (1,), generator=generators[i]))
             subsets.append(_subset(targets[i], n_input, seed))
-        chamfers = _chamfers(decode(tensors, torch.stack(samples).to(tensors[0])), subsets)  # (B',)
+        drawn = torch.stack(samples).to(tensors[0])
         optimizer.zero_grad(set_to_none=True)
-        chamfers.sum().backward()  # the sum: each input's rows get its own Chamfer's gradient
+        if len(parts) == 1:
+            chamfers = _chamfers(parts[0](tensors, drawn), subsets)  # (B',)
+            chamfers.sum().backward()  # the sum: each input's rows get its own Chamfer's gradient
+        else:
+            chamfers = _split_step(parts, tensors, drawn, subsets, cast(ThreadPoolExecutor, pool))
         optimizer.step()
         if on_step is not None:
             on_step()
@@ -546,6 +605,13 @@ def _clouds(points: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def _spans(K: int, split: int) -> list[tuple[int, int]]:
+    """The K patches as `split` consecutive ranges (start, stop), as even as they can be."""
+    n = max(1, min(K, split))
+    bounds = [round(i * K / n) for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
 def _generators(generators: Sequence[torch.Generator] | None, B: int) -> list[torch.Generator]:
     """One random stream per input: the ones given (exactly B), or input i's seeded with i."""
     if generators is None:
@@ -561,7 +627,7 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
                  latent_points: Points = (250, 500), decoder_points: Points = (1000, 4000),
                  decoder_points_start: Points | None = None,
                  warmup: float = 0.2, patience: int = 20, decoder_patience: int = 0,
-                 two_sided: bool = True, thickness_lr: float = 3e-3, threads: int | None = 1,
+                 two_sided: bool = True, thickness_lr: float = 3e-3, threads: int | None = 1, split: int = 1,
                  generators: Sequence[torch.Generator] | None = None,
                  on_step: Callable[[], None] | None = None) -> list[Refinement]:
     """Fit `model`'s reconstruction of each input to its points, the inputs refined together;
@@ -595,6 +661,12 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         operations are small: on a 2-core machine shared with other work, two threads refined
         no faster than one (3.4 s against 3.2 s a shape) at twice the CPU time, and a batch of
         8 on two threads took 7x the CPU time of one thread at a load of 4.
+    split: phase 2 with the K patches in this many ranges, side by side on as many Python
+        threads (at most K; 1: none), so that a lone input uses more than one core
+        (`refine_parallel` does this where it has fewer batches than threads). The same results
+        up to float rounding. Measured on the 2-core machine, one held-out vessel, CPU-default
+        model, quiet: phase 2 3.0 -> 2.55 s in two ranges (4.0 s of CPU). Phase 1 is not split:
+        its steps, 250 points through shared decoders, are too small to gain (0.26 -> 0.38 s).
     generators: one per input, the random stream of its template samples and input subsets
         (default: input i's seeded with i); the same generator state gives the same result,
         alone or in any batch.
@@ -640,7 +712,8 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
     device = clouds[0].device
     gens = _generators(generators, B)
     K = model.config.n_patches
-    with _threads(threads, device):
+    spans = _spans(K, split)
+    with _threads(threads, device), (ThreadPoolExecutor(len(spans)) if len(spans) > 1 else nullcontext()) as pool:
         work = copy.deepcopy(model).eval()
         work.requires_grad_(False)
         encoded = [encode(work, cloud) for cloud in clouds]  # (1, D) each
@@ -653,10 +726,11 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         # Phase 1: the B codes, through one shared frozen copy of the decoders.
         shared = _Decoders.of(work.decoders)
         start = torch.cat(encoded)  # (B, D)
+
         [latents], taken_latent = _phase(
-            [([start.clone().requires_grad_(True)], latent_lr)], lambda ts, t: shared(t, ts[0]), clouds, sample,
+            [([start.clone().requires_grad_(True)], latent_lr)], [lambda ts, t: shared(t, ts[0])], clouds, sample,
             gens, steps=latent_steps, points=(latent_points, latent_points), warmup=0.0, patience=patience,
-            losses=losses, on_step=on_step)
+            losses=losses, pool=pool, on_step=on_step)
         best_latent, best = list(encoded), list(before)
         for b in range(B):
             if taken_latent[b]:
@@ -672,33 +746,42 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
         taken_decoders = [0] * B
         halves: list[np.ndarray | None] = [None] * B
         if decoder_steps > 0:
-            private = shared.copies(B)
+            # Each patch range its own leaves (a part's backward writes only its own gradients).
+            privates = [shared.patches(a, b).copies(B) for a, b in spans]
+            counts = [len(private.parameters()) for private in privates]
+            offsets = [1 + sum(counts[:c]) for c in range(len(spans))]  # after the codes, tensors[0]
             codes = torch.cat(best_latent).clone().requires_grad_(True)
-            groups = [([codes], decoder_latent_lr), (private.parameters(), decoder_lr)]
+            groups = [([codes], decoder_latent_lr), ([p for private in privates for p in private.parameters()],
+                                                     decoder_lr)]
             sided = two_sided and work.template.name == "square"
             if sided:
-                half = torch.full((B, K), HALF_THICKNESS_START, device=device, dtype=codes.dtype)
-                groups.append(([half.requires_grad_(True)], thickness_lr))
+                groups.append(([torch.full((B, b - a), HALF_THICKNESS_START, device=device,
+                                           dtype=codes.dtype).requires_grad_(True) for a, b in spans],
+                               thickness_lr))
+            first_half = 1 + sum(counts)
+
+            def refined_part(c: int) -> Decode:  # patch range c, its private copies (and thicknesses)
+                a, b = spans[c]
 
                 def decode(ts: list[Tensor], t: Tensor) -> Tensor:
-                    return _two_sided(private.with_parameters(ts[1:-1])(t, ts[0]), ts[-1])
+                    generated = privates[c].with_parameters(ts[offsets[c]:offsets[c] + counts[c]])(t[:, a:b], ts[0])
+                    return _two_sided(generated, ts[first_half + c]) if sided else generated
+                return decode
 
-                def draw(n: int, generator: torch.Generator) -> Tensor:
-                    return _jittered_grid(K, n, generator)
-            else:
-                def decode(ts: list[Tensor], t: Tensor) -> Tensor:
-                    return private.with_parameters(ts[1:])(t, ts[0])
+            def draw(n: int, generator: torch.Generator) -> Tensor:
+                return _jittered_grid(K, n, generator) if sided else sample(n, generator)
 
-                draw = sample
             final, taken_decoders = _phase(
-                groups, decode, clouds, draw, gens,
+                groups, [refined_part(c) for c in range(len(spans))], clouds, draw, gens,
                 steps=decoder_steps, points=(decoder_points_start or decoder_points, decoder_points),
-                warmup=warmup, patience=decoder_patience, losses=losses, on_step=on_step)
-            result = private.with_parameters(final[1:-1] if sided else final[1:])
+                warmup=warmup, patience=decoder_patience, losses=losses, pool=pool, on_step=on_step)
+            result = _Decoders.cat([private.with_parameters(final[offsets[c]:offsets[c] + counts[c]])
+                                    for c, private in enumerate(privates)])
+            half = torch.cat(final[first_half:], dim=1) if sided else None  # (B, K)
             for b in range(B):
                 candidate = copy.deepcopy(work)
                 result.write_to(candidate.decoders, b)
-                half_b = final[-1][b:b + 1] if sided else None
+                half_b = half[b:b + 1] if half is not None else None
                 after = fit_chamfer(candidate, final[0][b:b + 1], clouds[b], half_b)
                 if after <= best[b]:  # else the phase is undone for this input
                     models[b], best_latent[b], best[b], refined[b] = candidate, final[0][b:b + 1], after, True
@@ -757,9 +840,13 @@ def refine_parallel(model: AtlasNet, points: Sequence[Tensor], *, width: int | N
     groups = [range(bounds[i], bounds[i + 1]) for i in range(count)]
     started = time.perf_counter()
 
+    # Fewer batches than threads (a lone input): each batch's patches in ranges side by side.
+    split = max(1, width // count) if width > count else 1
+    split = min(split, max(1, model.config.n_patches // MIN_SPLIT_PATCHES))
+
     def one(group: range) -> list[Refinement]:
         return refine_batch(model, [clouds[i] for i in group], generators=[generators[i] for i in group],
-                            threads=None, on_step=on_step, **options)
+                            threads=None, split=split, on_step=on_step, **options)
 
     # The thread budget is set once, around all the batches (refine_batch's own setting would
     # be undone by whichever batch finished first).

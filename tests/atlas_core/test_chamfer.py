@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -120,3 +122,12 @@ def test_kdtree_with_one_thread():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(idx, brute_force_argmin(x, y))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_both_directions_searched_at_once_give_the_same_terms(method):
+    x, y = clouds(torch.float32)
+    with ThreadPoolExecutor(2) as pool:
+        together = chamfer_terms(x, y, method=method, pool=pool)
+    for a, b in zip(chamfer_terms(x, y, method=method), together):
+        assert torch.equal(a, b)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import atlas_core.refine as refine_module
 from atlas_core.config import ModelConfig
 from atlas_core.mesh_io import shape_from_mesh
 from atlas_core.meshing import reconstruct
@@ -289,6 +292,60 @@ def test_batches_refined_side_by_side_give_each_input_its_own_result(
     assert ticks  # every batch's steps reach on_step
     with pytest.raises(ValueError, match="generators"):
         refine_parallel(model, inputs, generators=[torch.Generator()])
+
+
+def _counting(function: Callable[..., Any], calls: list[int]) -> Callable[..., Any]:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return function(*args, **kwargs)
+    return counted
+
+
+def test_patches_refined_side_by_side_give_the_same_result(
+        model: AtlasNet, swords: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The K = 3 patches in two ranges on two threads (what lets a lone input use two cores):
+    # every input's result is the one-thread result up to float rounding, early stopping and
+    # the two-sided thicknesses included, and the model is left alone.
+    before_bytes = _state_bytes(model)
+    options = dict(FAST, decoder_steps=12, decoder_patience=2, generators=None)
+    inputs = [x[0] for x in swords[:2]]
+    whole = refine_batch(model, inputs, **options)
+    split = refine_batch(model, inputs, split=2, **options)
+    for a, b in zip(whole, split):
+        assert (b.latent_steps, b.decoder_steps, b.decoders_refined) == (a.latent_steps, a.decoder_steps,
+                                                                         a.decoders_refined)
+        np.testing.assert_allclose(b.losses, a.losses, rtol=1e-4, atol=1e-7)
+        assert b.chamfer_after == pytest.approx(a.chamfer_after, rel=1e-4)
+        torch.testing.assert_close(b.latent, a.latent, rtol=1e-4, atol=1e-6)
+        for p, q in zip(a.model.decoders.parameters(), b.model.decoders.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
+        if a.half_thickness is not None:
+            np.testing.assert_allclose(b.half_thickness, a.half_thickness, rtol=1e-4, atol=1e-7)
+    assert any(r.decoders_refined for r in split) and any(r.half_thickness is not None for r in split)
+    assert _state_bytes(model) == before_bytes
+    # refine_parallel splits a lone input's patches over its threads (here down to ranges of
+    # one patch); more parts than patches are as many parts as patches.
+    monkeypatch.setattr(refine_module, "MIN_SPLIT_PATCHES", 1)
+    steps: list[int] = []
+    monkeypatch.setattr(refine_module, "_split_step", _counting(refine_module._split_step, steps))
+    lone = refine_parallel(model, inputs[:1], width=2, **FAST)[0]
+    assert len(steps) == FAST["decoder_steps"]
+    alone = refine_batch(model, inputs[:1], split=5, **FAST)[0]
+    assert lone.chamfer_after == pytest.approx(refine(model, swords[0], **FAST).chamfer_after, rel=1e-4)
+    assert alone.chamfer_after == pytest.approx(lone.chamfer_after, rel=1e-4)
+
+
+def test_the_decoders_of_patch_ranges_join_back(model: AtlasNet) -> None:
+    shared = _Decoders.of(model.decoders)
+    joined = _Decoders.cat([shared.patches(0, 1), shared.patches(1, 3)])
+    for a, b in zip([*shared.parameters(), *shared.means, *shared.invstds],
+                    [*joined.parameters(), *joined.means, *joined.invstds]):
+        assert torch.equal(a, b)
+    template = model.template.sample(3, 20, generator=torch.Generator().manual_seed(1))[None]
+    latent = torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        parts = torch.cat([shared.patches(0, 1)(template[:, :1], latent), shared.patches(1, 3)(template[:, 1:], latent)], 1)
+        torch.testing.assert_close(parts, shared(template, latent))
 
 
 def test_an_input_that_stops_early_records_its_steps_and_leaves_the_model_alone(
