@@ -75,11 +75,17 @@ def test_a_resumed_run_chooses_the_best_epoch_an_uninterrupted_run_chooses(
         swords: PointCloudSet) -> None:
     """Killed after any checkpoint (even after the final best, before the job ended): the
     resumed run restores keep-best from the stored checkpoints and ends on the same epoch."""
-    cfg = tiny(epochs=8, checkpoint_every=3, seed=1)
-    cfg.lr = 1e-2  # noisy: with this seed the best epoch (5) falls between checkpoints
-    events: list[CheckpointEvent] = []
-    full = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
-    assert full.final_epoch not in (3, 6, 8), "the case needs a best between checkpoints"
+    # Noisy (lr 1e-2), so that the best epoch may fall between checkpoints; which seed gives
+    # that depends on float rounding, so on torch's thread count: the first seed that does.
+    for seed in range(1, 9):
+        cfg = tiny(epochs=8, checkpoint_every=3, seed=seed)
+        cfg.lr = 1e-2
+        events: list[CheckpointEvent] = []
+        full = train(cfg, swords, TrainCallbacks(on_checkpoint=events.append))
+        if full.final_epoch not in (3, 6, 8):
+            break
+    else:
+        pytest.fail("no seed puts the best epoch between checkpoints")
     # The pending best is stored before the next checkpoint, never only at the end.
     best_at = [e.epoch for e in events].index(full.final_epoch)
     assert events[best_at + 1].epoch > full.final_epoch
