@@ -238,6 +238,8 @@ class Refinement:
         (phase 2 ran and was kept).
     seconds: wall time of the call that refined it, divided among the `batch` inputs it refined
         together (1: the call's own time).
+    patch_ranges: phase 2's patches in this many ranges on as many threads (`refine_batch`'s
+        split; 1: one thread), what a lone input's seconds were bought with.
     """
 
     model: AtlasNet
@@ -251,6 +253,7 @@ class Refinement:
     decoders_refined: bool
     seconds: float
     batch: int = 1
+    patch_ranges: int = 1
     losses: list[float] = field(default_factory=list)  # the optimised Chamfer at every step
     #: (K,) each patch's half-thickness when the result is two-sided (phase 2 ran two-sided and
     #: was kept), else None.
@@ -269,7 +272,8 @@ class Refinement:
                 "chamfer_after": self.chamfer_after,
                 "latent_steps": self.latent_steps, "decoder_steps": self.decoder_steps,
                 "decoders_refined": self.decoders_refined, "seconds": round(self.seconds, 3),
-                "batch": self.batch, "two_sided": self.half_thickness is not None,
+                "batch": self.batch, "patch_ranges": self.patch_ranges,
+                "two_sided": self.half_thickness is not None,
                 **({} if self.half_thickness is None else
                    {"thickness_max": round(2 * float(np.abs(self.half_thickness).max()), 5),
                     "thickness_median": round(2 * float(np.median(np.abs(self.half_thickness))), 5)})}
@@ -790,7 +794,8 @@ def refine_batch(model: AtlasNet, points: Tensor | Sequence[Tensor], *, latent_s
     return [Refinement(model=models[b], latent=best_latent[b], encoded=encoded[b], chamfer_before=before[b],
                        chamfer_latent=chamfer_latent[b], chamfer_after=best[b], latent_steps=taken_latent[b],
                        decoder_steps=taken_decoders[b], decoders_refined=refined[b], seconds=share, batch=B,
-                       losses=losses[b], half_thickness=halves[b])
+                       patch_ranges=len(spans) if decoder_steps > 0 else 1, losses=losses[b],
+                       half_thickness=halves[b])
             for b in range(B)]
 
 

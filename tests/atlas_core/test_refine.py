@@ -79,7 +79,7 @@ def test_refinement_lowers_the_chamfer_and_leaves_the_model_byte_identical(
     np.testing.assert_array_equal(mesh.patch_ids, np.tile(reference.patch_ids, 2))
     assert result.chamfer_after <= result.chamfer_latent <= result.chamfer_before
     assert set(result.as_dict()) == {"chamfer_before", "chamfer_latent", "chamfer_after", "latent_steps",
-                                     "decoder_steps", "decoders_refined", "seconds", "batch", "two_sided",
+                                     "decoder_steps", "decoders_refined", "seconds", "batch", "patch_ranges", "two_sided",
                                      "thickness_max", "thickness_median"}
 
 
@@ -312,6 +312,7 @@ def test_patches_refined_side_by_side_give_the_same_result(
     whole = refine_batch(model, inputs, **options)
     split = refine_batch(model, inputs, split=2, **options)
     for a, b in zip(whole, split):
+        assert (a.patch_ranges, b.patch_ranges) == (1, 2)
         assert (b.latent_steps, b.decoder_steps, b.decoders_refined) == (a.latent_steps, a.decoder_steps,
                                                                          a.decoders_refined)
         np.testing.assert_allclose(b.losses, a.losses, rtol=1e-4, atol=1e-7)
@@ -329,7 +330,7 @@ def test_patches_refined_side_by_side_give_the_same_result(
     steps: list[int] = []
     monkeypatch.setattr(refine_module, "_split_step", _counting(refine_module._split_step, steps))
     lone = refine_parallel(model, inputs[:1], width=2, **FAST)[0]
-    assert len(steps) == FAST["decoder_steps"]
+    assert len(steps) == FAST["decoder_steps"] and lone.as_dict()["patch_ranges"] == 2
     alone = refine_batch(model, inputs[:1], split=5, **FAST)[0]
     assert lone.chamfer_after == pytest.approx(refine(model, swords[0], **FAST).chamfer_after, rel=1e-4)
     assert alone.chamfer_after == pytest.approx(lone.chamfer_after, rel=1e-4)
