@@ -43,6 +43,12 @@ bookkeeping, small kernels); the arithmetic and the nearest-neighbour searches g
 and so do the private copies' weights, gradients and Adam moments that phase 2 streams through
 every step: phase 1 gains most (one set of weights for the whole batch).
 
+Threads. On a CPU, `refine_parallel` refines several batches side by side, one Python thread
+and one torch thread each (torch and scipy release the GIL in their kernels); with fewer batches
+than threads (a lone input), phase 2 splits each input's K patches into ranges instead, each
+range's forward and backward on its own thread, the ranges joined in each step's Chamfer
+(`refine_batch(split=...)`, `_split_step`). Either way every result is what it is alone.
+
 Shapes:
     points (B, N, 3), or B clouds (N_b, 3)   inputs in the model's normalised frame (the unit ball)
     latent (B, D)      D = config.bottleneck
