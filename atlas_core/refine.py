@@ -831,7 +831,10 @@ def refine_parallel(model: AtlasNet, points: Sequence[Tensor], *, width: int | N
     points: B clouds (N_b, 3) or (1, N_b, 3); width: batches refined at once (default
     `parallel_width`); most: inputs per batch at most (`batch_size`). The inputs are split into
     contiguous batches, as even as they can be, a multiple of `width` of them when there are
-    that many inputs. options: the rest of `refine_batch`'s keywords (not `threads`).
+    that many inputs; with fewer batches than `width` (a lone input), each batch's phase 2
+    splits its patches over the spare threads instead (`refine_batch`'s split, ranges of at
+    least MIN_SPLIT_PATCHES). options: the rest of `refine_batch`'s keywords (not `threads`,
+    `split`).
 
     Why threads: refinement is many small operations (a batch's step is a few milliseconds of
     products of (K, C, P) blocks), which torch's own intra-op threads do not speed up (two

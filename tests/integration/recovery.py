@@ -55,6 +55,15 @@ def _checkpoints_are_one_lineage(rodin: Rodin, job_id: int) -> list[Any]:
     return rows
 
 
+def _resumed_once(rodin: Rodin, done: dict, back_after: float, within: float) -> list[Any]:
+    """The checks of a job whose first attempt was lost: it succeeded on its second attempt,
+    running again within `within` seconds, its checkpoints one lineage (returned)."""
+    assert done["status"] == "succeeded", done["error"]
+    assert (done["attempts"], done["lost"]) == (2, 1)
+    assert back_after < within, back_after
+    return _checkpoints_are_one_lineage(rodin, done["id"])
+
+
 def _kill_when_training(rodin: Rodin, worker: subprocess.Popen[bytes], job_id: int) -> float:
     """SIGKILL the worker once the job has registered two checkpoints; returns the kill time."""
     _until(lambda: len(_job(rodin, job_id)["model_ids"]) >= 2, what="two checkpoints")

@@ -15,13 +15,13 @@ from tests.conftest import Rodin, stop_process
 from tests.integration.recovery import (
     FAST_RECOVERY,
     TRAIN,
-    _checkpoints_are_one_lineage,
     _cluster,
     _ended,
     _half_written_by_a_dead_process,
     _job,
     _job_process,
     _kill_when_training,
+    _resumed_once,
     _until,
 )
 
@@ -46,10 +46,7 @@ def test_embedded_worker_killed_outright_the_job_runs_again(tmp_path: Path) -> N
         stop_process(first)
         if second is not None:
             stop_process(second)
-    assert done["status"] == "succeeded", done["error"]
-    assert (done["attempts"], done["lost"]) == (2, 1)
-    assert back_after < 60, back_after
-    rows = _checkpoints_are_one_lineage(rodin, job_id)
+    rows = _resumed_once(rodin, done, back_after, within=60)
     assert rows[-1].epoch == 300
     assert not half_written.exists()  # the worker that started next on this machine removed it
 
@@ -72,10 +69,7 @@ def test_redis_worker_killed_the_job_runs_again_without_the_visibility_timeout(
         stop_process(one)
         if two is not None:
             stop_process(two)
-    assert done["status"] == "succeeded", done["error"]
-    assert (done["attempts"], done["lost"]) == (2, 1)
-    assert back_after < 60, back_after
-    _checkpoints_are_one_lineage(client, job_id)
+    _resumed_once(client, done, back_after, within=60)
 
 
 def test_a_stopped_job_process_is_ended_and_its_job_runs_again(
@@ -102,9 +96,6 @@ def test_a_stopped_job_process_is_ended_and_its_job_runs_again(
         stop_process(one)
         if two is not None:
             stop_process(two)
-    assert done["status"] == "succeeded", done["error"]
-    assert (done["attempts"], done["lost"]) == (2, 1)
     # Within the progress timeout plus one reaper period (5 s), with room for a loaded machine.
-    assert back_after < 4 + 5 + 6, back_after
+    _resumed_once(client, done, back_after, within=4 + 5 + 6)
     assert "made no progress" in (tmp_path / "w1" / "s1.log").read_text()
-    _checkpoints_are_one_lineage(client, job_id)
