@@ -491,9 +491,15 @@ def _held(session: Any, lease: Lease) -> Job:
 def keep_alive(session: Any, job_id: int, worker: str, at: datetime) -> None:
     """The job's heartbeat, written by its worker's heartbeat thread (in the worker row's
     transaction) while its job process is alive and moving (workers/heartbeat.py). Only a job
-    this worker still holds: one taken back by the reaper is not kept alive."""
-    session.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
-                                      Job.status == JobStatus.running.value).values(heartbeat_at=at))
+    this worker still holds: one taken back by the reaper is not kept alive.
+
+    A row that another transaction has locked is skipped, not waited for: the locker is the job
+    process itself writing (its progress carries a heartbeat), or one stopped mid-write, which
+    this worker's watch must stay free to end."""
+    held = (select(Job.id).where(Job.id == job_id, Job.worker == worker,
+                                 Job.status == JobStatus.running.value)
+            .with_for_update(skip_locked=True).scalar_subquery())
+    session.execute(update(Job).where(Job.id == held).values(heartbeat_at=at))
 
 
 def report_progress(settings: Settings, lease: Lease, progress: dict[str, Any]) -> bool:
@@ -588,12 +594,17 @@ def after_lost_attempt(settings: Settings, *, lost: int, cancel_requested: bool,
                 error=reason)
 
 
-def take_back(settings: Settings, job_id: int, attempt: int, worker: str, reason: str) -> str | None:
+def take_back(settings: Settings, job_id: int, attempt: int | None, worker: str, reason: str) -> str | None:
     """A worker gives back a job whose attempt it knows to be dead (its job process died, or
     made no progress and was ended): at once, rather than after the reaper's stale window, and
     counted as a lost attempt. Only that very attempt: if the job has moved on (finished, taken
-    back already, claimed again) nothing changes. Returns the job's new status, or None."""
-    return _take_back(settings, job_id, reason, Job.worker == worker, Job.attempts == attempt)
+    back already, claimed again) nothing changes. Returns the job's new status, or None.
+
+    `attempt` None: a job process that died while claiming, before it knew its attempt; the
+    job is given back if its claim went through (it runs on `worker`, which runs one job at a
+    time), and is left alone if not (still queued: its message goes back to the queue)."""
+    this_attempt = () if attempt is None else (Job.attempts == attempt,)
+    return _take_back(settings, job_id, reason, Job.worker == worker, *this_attempt)
 
 
 def take_back_silent(settings: Settings, job_id: int, token: str | None, cutoff: datetime,

@@ -47,7 +47,18 @@ def _run_job(job_id: int, body: JobBody) -> None:
     """Claim, run and close a job; every failure ends as a readable error on the job row.
 
     On a worker that offers its machine's devices (a slot: `rodin worker --gpus`, `--devices`),
-    the job first waits, still `queued`, for the devices it needs (`_wait_for_devices`)."""
+    the job first waits, still `queued`, for the devices it needs (`_wait_for_devices`).
+
+    From the start the board (workers.liveness) shows that this process is claiming the job,
+    so the worker's watch also ends a process that hangs before it holds the lease."""
+    liveness.arrive(job_id)
+    try:
+        _wait_claim_and_run(job_id, body)
+    finally:
+        liveness.end()
+
+
+def _wait_claim_and_run(job_id: int, body: JobBody) -> None:
     grant: devices.Grant | None = None
     refused: devices.TooWide | None = None
     offer = devices.Offer.from_env()
@@ -110,6 +121,7 @@ def _wait_for_devices(offer: devices.Offer, job_id: int) -> devices.Grant | None
     width = with_retries(settings, f"read job {job_id}", lambda: _width(job_id))
 
     def wanted() -> bool:
+        liveness.tick()  # waiting in line is progress: the watch must not end the wait
         try:
             return with_retries(settings, f"read job {job_id}", lambda: _still_ours(job_id))
         except Exception:  # noqa: BLE001 - the registry away for long: keep the place in line

@@ -8,7 +8,9 @@ The heartbeat thread lives in the worker's main process and also watches the job
 through `workers.liveness`: a job process that died is given back at once (not after the
 reaper's stale window), and one that has made no progress for RODIN_PROGRESS_TIMEOUT_S is
 ended and its job given back. So the job's heartbeat, which this thread writes, stands for
-a job process that is alive and moving, not merely for a live main process.
+a job process that is alive and moving, not merely for a live main process: it is written only
+for the attempt the board shows, and never waits on the job's row lock, which a job process
+stopped mid-write may hold (the watch on this same thread is what ends such a process).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy import select
 
 from orchestrator import jobs, recovery
 from orchestrator.artifacts import open_store
-from orchestrator.registry.db import session_scope
+from orchestrator.registry.db import lock_wait_limit, session_scope
 from orchestrator.registry.models import Worker
 from orchestrator.settings import Settings
 from workers import liveness, runtime
@@ -36,6 +38,9 @@ INTERVAL_S = 5.0
 WATCH_S = 0.25
 #: How often this worker runs the reaper (orchestrator.recovery), which any live worker may run.
 REAP_EVERY_S = 5.0
+#: The longest this thread waits for a row lock: a job process stopped mid-transaction holds
+#: its lock until this thread ends it, so waiting on it would silence the worker.
+LOCK_WAIT_S = 2.0
 
 
 class Heartbeat:
@@ -83,14 +88,24 @@ class Heartbeat:
             if worker is not None:
                 worker.last_heartbeat = now
                 worker.current_job_id = job_id
-            if job_id is not None:
+            if job_id is not None and self._vouches_for(job_id):
                 jobs.keep_alive(s, job_id, self.name, now)
+
+    def _vouches_for(self, job_id: int) -> bool:
+        """Whether the job's process holds its lease and has not been found dead or hung."""
+        attempt = liveness.current()
+        return (attempt is not None and attempt.job_id == job_id and not attempt.claiming
+                and (attempt.job_id, attempt.attempt) not in self._ended)
 
     def poke(self) -> None:
         """Beat now (a job started or ended) instead of at the next interval."""
         self._wake.set()
 
     def _run(self) -> None:
+        with lock_wait_limit(LOCK_WAIT_S):
+            self._loop()
+
+    def _loop(self) -> None:
         last_job: int | None = None
         next_beat = time.monotonic() + self.interval
         while True:
@@ -119,7 +134,8 @@ class Heartbeat:
             self._maybe_reap()
 
     def _watch_job_process(self) -> None:
-        """Give back the job of a job process that died, or that stopped making progress."""
+        """Give back the job of a job process that died, or that stopped making progress
+        (claiming its job included: a process stopped inside the claim holds the job's row)."""
         attempt = liveness.current()
         if attempt is None or attempt.pid == self.pid:  # nothing running, or no separate process
             return
@@ -142,9 +158,10 @@ class Heartbeat:
             self._dead_writers.add(attempt.pid)
         if time.monotonic() < self._give_back_at:
             return
+        which = "its claim" if attempt.claiming else f"attempt {attempt.attempt}"
         try:
-            jobs.take_back(self.settings, attempt.job_id, attempt.attempt, self.name,
-                           f"attempt {attempt.attempt} lost on {self.name}: {self._ended[key]}")
+            jobs.take_back(self.settings, attempt.job_id, None if attempt.claiming else attempt.attempt,
+                           self.name, f"{which} lost on {self.name}: {self._ended[key]}")
         except Exception as exc:  # noqa: BLE001 - the registry may be away: try again shortly
             log.warning("could not give back job %s yet (%s); trying again", attempt.job_id,
                         type(exc).__name__)

@@ -3,8 +3,9 @@
 A worker is two processes (see workers/app.py): the main one keeps the heartbeat, the job runs
 in a child it forks. The main process must not vouch for a job on its own, or a job process
 that is frozen, deadlocked or stuck in I/O would stay `running` for ever. So the job process
-writes here: which attempt it runs (`begin`), a tick at every unit of work (a training batch,
-a reconstructed input: `tick`) and the end (`end`). The main process reads the board to tell
+writes here: that it has taken a task and is claiming its job (`arrive`; also while it waits
+for devices), which attempt it runs once claimed (`begin`), a tick at every unit of work (a
+training batch, a reconstructed input: `tick`) and the end (`end`). The main process reads the board to tell
 three cases apart: the attempt is moving, it has stopped moving (`silent_for_s` past
 RODIN_PROGRESS_TIMEOUT_S: end the process, give the job back), or its process has died.
 
@@ -21,7 +22,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-# pid, job id, attempt, monotonic time of the last tick; job id 0 means "no attempt running".
+# pid, job id, attempt, monotonic time of the last tick; job id 0 means "no attempt running",
+# attempt 0 "claiming": the job process does not know its attempt yet.
 _LAYOUT = struct.Struct("<qqqd")
 _BOARD = mmap.mmap(-1, _LAYOUT.size)  # MAP_SHARED: inherited across fork
 
@@ -35,11 +37,22 @@ class Attempt:
     attempt: int
     ticked_at: float  # time.monotonic(), which is one clock for every process of the machine
 
+    @property
+    def claiming(self) -> bool:
+        """Arrived, not yet holding a lease (`arrive`)."""
+        return self.attempt == 0
+
     def same_attempt(self, other: Attempt) -> bool:
         return (self.pid, self.job_id, self.attempt) == (other.pid, other.job_id, other.attempt)
 
     def silent_for_s(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.ticked_at
+
+
+def arrive(job_id: int) -> None:
+    """In the job process, as it takes the job's task: from here until `begin` it claims the
+    job (or waits for devices, ticking), and a process stopped there is ended like any other."""
+    _BOARD[:] = _LAYOUT.pack(os.getpid(), job_id, 0, time.monotonic())
 
 
 def begin(job_id: int, attempt: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -202,11 +203,33 @@ def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+_THIS_THREAD = threading.local()
+
+
+@contextmanager
+def lock_wait_limit(seconds: float) -> Iterator[None]:
+    """Within this block, on this thread, a PostgreSQL transaction waits at most `seconds` for a
+    row lock, then fails with a transient error (`is_transient`) instead of waiting on.
+
+    For the worker's heartbeat thread: a job process stopped (SIGSTOP, a frozen VM) while it
+    held a job's row lock must not silence its worker, whose same thread is the one that ends
+    such a process. SQLite locks the whole file instead; its busy timeout stands."""
+    before = getattr(_THIS_THREAD, "lock_wait_ms", None)
+    _THIS_THREAD.lock_wait_ms = max(1, int(seconds * 1000))
+    try:
+        yield
+    finally:
+        _THIS_THREAD.lock_wait_ms = before
+
+
 @contextmanager
 def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back (writing nothing) on any error."""
     session = _sessionmaker(get_engine(settings))()
     try:
+        lock_wait_ms = getattr(_THIS_THREAD, "lock_wait_ms", None)
+        if lock_wait_ms is not None and session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"SET LOCAL lock_timeout = {lock_wait_ms}"))
         yield session
         session.commit()
     except BaseException:
