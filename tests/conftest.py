@@ -10,8 +10,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MESHES = ROOT.parent / "shared" / "meshes"
@@ -147,6 +151,19 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def dataset_row(settings: Settings) -> int:
+    """Register a dataset row whose artifact is never read (what a job row needs); its id."""
+    from orchestrator.registry.db import session_scope
+    from orchestrator.registry.models import Dataset
+
+    with session_scope(settings) as s:
+        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
+                     source="test", skipped=[], artifact_uri="file:///nowhere", artifact_sha256="0" * 64)
+        s.add(ds)
+        s.flush()
+        return ds.id
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import Rodin, until
+from tests.conftest import Rodin, stop_process, until
 from tests.servers import REDIS_PASSWORD, free_port, redis_binary
 
 #: An epoch of this model on 8 swords takes ~50 ms: jobs meant to be interrupted midway run
@@ -29,6 +31,25 @@ FAST_RECOVERY = {"RODIN_STALE_AFTER_S": "6", "OMP_NUM_THREADS": "1"}
 
 
 _until = partial(until, timeout=180)
+
+Worker = subprocess.Popen[bytes]
+
+
+@contextmanager
+def _workers() -> Iterator[Callable[[Rodin, str], Worker]]:
+    """start(rodin, name): a worker of the scenario, stopped (if still running) when the block
+    ends, however it ends."""
+    started: list[Worker] = []
+
+    def start(rodin: Rodin, name: str) -> Worker:
+        started.append(rodin.start_worker(name))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop_process(proc)
 
 
 def _job(rodin: Rodin, job_id: int) -> dict:

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from orchestrator import jobs
 from orchestrator.registry.db import forget_connections_after_fork, session_scope, upgrade
-from orchestrator.registry.models import Dataset, Job, JobKind, Worker
+from orchestrator.registry.models import Job, JobKind, Worker
 from orchestrator.settings import Settings, load_settings
+from tests.conftest import dataset_row
 from workers import liveness, runtime
 from workers.heartbeat import Heartbeat
 
@@ -28,13 +30,7 @@ def settings(tmp_path: Path, postgres_server) -> Settings:  # type: ignore[no-un
 
 
 def _claimed_job(settings: Settings) -> jobs.Lease:
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="test", skipped=[], artifact_uri="file:///nowhere", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        dataset_id = ds.id
-    job_id = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    job_id = jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_row(settings))
     lease = jobs.claim(settings, job_id, "w", "cpu")
     assert lease is not None
     return lease
@@ -57,7 +53,7 @@ def _stopped_holding_the_row(settings: Settings, lease: jobs.Lease) -> int:
 
 def _worker_seen_at(settings: Settings):  # type: ignore[no-untyped-def]
     with session_scope(settings) as s:
-        return s.query(Worker.last_heartbeat).filter(Worker.hostname == "w").scalar()
+        return s.scalar(select(Worker.last_heartbeat).where(Worker.hostname == "w"))
 
 
 def test_a_job_process_stopped_holding_its_row_lock_is_ended_and_its_worker_stays_heard(

@@ -21,6 +21,7 @@ from tests.integration.recovery import (
     _job,
     _Redis,
     _until,
+    _workers,
 )
 
 
@@ -28,13 +29,11 @@ def test_a_visibility_timeout_shorter_than_the_job_never_runs_it_twice(
         tmp_path: Path, shared: dict[str, str]) -> None:
     env = {**shared, "RODIN_VISIBILITY_TIMEOUT_S": "2"}
     client = _cluster(tmp_path, env)
-    workers = [Rodin(tmp_path / f"w{i}", extra_env=env).start_worker(f"v{i}") for i in (1, 2)]
-    try:
+    with _workers() as start:
+        for i in (1, 2):
+            start(Rodin(tmp_path / f"w{i}", extra_env=env), f"v{i}")
         job_id = client.json("submit", "train", "--dataset", "swords", "--epochs", "30", *TRAIN)["job_id"]
         done = _ended(client, job_id)
-    finally:
-        for w in workers:
-            stop_process(w)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     _checkpoints_are_one_lineage(client, job_id)
 
@@ -90,8 +89,9 @@ def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
     windows (RODIN_OUTAGE_S to try others: the README's figures use 30 and 120 s)."""
     outage_s = float(os.environ.get("RODIN_OUTAGE_S", "15"))
     client = _cluster(tmp_path, shared)
-    workers = [Rodin(tmp_path / f"w{i}", extra_env=shared).start_worker(f"o{i}") for i in (1, 2)]
-    try:
+    with _workers() as start:
+        for i in (1, 2):
+            start(Rodin(tmp_path / f"w{i}", extra_env=shared), f"o{i}")
         ids = [client.json("submit", "train", "--dataset", "swords", "--epochs", "400", *TRAIN)["job_id"]
                for _ in range(2)]
         for job_id in ids:
@@ -100,9 +100,6 @@ def test_a_postgres_outage_longer_than_the_stale_window_takes_back_nobody(
         time.sleep(outage_s)
         postgres_server.start()
         ends = [_ended(client, j, timeout=300) for j in ids]
-    finally:
-        for w in workers:
-            stop_process(w)
     logs = "".join((tmp_path / f"w{i}" / f"o{i}.log").read_text() for i in (1, 2))
     assert "reaper requeued" not in logs
     for done in ends:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.registry.db import session_scope
-from orchestrator.registry.models import Dataset
 from orchestrator.settings import Settings, load_settings
+from tests.conftest import dataset_row
 
 
 @pytest.fixture
@@ -20,9 +19,4 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def dataset_id(settings: Settings) -> int:
     """A registered dataset row (its artifact is never read by these tests)."""
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="test", skipped=[], artifact_uri="file:///nowhere", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        return ds.id
+    return dataset_row(settings)

@@ -13,8 +13,9 @@ import pytest
 
 from orchestrator import jobs
 from orchestrator.registry.db import forget_connections_after_fork, session_scope
-from orchestrator.registry.models import Dataset, Job, JobKind
+from orchestrator.registry.models import Job, JobKind
 from orchestrator.settings import Settings, load_settings
+from tests.conftest import dataset_row
 from workers import liveness
 from workers.heartbeat import Heartbeat
 
@@ -27,13 +28,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def submitted(settings: Settings) -> int:
     """A queued training job."""
-    with session_scope(settings) as s:
-        ds = Dataset(name="d", version=1, content_sha256="0" * 64, shape_count=1, points_per_shape=1,
-                     source="test", skipped=[], artifact_uri="file:///nowhere", artifact_sha256="0" * 64)
-        s.add(ds)
-        s.flush()
-        dataset_id = ds.id
-    return jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_id)
+    return jobs.submit(settings, JobKind.train, params={}, dataset_id=dataset_row(settings))
 
 
 @pytest.fixture
@@ -186,8 +181,6 @@ def test_a_job_process_hung_before_its_claim_is_ended_and_the_job_left_queued(
     pid = _claiming_process(settings, submitted, claim=False)
     try:
         _ended_by_watch(heartbeat, pid, 10)
-        for _ in range(3):
-            heartbeat._watch_job_process()
         with session_scope(settings) as s:
             job = s.get(Job, submitted)
             assert job is not None and (job.status, job.lost, job.attempts) == ("queued", 0, 0)
